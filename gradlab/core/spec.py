@@ -1,0 +1,163 @@
+"""The experiment spec: the one contract shared by the CLI, the API, the worker and the store.
+
+Defaults are the seed study's (Adam 1e-3, cosine to 2e-5, batch 100, 100 epochs, width 32).
+Unknown fields are rejected so that a typo never silently trains the default.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Literal, Self
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+STAGES = 3
+LAYERS_PER_STAGE_BLOCK = 2  # two convs per processing block, two per reduction block
+MIN_DEPTH = 2 + 2 * STAGES  # entry conv + head + one reduction block per stage = 8
+
+
+def depth_for_blocks(blocks_per_stage: int) -> int:
+    """Depth (conv + linear layers) of a 3-stage VGG with this many processing blocks per stage."""
+    return 2 + 2 * STAGES * (blocks_per_stage + 1)
+
+
+def blocks_for_depth(depth: int) -> int:
+    """Inverse of :func:`depth_for_blocks`; raises ValueError naming the nearest valid depths."""
+    step = 2 * STAGES
+    if depth < MIN_DEPTH:
+        raise ValueError(f"depth must be at least {MIN_DEPTH} for {STAGES} stages")
+    if (depth - 2) % step != 0:
+        lower = depth - (depth - 2) % step
+        upper = lower + step
+        nearest = f"{lower} or {upper}" if lower >= MIN_DEPTH else f"{upper}"
+        raise ValueError(f"depth must be {step}k+2 for {STAGES} stages; nearest: {nearest}")
+    return (depth - 2) // step - 1
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Hyperparameters(_Strict):
+    """Optimiser and schedule settings of one experiment."""
+
+    optimizer: Literal["adam", "sgd"] = "adam"
+    learning_rate: float = Field(1e-3, gt=0, le=10)
+    weight_decay: float = Field(0.0, ge=0, le=1)
+    batch_size: int = Field(100, ge=1, le=8192)
+    epochs: int = Field(100, ge=1, le=10_000)
+    lr_schedule: Literal["cosine", "constant"] = "cosine"
+    min_learning_rate: float = Field(2e-5, ge=0)
+    momentum: float = Field(0.9, ge=0, lt=1, description="SGD only")
+    nesterov: bool = Field(False, description="SGD only")
+    adam_betas: tuple[float, float] = (0.9, 0.999)
+    adam_eps: float = Field(1e-8, gt=0)
+
+    @model_validator(mode="after")
+    def _min_below_max(self) -> Self:
+        if self.lr_schedule == "cosine" and self.min_learning_rate > self.learning_rate:
+            raise ValueError("min_learning_rate must not exceed learning_rate")
+        return self
+
+
+class DataSpec(_Strict):
+    """Which data set and how much of it (limits are for quick runs; null means all)."""
+
+    dataset: Literal["cifar100", "cifar10"] = "cifar100"
+    train_limit: int | None = Field(None, ge=1, le=47_500)
+    val_limit: int | None = Field(None, ge=1, le=2_500)
+    test_limit: int | None = Field(None, ge=1, le=10_000)
+    augment: bool = True
+
+
+class ExperimentSpec(_Strict):
+    """One configuration (model + hyperparameters + data) and the seeds to run it with."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        frozen=True,
+        json_schema_extra={
+            "examples": [
+                {
+                    "name": "vgg38-bn-res",
+                    "depth": 38,
+                    "width": 32,
+                    "batch_norm": True,
+                    "residual": True,
+                    "hyperparameters": {"learning_rate": 0.001, "weight_decay": 0.001},
+                    "data": {"dataset": "cifar100", "train_limit": None},
+                    "seeds": [0, 256, 512, 1024],
+                }
+            ]
+        },
+    )
+
+    name: str = Field("experiment", min_length=1, max_length=200)
+    depth: int | None = Field(None, description="6k+2 for 3 stages: 8, 14, ..., 38")
+    blocks_per_stage: int | None = Field(None, ge=0, le=100)
+    width: int = Field(32, ge=1, le=1024)
+    batch_norm: bool = False
+    residual: bool = False
+    reduction_skip: Literal["none", "avgpool"] = Field(
+        "avgpool", description="identity skip over reduction blocks (residual only)"
+    )
+    hyperparameters: Hyperparameters = Hyperparameters()
+    data: DataSpec = DataSpec()
+    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1, max_length=64)
+
+    @field_validator("depth")
+    @classmethod
+    def _depth_is_valid(cls, depth: int | None) -> int | None:
+        if depth is not None:
+            blocks_for_depth(depth)
+        return depth
+
+    @field_validator("seeds")
+    @classmethod
+    def _seeds_are_distinct(cls, seeds: list[int]) -> list[int]:
+        if len(set(seeds)) != len(seeds):
+            raise ValueError("seeds must be distinct")
+        if any(s < 0 or s >= 2**32 for s in seeds):
+            raise ValueError("seeds must be in [0, 2**32)")
+        return seeds
+
+    @model_validator(mode="after")
+    def _fill_depth(self) -> Self:
+        # depth and blocks_per_stage describe the same thing; keep both filled and consistent.
+        if self.depth is None and self.blocks_per_stage is None:
+            object.__setattr__(self, "depth", 38)
+        if self.depth is None:
+            assert self.blocks_per_stage is not None
+            object.__setattr__(self, "depth", depth_for_blocks(self.blocks_per_stage))
+        elif self.blocks_per_stage is None:
+            object.__setattr__(self, "blocks_per_stage", blocks_for_depth(self.depth))
+        elif depth_for_blocks(self.blocks_per_stage) != self.depth:
+            raise ValueError(
+                f"depth {self.depth} disagrees with blocks_per_stage {self.blocks_per_stage} "
+                f"(which gives depth {depth_for_blocks(self.blocks_per_stage)})"
+            )
+        return self
+
+    @property
+    def num_blocks(self) -> int:
+        assert self.blocks_per_stage is not None
+        return self.blocks_per_stage
+
+    @property
+    def num_classes(self) -> int:
+        return 100 if self.data.dataset == "cifar100" else 10
+
+    def with_updates(self, updates: Mapping[str, object]) -> ExperimentSpec:
+        """A validated copy with dotted-path fields replaced: ``{"hyperparameters.weight_decay": 1e-3}``."""
+        data = self.model_dump()
+        for path, value in updates.items():
+            node = data
+            *parents, leaf = path.split(".")
+            for part in parents:
+                node = node[part]
+            node[leaf] = value
+            if leaf == "depth":
+                data["blocks_per_stage"] = None
+            if leaf == "blocks_per_stage":
+                data["depth"] = None
+        return ExperimentSpec.model_validate(data)

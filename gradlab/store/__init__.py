@@ -1,0 +1,1 @@
+"""Persistence shared by the API and the worker: models, sessions, repositories (flush, never commit)."""

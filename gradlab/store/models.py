@@ -1,0 +1,157 @@
+"""Typed ORM models. The schema itself exists only through the Alembic migrations.
+
+Layout: a study groups experiments; an experiment has one run per seed; a run has one row per
+finished epoch in ``epoch_metrics``, one row per (epoch, layer) in ``gradflow_stats`` and at
+most one (its latest) ``checkpoints`` row. Primary keys make duplicate epochs impossible.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    CheckConstraint,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import Mapped, mapped_column, relationship
+
+from gradlab.store.base import Base, TimestampedMixin, new_id, utcnow
+
+RUN_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled", "diverged")
+TERMINAL_RUN_STATUSES = ("succeeded", "failed", "cancelled", "diverged")
+EXPERIMENT_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled", "diverged")
+
+
+class Study(TimestampedMixin, Base):
+    __tablename__ = "studies"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    name: Mapped[str] = mapped_column(String(200), index=True)
+    spec: Mapped[dict[str, Any]] = mapped_column(JSON)
+
+    cells: Mapped[list[StudyCell]] = relationship(
+        back_populates="study", cascade="all, delete-orphan", order_by="StudyCell.position"
+    )
+
+
+class Experiment(TimestampedMixin, Base):
+    __tablename__ = "experiments"
+    __table_args__ = (
+        CheckConstraint(f"status IN {EXPERIMENT_STATUSES}", name="status_valid"),
+        Index("ix_experiments_created_at_id", "created_at", "id"),
+    )
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    name: Mapped[str] = mapped_column(String(200), index=True)
+    spec: Mapped[dict[str, Any]] = mapped_column(JSON)
+    # sha256 of the canonical spec JSON without seeds: a study cell with the same hash is reused.
+    spec_hash: Mapped[str] = mapped_column(String(64), index=True)
+    status: Mapped[str] = mapped_column(String(16), default="queued", index=True)
+    cancel_requested_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+    runs: Mapped[list[Run]] = relationship(
+        back_populates="experiment", cascade="all, delete-orphan", order_by="Run.seed"
+    )
+
+
+class StudyCell(Base):
+    __tablename__ = "study_cells"
+    __table_args__ = (UniqueConstraint("study_id", "experiment_id"),)
+
+    study_id: Mapped[str] = mapped_column(
+        ForeignKey("studies.id", ondelete="CASCADE"), primary_key=True
+    )
+    position: Mapped[int] = mapped_column(Integer, primary_key=True)
+    experiment_id: Mapped[str] = mapped_column(ForeignKey("experiments.id"), index=True)
+    # the grid coordinates of this cell, e.g. {"depth": 38, "batch_norm": true}
+    coordinates: Mapped[dict[str, Any]] = mapped_column(JSON)
+
+    study: Mapped[Study] = relationship(back_populates="cells")
+    experiment: Mapped[Experiment] = relationship()
+
+
+class Run(TimestampedMixin, Base):
+    __tablename__ = "runs"
+    __table_args__ = (
+        UniqueConstraint("experiment_id", "seed"),
+        CheckConstraint(f"status IN {RUN_STATUSES}", name="status_valid"),
+        Index("ix_runs_status_lease_expires_at", "status", "lease_expires_at"),
+    )
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    experiment_id: Mapped[str] = mapped_column(
+        ForeignKey("experiments.id", ondelete="CASCADE"), index=True
+    )
+    seed: Mapped[int] = mapped_column(Integer)
+    status: Mapped[str] = mapped_column(String(16), default="queued")
+    attempt: Mapped[int] = mapped_column(Integer, default=0)
+    worker: Mapped[str | None] = mapped_column(String(200))
+    lease_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    queued_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    epochs_done: Mapped[int] = mapped_column(Integer, default=0)
+    # layer names in depth order; gradflow_stats.layer_index points into this list
+    layers: Mapped[list[str] | None] = mapped_column(JSON)
+    error: Mapped[str | None] = mapped_column(Text)
+    # versions, device, git revision, dataset checksum: the reproducibility record
+    environment: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    test_loss: Mapped[float | None] = mapped_column(Float)
+    test_acc: Mapped[float | None] = mapped_column(Float)
+    best_epoch: Mapped[int | None] = mapped_column(Integer)
+    diverged_epoch: Mapped[int | None] = mapped_column(Integer)
+    diverged_step: Mapped[int | None] = mapped_column(Integer)
+
+    experiment: Mapped[Experiment] = relationship(back_populates="runs")
+
+
+class EpochMetricsRow(Base):
+    __tablename__ = "epoch_metrics"
+
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True)
+    epoch: Mapped[int] = mapped_column(Integer, primary_key=True)
+    train_loss: Mapped[float] = mapped_column(Float)
+    train_acc: Mapped[float] = mapped_column(Float)
+    val_loss: Mapped[float] = mapped_column(Float)
+    val_acc: Mapped[float] = mapped_column(Float)
+    lr: Mapped[float] = mapped_column(Float)
+    seconds: Mapped[float] = mapped_column(Float)
+
+
+class GradFlowRow(Base):
+    """One layer of one epoch: three statistics in two windows (last batch, epoch mean)."""
+
+    __tablename__ = "gradflow_stats"
+
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True)
+    epoch: Mapped[int] = mapped_column(Integer, primary_key=True)
+    layer_index: Mapped[int] = mapped_column(Integer, primary_key=True)
+    last_batch_mean_abs: Mapped[float] = mapped_column(Float)
+    last_batch_max_abs: Mapped[float] = mapped_column(Float)
+    last_batch_l2: Mapped[float] = mapped_column(Float)
+    epoch_mean_mean_abs: Mapped[float] = mapped_column(Float)
+    epoch_mean_max_abs: Mapped[float] = mapped_column(Float)
+    epoch_mean_l2: Mapped[float] = mapped_column(Float)
+
+
+class Checkpoint(Base):
+    """The latest complete training state of a run (a few MB for VGG38 with Adam state)."""
+
+    __tablename__ = "checkpoints"
+
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True)
+    epoch: Mapped[int] = mapped_column(Integer)
+    data: Mapped[bytes] = mapped_column(LargeBinary)
+    size_bytes: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
