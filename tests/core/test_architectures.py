@@ -1,0 +1,108 @@
+"""The VGG family: exact parameter counts, stable layer names in depth order, residual wiring."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from gradlab.core.architectures import build_model, count_parameters, layer_names_for
+from gradlab.core.spec import ExperimentSpec
+
+
+@pytest.mark.parametrize(
+    ("depth", "batch_norm", "residual", "expected"),
+    [
+        (8, False, False, 59_716),
+        (38, False, False, 336_196),
+        (38, True, False, 338_500),
+        (38, True, True, 338_500),  # skips add no parameters
+    ],
+)
+def test_parameter_counts_match_the_seed(depth: int, batch_norm: bool, residual: bool,
+                                         expected: int) -> None:
+    spec = ExperimentSpec(depth=depth, batch_norm=batch_norm, residual=residual)
+    assert count_parameters(build_model(spec)) == expected
+
+
+def test_vgg08_layers_are_the_seed_plots_nine_points_in_depth_order() -> None:
+    assert layer_names_for(ExperimentSpec(depth=8)) == [
+        "entry.conv", "entry.bn",
+        "stage0.reduce.conv1", "stage0.reduce.conv2",
+        "stage1.reduce.conv1", "stage1.reduce.conv2",
+        "stage2.reduce.conv1", "stage2.reduce.conv2",
+        "head.linear",
+    ]
+
+
+def test_vgg38_plain_has_39_layers_and_bn_variant_interleaves_gamma() -> None:
+    plain = layer_names_for(ExperimentSpec(depth=38))
+    assert len(plain) == 39
+    assert plain[2:4] == ["stage0.block0.conv1", "stage0.block0.conv2"]
+    assert plain[-2:] == ["stage2.reduce.conv2", "head.linear"]
+    bn = layer_names_for(ExperimentSpec(depth=38, batch_norm=True))
+    assert len(bn) == 39 + 36
+    assert "stage0.block2.bn1" in bn
+    assert bn.index("stage0.block2.conv1") + 1 == bn.index("stage0.block2.bn1")
+    assert bn.index("stage2.reduce.conv1") < bn.index("stage2.reduce.bn1") < bn.index(
+        "stage2.reduce.conv2")
+
+
+def test_layer_names_are_module_paths_whose_weights_are_the_tracked_tensors() -> None:
+    model = build_model(ExperimentSpec(depth=14, batch_norm=True))
+    modules = dict(model.named_modules())
+    for name, weight in model.gradflow_parameters():
+        assert modules[name].weight is weight
+    # biases never appear; BN gamma does
+    assert all(not n.endswith("bias") for n in model.gradflow_layer_names())
+    assert "entry.bn" in model.gradflow_layer_names()
+
+
+def test_depth_order_matches_forward_order() -> None:
+    """Registration order is execution order: hooks fire in the order of the names."""
+    model = build_model(ExperimentSpec(depth=14, batch_norm=True, residual=True))
+    names = dict(model.gradflow_parameters())
+    modules = {model.get_submodule(n): n for n in names}
+    fired: list[str] = []
+    for m in modules:
+        m.register_forward_hook(lambda mod, _i, _o: fired.append(modules[mod]))
+    model(torch.randn(2, 3, 32, 32))
+    assert fired == list(names)
+
+
+def _reduction_output(reduction_skip: str) -> torch.Tensor:
+    torch.manual_seed(0)
+    spec = ExperimentSpec(depth=8, residual=True, reduction_skip=reduction_skip)
+    model = build_model(spec).eval()
+    # Zero the reduction convs: what remains of the block's output is the skip path alone.
+    block = model.stage0.reduce
+    for conv in (block.conv1, block.conv2):
+        torch.nn.init.zeros_(conv.weight)
+        torch.nn.init.zeros_(conv.bias)
+    x = torch.rand(1, 32, 8, 8)
+    return block(x), x
+
+
+def test_reduction_skip_avgpool_carries_the_pooled_identity_and_none_does_not() -> None:
+    out, x = _reduction_output("avgpool")
+    assert torch.allclose(out, torch.nn.functional.avg_pool2d(x, 2))  # x >= 0: LReLU is identity
+    out, _ = _reduction_output("none")
+    assert torch.count_nonzero(out) == 0
+
+
+def test_processing_block_residual_adds_the_identity() -> None:
+    model = build_model(ExperimentSpec(depth=14, residual=True)).eval()
+    block = model.stage1.block0
+    torch.nn.init.zeros_(block.conv2.weight)
+    x = torch.rand(2, 32, 16, 16)
+    assert torch.equal(block(x), x)
+
+
+def test_batch_norm_sits_between_conv_and_activation() -> None:
+    """With BN the conv output is normalised: a huge conv weight leaves the block output bounded."""
+    model = build_model(ExperimentSpec(depth=14, batch_norm=True)).train()
+    block = model.stage0.block0
+    with torch.no_grad():
+        block.conv1.weight.mul_(1e6)
+        block.conv2.weight.mul_(1e6)
+    out = block(torch.randn(8, 32, 16, 16))
+    assert out.abs().max() < 100
