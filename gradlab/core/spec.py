@@ -148,7 +148,10 @@ class ExperimentSpec(_Strict):
         return 100 if self.data.dataset == "cifar100" else 10
 
     def with_updates(self, updates: Mapping[str, object]) -> ExperimentSpec:
-        """A validated copy with dotted-path fields replaced: ``{"hyperparameters.weight_decay": 1e-3}``."""
+        """A validated copy with dotted-path fields replaced.
+
+        Example: ``spec.with_updates({"hyperparameters.weight_decay": 1e-3})``.
+        """
         data = self.model_dump()
         for path, value in updates.items():
             node = data

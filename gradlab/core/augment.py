@@ -1,0 +1,128 @@
+"""Batches on the training device: whole-batch augmentation and normalisation with tensor ops.
+
+The uint8 images live on the device as one tensor, already zero-padded by 4 pixels, so one
+advanced-indexing gather per batch does shuffling, the random 32x32 crop and the horizontal
+flip together (no per-image Python or PIL work). All randomness for an epoch (order, crop
+offsets, flips) is drawn up front from one seeded CPU generator, so the epoch is reproducible
+from the generator's state alone and costs one host-to-device copy.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+# The seed framework normalises CIFAR-100 with CIFAR-10's statistics; we keep its choice.
+CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR10_STD = (0.2023, 0.1994, 0.2010)
+PAD = 4
+SIZE = 32
+
+
+class Normaliser:
+    """uint8 NHWC batch -> float32 NCHW (channels_last memory), ``(x/255 - mean) / std``."""
+
+    def __init__(self, device: torch.device) -> None:
+        std = torch.tensor(CIFAR10_STD, dtype=torch.float32)
+        mean = torch.tensor(CIFAR10_MEAN, dtype=torch.float32)
+        self.scale = (1.0 / (255.0 * std)).view(1, 3, 1, 1).to(device)
+        self.shift = (-mean / std).view(1, 3, 1, 1).to(device)
+
+    def __call__(self, images_nhwc: torch.Tensor) -> torch.Tensor:
+        # permute() of an NHWC tensor is an NCHW view with channels_last strides; the
+        # element-wise ops below keep that layout, which is what the convolutions want.
+        x = images_nhwc.permute(0, 3, 1, 2).to(torch.float32)
+        return torch.addcmul(self.shift, x, self.scale)
+
+
+@dataclass(frozen=True)
+class EpochDraw:
+    """One epoch's randomness: order, crop offsets (0..2*PAD) and flips, per position."""
+
+    order: torch.Tensor
+    dy: torch.Tensor
+    dx: torch.Tensor
+    flip: torch.Tensor
+
+
+def draw_epoch(num_images: int, generator: torch.Generator, augment: bool) -> EpochDraw:
+    order = torch.randperm(num_images, generator=generator)
+    if augment:
+        dy = torch.randint(0, 2 * PAD + 1, (num_images,), generator=generator)
+        dx = torch.randint(0, 2 * PAD + 1, (num_images,), generator=generator)
+        flip = torch.rand(num_images, generator=generator) < 0.5
+    else:
+        dy = dx = torch.full((num_images,), PAD, dtype=torch.int64)
+        flip = torch.zeros(num_images, dtype=torch.bool)
+    return EpochDraw(order, dy, dx, flip)
+
+
+def crop_flip_indices(dy: torch.Tensor, dx: torch.Tensor,
+                      flip: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Row and column indices [B, 32] into padded images for the crops (flipped where asked)."""
+    ar = torch.arange(SIZE, device=dy.device)
+    rows = dy[:, None] + ar
+    cols = dx[:, None] + torch.where(flip[:, None], SIZE - 1 - ar, ar)
+    return rows, cols
+
+
+def pad_images(images_nhwc: torch.Tensor) -> torch.Tensor:
+    """Zero-pad H and W by PAD (black pixels, as torchvision's RandomCrop(padding=4))."""
+    return F.pad(images_nhwc, (0, 0, PAD, PAD, PAD, PAD))
+
+
+class TrainBatches:
+    """Shuffled, augmented, normalised training batches on ``device``; last batch may be short."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, *, batch_size: int,
+                 device: torch.device, augment: bool, generator: torch.Generator) -> None:
+        self.padded = pad_images(torch.from_numpy(images)).to(device)
+        self.labels = torch.from_numpy(labels).to(device)
+        self.batch_size = batch_size
+        self.device = device
+        self.augment = augment
+        self.generator = generator
+        self.normalise = Normaliser(device)
+
+    def __len__(self) -> int:
+        return -(-self.labels.shape[0] // self.batch_size)
+
+    def epoch(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        draw = draw_epoch(self.labels.shape[0], self.generator, self.augment)
+        order = draw.order.to(self.device, non_blocking=True)
+        rows, cols = crop_flip_indices(draw.dy, draw.dx, draw.flip)
+        rows = rows.to(self.device, non_blocking=True)
+        cols = cols.to(self.device, non_blocking=True)
+        for start in range(0, order.shape[0], self.batch_size):
+            idx = order[start : start + self.batch_size]
+            r = rows[start : start + self.batch_size]
+            c = cols[start : start + self.batch_size]
+            batch = self.padded[idx[:, None, None], r[:, :, None], c[:, None, :]]
+            yield self.normalise(batch), self.labels[idx]
+
+
+class EvalBatches:
+    """Un-augmented batches in stored order (validation, test)."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, *, batch_size: int,
+                 device: torch.device) -> None:
+        self.images = torch.from_numpy(images).to(device)
+        self.labels = torch.from_numpy(labels).to(device)
+        self.batch_size = batch_size
+        self.normalise = Normaliser(device)
+
+    def __len__(self) -> int:
+        return -(-self.labels.shape[0] // self.batch_size)
+
+    @property
+    def num_images(self) -> int:
+        return int(self.labels.shape[0])
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for start in range(0, self.num_images, self.batch_size):
+            end = start + self.batch_size
+            yield self.normalise(self.images[start:end]), self.labels[start:end]
