@@ -1,0 +1,3 @@
+"""Fixtures shared by every test area (throwaway PostgreSQL and SQLite databases)."""
+
+pytest_plugins = ["tests.support.databases"]

@@ -1,0 +1,1 @@
+"""Test support shared across areas (databases, services)."""
