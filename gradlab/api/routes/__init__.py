@@ -1,0 +1,1 @@
+"""One router per resource; ``gradlab.api.app`` only includes them."""
