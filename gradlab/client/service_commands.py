@@ -1,0 +1,150 @@
+"""Service verbs: ``gradlab serve`` (API + local worker, SQLite), ``gradlab worker`` (Celery),
+``gradlab migrate``."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import typer
+
+from gradlab.settings import Settings, get_settings
+
+
+def _database_url(db: str | None) -> str | None:
+    """``--db``: a SQLAlchemy URL, or a path to a SQLite file."""
+    if db is None:
+        return None
+    if "://" in db:
+        return db
+    return f"sqlite:///{Path(db).expanduser().resolve()}"
+
+
+def _settings_with(db: str | None) -> Settings:
+    url = _database_url(db)
+    if url is not None:
+        os.environ["GRADLAB_DATABASE_URL"] = url  # so every process (and child) agrees
+    get_settings.cache_clear()
+    return get_settings()
+
+
+def _migrate_or_exit(url: str) -> None:
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from gradlab.store import migrate
+
+    try:
+        migrate.upgrade(url, "head")
+    except (SQLAlchemyError, OSError) as exc:
+        typer.secho(f"error: cannot migrate the database {url}: {exc}", fg="red", err=True)
+        raise typer.Exit(2) from None
+
+
+def migrate_command(
+    db: str | None = typer.Option(
+        None, "--db", help="Database URL or SQLite file (default: GRADLAB_DATABASE_URL)."
+    ),
+    revision: str = typer.Option("head", help="Target revision (`base` empties the database)."),
+) -> None:
+    """Bring the database schema to a revision (default: the latest)."""
+    from gradlab.store import migrate
+
+    settings = _settings_with(db)
+    if revision == "base":
+        migrate.downgrade(settings.database_url, "base")
+    else:
+        _migrate_or_exit(settings.database_url)
+    typer.echo(f"{settings.database_url}: at {migrate.current_revision(settings.database_url)}")
+
+
+def serve_command(
+    host: str = typer.Option("127.0.0.1", help="Interface to listen on."),
+    port: int = typer.Option(8000, help="Port to listen on."),
+    db: str | None = typer.Option(
+        None,
+        "--db",
+        help="SQLite file or database URL (default: GRADLAB_DATABASE_URL, else ./gradlab.db).",
+    ),
+) -> None:
+    """The whole service on one machine: the API plus a local worker, no broker needed."""
+    import uvicorn
+
+    from gradlab.api.app import create_app
+    from gradlab.worker.embedded import LocalWorker
+
+    settings = _settings_with(db)
+    if settings.broker_url:
+        typer.secho(
+            "note: GRADLAB_BROKER_URL is set but `gradlab serve` trains with its local worker; "
+            "use `gradlab worker` for Celery.",
+            fg="yellow",
+            err=True,
+        )
+        settings = settings.model_copy(update={"broker_url": None})
+    _migrate_or_exit(settings.database_url)
+    worker = LocalWorker(settings)
+    worker.start()
+    typer.echo(
+        f"gradlab: API on http://{host}:{port} (docs at /docs), database "
+        f"{settings.database_url}, local worker pid {worker.pid}"
+    )
+    try:
+        uvicorn.run(
+            create_app(settings, dispatcher=worker.dispatcher),
+            host=host,
+            port=port,
+            log_level="info",
+        )
+    finally:
+        worker.stop()
+
+
+def worker_command(
+    concurrency: int | None = typer.Option(
+        None, help="Runs trained at once (default: one per visible GPU, else 1)."
+    ),
+    queues: str = typer.Option("gradlab", help="Comma-separated queues to consume."),
+    beat: bool = typer.Option(
+        False, help="Also run the lost-run reaper schedule (enable on exactly one worker)."
+    ),
+    loglevel: str = typer.Option("info", help="Celery log level."),
+) -> None:
+    """A Celery worker against the configured broker and database (one child per GPU)."""
+    settings = get_settings()
+    if not settings.broker_url:
+        typer.secho(
+            "error: GRADLAB_BROKER_URL is not set (e.g. redis://localhost:6379/0); "
+            "`gradlab serve` needs no broker.",
+            fg="red",
+            err=True,
+        )
+        raise typer.Exit(2)
+    from gradlab.worker import devices
+    from gradlab.worker.celery_app import app as celery_app
+
+    try:
+        children = devices.worker_concurrency(concurrency)
+    except ValueError as exc:
+        typer.secho(f"error: {exc}", fg="red", err=True)
+        raise typer.Exit(2) from None
+    argv = [
+        "worker",
+        "--pool",
+        "prefork",
+        "--concurrency",
+        str(children),
+        "--queues",
+        queues,
+        "--loglevel",
+        loglevel,
+    ]
+    if beat:
+        argv.append("--beat")
+    sys.exit(celery_app.worker_main(argv))
+
+
+def register(app: typer.Typer) -> None:
+    app.command("serve")(serve_command)
+    app.command("worker")(worker_command)
+    app.command("migrate")(migrate_command)

@@ -1,0 +1,69 @@
+"""Handing committed run ids to whatever trains them: Celery, or the embedded local worker.
+
+Callers dispatch only after the transaction that created the runs has committed, so a worker
+never looks for a row that does not exist yet. Dispatch is a hint, not the record: a lost
+message costs latency, never the run, because the database is polled or reaped.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, Protocol
+
+from gradlab.settings import Settings
+
+if TYPE_CHECKING:
+    from celery import Celery
+
+log = logging.getLogger(__name__)
+
+TRAIN_TASK = "gradlab.train_run"
+
+
+class RunDispatcher(Protocol):
+    def dispatch(self, run_ids: Sequence[str]) -> None: ...
+
+
+class CeleryDispatcher:
+    """Sends one ``gradlab.train_run`` message per run to the broker."""
+
+    def __init__(self, app: Celery) -> None:
+        self._app = app
+
+    def dispatch(self, run_ids: Sequence[str]) -> None:
+        for run_id in run_ids:
+            try:
+                self._app.send_task(
+                    TRAIN_TASK,
+                    args=[run_id],
+                    retry=True,
+                    retry_policy={"max_retries": 2, "interval_start": 0.2, "interval_step": 0.5},
+                )
+            except Exception as exc:  # the run is committed; the reaper will send it again
+                log.warning("could not enqueue run %s (%s); the reaper will resend it", run_id, exc)
+
+    def close(self) -> None:
+        """Release the broker connections (the API calls this on shutdown)."""
+        self._app.close()
+
+
+class EmbeddedDispatcher:
+    """Wakes the local worker process, which finds queued runs in the database itself."""
+
+    def __init__(self, wake: Any | None = None) -> None:
+        # a multiprocessing.Event shared with the local worker (None: it polls on its own)
+        self._wake = wake
+
+    def dispatch(self, run_ids: Sequence[str]) -> None:
+        if run_ids and self._wake is not None:
+            self._wake.set()
+
+
+def make_dispatcher(settings: Settings, *, wake: Any | None = None) -> RunDispatcher:
+    """Celery when ``GRADLAB_BROKER_URL`` is set, else the embedded local worker."""
+    if settings.broker_url:
+        from gradlab.worker.celery_app import make_celery
+
+        return CeleryDispatcher(make_celery(settings))
+    return EmbeddedDispatcher(wake)

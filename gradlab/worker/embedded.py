@@ -1,0 +1,164 @@
+"""The embedded local worker of ``gradlab serve``: no broker, the database is the queue.
+
+A separate process (multiprocessing *spawn*: nothing of the API process, no CUDA state, no
+pooled connection, is inherited) that loops: requeue runs whose worker is gone, take the
+oldest queued run, train it with the same ``execute_run`` as the Celery task. Queued runs live
+in the database, so they survive a restart of ``gradlab serve``; a run interrupted by a
+shutdown is handed back and resumes from its checkpoint.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import signal
+import socket
+import sys
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from gradlab.settings import Settings
+from gradlab.store import runs
+from gradlab.store.base import utcnow
+from gradlab.store.experiments import refresh_experiment_status
+from gradlab.store.models import Run
+from gradlab.store.session import make_engine, make_session_factory, session_scope
+from gradlab.worker.dispatch import EmbeddedDispatcher
+from gradlab.worker.reaper import reap
+
+log = logging.getLogger(__name__)
+
+DEFAULT_POLL_SECONDS = 1.0
+
+
+class LocalWorker:
+    """Starts and stops the local worker process; ``dispatcher`` wakes it on new runs."""
+
+    def __init__(self, settings: Settings, *, poll_seconds: float = DEFAULT_POLL_SECONDS):
+        self._settings = settings
+        self._poll = poll_seconds
+        self._ctx = multiprocessing.get_context("spawn")
+        self._stop = self._ctx.Event()
+        self.wake = self._ctx.Event()
+        self._process: Any | None = None
+
+    @property
+    def dispatcher(self) -> EmbeddedDispatcher:
+        return EmbeddedDispatcher(self.wake)
+
+    @property
+    def pid(self) -> int | None:
+        return None if self._process is None else self._process.pid
+
+    def start(self) -> None:
+        self._process = self._ctx.Process(
+            target=run_local_worker,
+            args=(self._settings.model_dump(mode="json"), self._stop, self.wake, self._poll),
+            name="gradlab-local-worker",
+        )
+        self._process.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Ask it to stop; a run in training is handed back (SIGTERM) and resumes next time."""
+        if self._process is None:
+            return
+        self._stop.set()
+        self.wake.set()
+        self._process.join(timeout=1.0)
+        if self._process.is_alive():
+            self._process.terminate()
+            self._process.join(timeout)
+        if self._process.is_alive():
+            self._process.kill()
+            self._process.join()
+        self._process = None
+
+
+def _owner_is_dead_local_process(owner: str | None) -> bool:
+    """True for a lease written by a process on this host that no longer exists."""
+    if not owner or "#" not in owner:
+        return False
+    name = owner.rsplit("#", 1)[0]
+    host, _, pid = name.rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+def requeue_orphans(session: Session) -> list[str]:
+    """Runs left running by a dead process on this machine (a killed ``gradlab serve``) go
+    back to the queue now instead of after their lease expires."""
+    now = utcnow()
+    orphans = [
+        (run_id, owner)
+        for run_id, owner in session.execute(
+            select(Run.id, Run.worker).where(Run.status == "running")
+        )
+        if _owner_is_dead_local_process(owner)
+    ]
+    requeued = []
+    for run_id, owner in orphans:
+        row = session.execute(
+            update(Run)
+            .where(Run.id == run_id, Run.worker == owner, Run.status == "running")
+            .values(status="queued", worker=None, lease_expires_at=None, updated_at=now)
+            .returning(Run.experiment_id)
+        ).first()
+        if row is not None:
+            requeued.append(run_id)
+            refresh_experiment_status(session, row.experiment_id)
+    session.flush()
+    return requeued
+
+
+def _handle_sigterm(_signum: int, _frame: object) -> None:
+    # Raised in the main thread, inside training: execute_run hands the run back.
+    sys.exit(0)
+
+
+def run_local_worker(
+    settings_dict: dict[str, Any], stop: Any, wake: Any, poll_seconds: float
+) -> None:
+    """The local worker process's main loop (spawned; takes only picklable arguments)."""
+    from gradlab.core.data import load_cifar, resolve_data_dir
+    from gradlab.worker.runner import execute_run
+
+    signal.signal(signal.SIGTERM, _handle_sigterm)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s local-worker %(message)s")
+    settings = Settings(**settings_dict)
+    engine = make_engine(settings.database_url)
+    factory: sessionmaker[Session] = make_session_factory(engine)
+
+    def load_data(dataset: str) -> Any:
+        return load_cifar(resolve_data_dir(settings.data_dir), dataset)
+
+    with session_scope(factory) as session:
+        orphans = requeue_orphans(session)
+    if orphans:
+        log.info("resuming %d run(s) interrupted by an earlier shutdown", len(orphans))
+    try:
+        while not stop.is_set():
+            try:
+                reap(factory, EmbeddedDispatcher(), settings, resend_queued=False)
+                with factory() as session:
+                    queued = runs.find_queued_runs(session, limit=1)
+                if queued:
+                    execute_run(queued[0], factory, load_data, settings.device, settings=settings)
+                    continue
+            except Exception:  # e.g. the database is briefly unreachable: keep serving
+                log.exception("local worker loop failed; retrying")
+            wake.wait(poll_seconds)
+            wake.clear()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        engine.dispose()

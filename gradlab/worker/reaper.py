@@ -1,0 +1,74 @@
+"""Find runs whose worker was lost (expired lease) and send them to be trained again.
+
+A lost run goes back to ``queued`` (keeping its attempt count, which the next claim checks
+against the cap) and is dispatched; whoever claims it resumes from its last checkpoint.
+Queued runs that have waited longer than a lease are resent too, in case the broker lost
+their message (a Redis restart without persistence); a duplicate message is harmless, the
+lease refuses it.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime, timedelta
+
+from sqlalchemy import update
+from sqlalchemy.orm import Session, sessionmaker
+
+from gradlab.settings import Settings
+from gradlab.store import runs
+from gradlab.store.base import utcnow
+from gradlab.store.experiments import refresh_experiment_status
+from gradlab.store.models import Run
+from gradlab.store.session import session_scope
+from gradlab.worker.dispatch import RunDispatcher
+
+log = logging.getLogger(__name__)
+
+
+def requeue_lost_runs(session: Session, *, now: datetime | None = None) -> list[str]:
+    """Put running runs with an expired lease back to queued; return their ids."""
+    now = now or utcnow()
+    lost = runs.find_lost_runs(session, now=now)
+    requeued: list[str] = []
+    for run_id in lost:
+        # Conditional again: the worker may have heartbeated or finished since the scan.
+        result = session.execute(
+            update(Run)
+            .where(Run.id == run_id, Run.status == "running", Run.lease_expires_at < now)
+            .values(
+                status="queued", worker=None, lease_expires_at=None, queued_at=now, updated_at=now
+            )
+            .returning(Run.experiment_id)
+        ).first()
+        if result is not None:
+            requeued.append(run_id)
+            refresh_experiment_status(session, result.experiment_id)
+    session.flush()
+    return requeued
+
+
+def reap(
+    factory: sessionmaker[Session],
+    dispatcher: RunDispatcher,
+    settings: Settings,
+    *,
+    now: datetime | None = None,
+    resend_queued: bool = True,
+) -> list[str]:
+    """One pass: requeue lost runs, resend long-queued ones; dispatch after commit."""
+    now = now or utcnow()
+    with session_scope(factory) as session:
+        lost = requeue_lost_runs(session, now=now)
+        stale: list[str] = []
+        if resend_queued:
+            cutoff = now - timedelta(seconds=settings.lease_seconds)
+            stale = [
+                r for r in runs.find_queued_runs(session, queued_before=cutoff) if r not in lost
+            ]
+            runs.mark_requeued(session, stale, now=now)
+    if lost:
+        log.warning("requeued %d lost run(s): %s", len(lost), ", ".join(lost))
+    if lost or stale:
+        dispatcher.dispatch([*lost, *stale])
+    return [*lost, *stale]
