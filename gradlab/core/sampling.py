@@ -63,16 +63,19 @@ def minmax_indices(values: Sequence[float], max_points: int | None) -> Sampling:
     budget = max_points - 2
     buckets = max(1, budget // 2) if budget else 0
     size = len(inner) / buckets if buckets else 0.0
+    finite = [v for v in values if math.isfinite(v)]
+    centre = math.fsum(finite) / len(finite) if finite else 0.0
     kept = {0, count - 1}
     for b in range(buckets):
         bucket = inner[int(b * size) : int((b + 1) * size)]
         if not bucket:
             continue
         nonfinite = [i for i in bucket if not math.isfinite(values[i])]
-        extremes = nonfinite[:1] or [
-            min(bucket, key=values.__getitem__),
-            max(bucket, key=values.__getitem__),
-        ]
+        # the point farther from the series' mean first: it is the one to keep with one slot
+        extremes = nonfinite[:1] or sorted(
+            (min(bucket, key=values.__getitem__), max(bucket, key=values.__getitem__)),
+            key=lambda i: -abs(values[i] - centre),
+        )
         for i in extremes:
             if len(kept) < max_points:
                 kept.add(i)

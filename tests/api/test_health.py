@@ -1,0 +1,79 @@
+"""/healthz, /readyz (database and broker reachable) and /metrics (Prometheus text)."""
+
+from __future__ import annotations
+
+from fastapi.testclient import TestClient
+
+from gradlab.api.app import create_app
+from gradlab.settings import Settings
+from tests.api.conftest import RecordingDispatcher, small_spec
+
+REDIS_URL = "redis://127.0.0.1:6379/15"
+CLOSED_PORT = 1
+
+
+def _ready(settings: Settings) -> tuple[int, dict]:
+    with TestClient(create_app(settings, dispatcher=RecordingDispatcher())) as client:
+        response = client.get("/readyz")
+    return response.status_code, response.json()
+
+
+def test_healthz(client: TestClient) -> None:
+    assert client.get("/healthz").json() == {"status": "ok"}
+
+
+def test_ready_in_embedded_mode_without_a_broker(settings: Settings) -> None:
+    status, body = _ready(settings)
+    assert status == 200
+    assert body == {
+        "status": "ready",
+        "checks": {"database": "ok", "broker": "not used (embedded mode)"},
+    }
+
+
+def test_ready_with_a_reachable_redis_broker(settings: Settings) -> None:
+    status, body = _ready(settings.model_copy(update={"broker_url": REDIS_URL}))
+    assert status == 200 and body["checks"]["broker"] == "ok"
+
+
+def test_not_ready_when_the_broker_is_unreachable(settings: Settings) -> None:
+    broken = settings.model_copy(update={"broker_url": f"redis://127.0.0.1:{CLOSED_PORT}/0"})
+    status, body = _ready(broken)
+    assert status == 503
+    assert body["status"] == "not_ready"
+    assert body["checks"]["database"] == "ok"
+    assert body["checks"]["broker"].startswith("error:")
+
+
+def test_not_ready_when_the_database_is_unreachable() -> None:
+    url = f"postgresql+psycopg://postgres@127.0.0.1:{CLOSED_PORT}/gradlab"
+    status, body = _ready(Settings(database_url=url, broker_url=None))
+    assert status == 503
+    assert body["checks"]["database"].startswith("error:")
+
+
+def test_a_request_while_the_database_is_down_is_a_503_not_a_traceback() -> None:
+    url = f"postgresql+psycopg://postgres@127.0.0.1:{CLOSED_PORT}/gradlab"
+    app = create_app(Settings(database_url=url, broker_url=None), dispatcher=RecordingDispatcher())
+    with TestClient(app, raise_server_exceptions=False) as client:
+        response = client.post("/experiments", json=small_spec("down"))
+    assert response.status_code == 503
+    assert response.json() == {"type": "service_unavailable", "detail": "database unavailable"}
+
+
+def test_metrics_exposes_run_gauges_and_request_counters(
+    client: TestClient, unique_name: str
+) -> None:
+    client.post("/experiments", json=small_spec(unique_name, seeds=[0, 1, 2]))
+    client.get("/experiments/missing")
+    response = client.get("/metrics")
+    assert response.headers["content-type"].startswith("text/plain; version=0.0.4")
+    lines = response.text.splitlines()
+    queued = next(line for line in lines if line.startswith('gradlab_runs{status="queued"}'))
+    assert int(queued.split()[-1]) >= 3
+    assert 'gradlab_http_requests_total{method="POST",route="/experiments",status="201"} 1' in lines
+    assert (
+        'gradlab_http_requests_total{method="GET",route="/experiments/{experiment_id}",'
+        'status="404"} 1' in lines
+    )
+    assert "# TYPE gradlab_runs gauge" in lines
