@@ -9,8 +9,9 @@ setting in :class:`DiagnosticSettings`. Kinds:
   first-to-last layer ratio below ``vanishing_ratio``, in each of the last ``persist_epochs``.
 - ``exploding_gradients``: a layer's mean |g| above ``exploding_threshold`` or a first-to-last
   ratio above ``exploding_ratio``, in each of the last ``persist_epochs``.
-- ``not_training``: training loss within ``not_training_loss_margin`` of ln(classes) and
-  training accuracy at most ``not_training_acc_factor`` x chance, at the latest epoch.
+- ``not_training``: at the latest epoch the training loss is not below ln(classes) by more
+  than ``not_training_loss_margin``, it fell by at most ``not_training_min_drop`` since the first
+  epoch, and training accuracy is at most ``not_training_acc_factor`` x chance.
 - ``degradation``: a deeper sibling (same settings but depth) with *training* accuracy lower
   by more than ``degradation_margin`` at the latest epoch both have (training, not validation,
   accuracy: this is what tells degradation apart from overfitting).
@@ -18,7 +19,8 @@ setting in :class:`DiagnosticSettings`. Kinds:
   its minimum, at least ``overfitting_min_epochs`` epochs after it, while training loss fell.
 - ``fix``: a sibling that differs only by turning on ``batch_norm`` or ``residual`` and no
   longer has a problem the other has ("BatchNorm restored gradient flow to layer X",
-  "residual connections removed the degradation: +Y train accuracy").
+  "residual connections removed the degradation: +Y train accuracy"); a fix of training
+  accuracy must gain at least ``fix_min_gain``.
 """
 
 from __future__ import annotations
@@ -52,7 +54,9 @@ class DiagnosticSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     window: Literal["last_batch", "epoch_mean"] = Field(
-        "epoch_mean", description="gradient window read (epoch_mean is less noisy)"
+        "last_batch",
+        description="gradient window read: last_batch is what the seed study plotted; "
+        "epoch_mean (every step averaged) is less noisy",
     )
     persist_epochs: int = Field(
         3,
@@ -69,6 +73,15 @@ class DiagnosticSettings(BaseModel):
     )
     not_training_acc_factor: float = Field(
         2.0, ge=1, description="train accuracy at most this many times chance"
+    )
+    not_training_min_drop: float = Field(
+        0.02,
+        ge=0,
+        description="a training loss that fell by more than this (nats, first to latest "
+        "epoch) is learning, however slowly",
+    )
+    fix_min_gain: float = Field(
+        0.01, ge=0, description="train-accuracy gain a fix must bring to be credited"
     )
     degradation_margin: float = Field(
         0.01, ge=0, description="train-accuracy gap that counts as 'lower'"
@@ -252,9 +265,12 @@ def not_training(cell: CellResult, settings: DiagnosticSettings) -> Finding | No
     chance = 1.0 / classes
     ln_c = math.log(classes)
     last_loss, last_acc = loss.mean[-1], acc.mean[-1]
-    stuck = abs(last_loss - ln_c) <= settings.not_training_loss_margin
+    # At or above ln(C) (a loss that rose is no better), not moving, accuracy at chance.
+    stuck = last_loss >= ln_c - settings.not_training_loss_margin
+    drop = loss.mean[0] - last_loss
+    still = len(loss.epochs) < 2 or drop <= settings.not_training_min_drop
     at_chance = last_acc <= settings.not_training_acc_factor * chance
-    if not (stuck and at_chance):
+    if not (stuck and still and at_chance):
         return None
     val_acc = metric_series(cell.runs, "val_acc")
     sentence = (
@@ -273,6 +289,7 @@ def not_training(cell: CellResult, settings: DiagnosticSettings) -> Finding | No
             "train_acc": last_acc,
             "val_acc": val_acc.mean[-1] if val_acc.mean else None,
             "chance": chance,
+            "train_loss_drop": drop,
             "seeds": loss.n[-1],
         },
     )
@@ -436,6 +453,8 @@ def _fix(
         if epoch is None:
             return None
         gain = _at(after, epoch) - _at(before, epoch)
+        if gain < settings.fix_min_gain:
+            return None
         return Finding(
             kind="fix",
             experiments=refs,
@@ -467,6 +486,8 @@ def _fix(
         if _at(s_acc, epoch) - _at(after, epoch) > settings.degradation_margin:
             return None  # still worse than the shallow net: not removed
         gain = _at(after, epoch) - _at(before, epoch)
+        if gain < settings.fix_min_gain:
+            return None
         return Finding(
             kind="fix",
             experiments=[ExperimentRef.of(shallow.spec), *refs],
