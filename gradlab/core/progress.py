@@ -1,0 +1,61 @@
+"""A terminal progress bar for one training run (rich), or nothing when not asked for."""
+
+from __future__ import annotations
+
+from types import TracebackType
+from typing import Self
+
+from gradlab.core.records import EpochMetrics
+
+
+class EpochProgress:
+    """One bar per epoch over its steps, and a line of metrics when the epoch ends."""
+
+    def __init__(self, enabled: bool, total_epochs: int) -> None:
+        self.enabled = enabled
+        self.total_epochs = total_epochs
+        self._progress = None
+        self._task = None
+
+    def __enter__(self) -> Self:
+        if self.enabled:
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeElapsedColumn,
+                TimeRemainingColumn,
+            )
+
+            self._progress = Progress(
+                TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                TimeElapsedColumn(), TimeRemainingColumn(), transient=False,
+            )
+            self._progress.__enter__()
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        if self._progress is not None:
+            self._progress.__exit__(exc_type, exc, tb)
+
+    def start_epoch(self, epoch: int, steps: int) -> None:
+        if self._progress is not None:
+            self._task = self._progress.add_task(f"epoch {epoch + 1}/{self.total_epochs}",
+                                                 total=steps)
+
+    def step(self) -> None:
+        if self._progress is not None and self._task is not None:
+            self._progress.advance(self._task)
+
+    def end_epoch(self, metrics: EpochMetrics) -> None:
+        if self._progress is not None and self._task is not None:
+            self._progress.update(
+                self._task,
+                description=(
+                    f"epoch {metrics.epoch + 1}/{self.total_epochs} "
+                    f"loss {metrics.train_loss:.3f} acc {metrics.train_acc:.3f} | "
+                    f"val {metrics.val_loss:.3f} {metrics.val_acc:.3f} | lr {metrics.lr:.2e}"
+                ),
+            )

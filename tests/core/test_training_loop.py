@@ -1,0 +1,175 @@
+"""The training loop: resume bit-identity, divergence, cancellation, callbacks, checkpoints."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import pytest
+import torch
+
+from gradlab.core import training_loop
+from gradlab.core.architectures import VGG
+from gradlab.core.checkpoints import CheckpointError, checkpoint_epoch, load_checkpoint
+from gradlab.core.data import CifarArrays
+from gradlab.core.records import EpochMetrics, GradFlowEpoch, TrainingResult
+from gradlab.core.spec import ExperimentSpec
+from gradlab.core.training_loop import train_run
+
+
+def tiny_spec(**overrides: Any) -> ExperimentSpec:
+    base: dict[str, Any] = {
+        "depth": 8,
+        "batch_norm": True,  # BN running statistics must survive a resume too
+        "hyperparameters": {"epochs": 3, "batch_size": 40, "weight_decay": 1e-3},
+        "data": {"train_limit": 200, "val_limit": 60, "test_limit": 60},
+    }
+    base.update(overrides)
+    return ExperimentSpec.model_validate(base)
+
+
+class Recorder:
+    """An epoch callback that keeps every checkpoint; optionally asks to stop."""
+
+    def __init__(self, stop_after: int | None = None) -> None:
+        self.calls: list[tuple[EpochMetrics, GradFlowEpoch]] = []
+        self.blobs: list[bytes] = []
+        self.stop_after = stop_after
+
+    def __call__(self, metrics: EpochMetrics, gradflow: GradFlowEpoch, checkpoint: Any) -> bool:
+        self.calls.append((metrics, gradflow))
+        self.blobs.append(checkpoint())
+        return self.stop_after is None or metrics.epoch < self.stop_after
+
+
+def without_seconds(result: TrainingResult) -> dict[str, Any]:
+    data = result.to_json_dict()
+    data["epochs"] = [{k: v for k, v in e.items() if k != "seconds"} for e in data["epochs"]]
+    return data
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(synthetic_cifar: CifarArrays) -> tuple[TrainingResult, Recorder]:
+    recorder = Recorder()
+    result = train_run(tiny_spec(), 5, synthetic_cifar, on_epoch_end=recorder)
+    return result, recorder
+
+
+def test_a_run_produces_every_epoch_gradflow_and_a_test_result(
+        uninterrupted: tuple[TrainingResult, Recorder]) -> None:
+    result, recorder = uninterrupted
+    assert result.status == "succeeded"
+    assert [e.epoch for e in result.epochs] == [0, 1, 2]
+    assert [m.epoch for m, _ in recorder.calls] == [0, 1, 2]
+    assert result.layers == tuple(result.gradflow[0].layers)
+    assert len(result.layers) == 9 + 6  # VGG08 + a BN after each of the 6 reduction convs
+    assert all(len(g.last_batch["mean_abs"]) == 15 for g in result.gradflow)
+    assert result.test is not None and 0 <= result.test.best_epoch <= 2
+    best = max(result.epochs, key=lambda e: e.val_acc)
+    assert result.test.best_epoch == best.epoch  # first epoch with the best validation accuracy
+    assert result.epochs[1].lr < result.epochs[0].lr  # cosine schedule
+    assert [checkpoint_epoch(b) for b in recorder.blobs] == [0, 1, 2]
+
+
+@pytest.mark.parametrize("resume_epoch", [0, 1])
+def test_resume_from_any_epoch_is_bit_identical(
+        synthetic_cifar: CifarArrays, uninterrupted: tuple[TrainingResult, Recorder],
+        resume_epoch: int) -> None:
+    full, recorder = uninterrupted
+    later = Recorder()
+    resumed = train_run(tiny_spec(), 5, synthetic_cifar, on_epoch_end=later,
+                        resume_from=recorder.blobs[resume_epoch])
+    assert [m.epoch for m, _ in later.calls] == list(range(resume_epoch + 1, 3))  # new only
+    assert without_seconds(resumed) == without_seconds(full)  # floats compared exactly
+    # ...and the final weights agree bit for bit, not just the metrics.
+    final_full = load_checkpoint(recorder.blobs[-1])["model"]
+    final_resumed = load_checkpoint(later.blobs[-1])["model"]
+    assert all(torch.equal(final_full[k], final_resumed[k]) for k in final_full)
+
+
+def test_a_different_seed_gives_different_numbers(
+        synthetic_cifar: CifarArrays, uninterrupted: tuple[TrainingResult, Recorder]) -> None:
+    spec = tiny_spec(hyperparameters={"epochs": 1, "batch_size": 40})
+    first = train_run(spec, 5, synthetic_cifar)
+    other = train_run(spec, 6, synthetic_cifar)
+    assert first.epochs[0].train_loss != other.epochs[0].train_loss
+    assert uninterrupted[0].epochs[0].train_loss != first.epochs[0].train_loss  # wd differs
+
+
+def test_resuming_another_runs_checkpoint_is_refused(
+        synthetic_cifar: CifarArrays, uninterrupted: tuple[TrainingResult, Recorder]) -> None:
+    blob = uninterrupted[1].blobs[0]
+    with pytest.raises(CheckpointError, match="seed"):
+        train_run(tiny_spec(), 6, synthetic_cifar, resume_from=blob)
+    with pytest.raises(CheckpointError, match="learning_rate"):
+        train_run(tiny_spec(hyperparameters={"epochs": 3, "batch_size": 40, "weight_decay": 1e-3,
+                                             "learning_rate": 0.01}),
+                  5, synthetic_cifar, resume_from=blob)
+    with pytest.raises(CheckpointError, match="not a readable"):
+        train_run(tiny_spec(), 5, synthetic_cifar, resume_from=b"garbage")
+
+
+def test_callback_returning_false_cancels_after_that_epoch(synthetic_cifar: CifarArrays) -> None:
+    recorder = Recorder(stop_after=0)
+    result = train_run(tiny_spec(), 5, synthetic_cifar, on_epoch_end=recorder)
+    assert result.status == "cancelled"
+    assert [e.epoch for e in result.epochs] == [0]
+    assert result.test is None
+
+
+class _NaNAfter(VGG):
+    """A VGG whose training forward returns NaN from its ``nan_at``-th call on."""
+
+    nan_at = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = super().forward(x)
+        if self.training:
+            self.calls = getattr(self, "calls", 0) + 1
+            if self.calls > self.nan_at:
+                return out * math.nan
+        return out
+
+
+@pytest.mark.parametrize(("nan_at", "epoch", "step"), [(0, 0, 0), (32, 1, 12)])
+def test_nan_loss_stops_the_run_as_diverged_with_epoch_and_step(
+        synthetic_cifar: CifarArrays, monkeypatch: pytest.MonkeyPatch,
+        nan_at: int, epoch: int, step: int) -> None:
+    def build(spec: ExperimentSpec) -> VGG:
+        model = _NaNAfter(blocks_per_stage=spec.num_blocks, num_classes=100)
+        model.nan_at = nan_at
+        return model
+
+    monkeypatch.setattr(training_loop, "build_model", build)
+    # 200 images in batches of 10: 20 steps per epoch, so training call 32 is epoch 1, step 12.
+    spec = tiny_spec(batch_norm=False, hyperparameters={"epochs": 3, "batch_size": 10},
+                     data={"train_limit": 200, "val_limit": 20, "test_limit": 20})
+    result = train_run(spec, 0, synthetic_cifar)
+    assert result.status == "diverged"
+    assert result.divergence is not None
+    assert (result.divergence.epoch, result.divergence.step) == (epoch, step)
+    assert math.isnan(result.divergence.loss)
+    assert [e.epoch for e in result.epochs] == list(range(epoch))  # finished epochs only
+    assert result.test is None
+
+
+def test_a_huge_learning_rate_diverges(synthetic_cifar: CifarArrays) -> None:
+    spec = tiny_spec(batch_norm=False, hyperparameters={
+        "optimizer": "sgd", "learning_rate": 10.0, "momentum": 0.9, "epochs": 3,
+        "batch_size": 20, "lr_schedule": "constant"})
+    result = train_run(spec, 0, synthetic_cifar)
+    assert result.status == "diverged"
+    assert result.divergence is not None and not math.isfinite(result.divergence.loss)
+
+
+def test_environment_is_recorded(uninterrupted: tuple[TrainingResult, Recorder]) -> None:
+    env = uninterrupted[0].environment
+    assert env["device"] == "cpu" and env["torch"] == torch.__version__.split("+")[0]
+
+
+def test_spec_and_data_must_agree(synthetic_cifar: CifarArrays) -> None:
+    with pytest.raises(ValueError, match="cifar10"):
+        train_run(tiny_spec(data={"dataset": "cifar10"}), 0, synthetic_cifar)
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="CUDA is not available"):
+            train_run(tiny_spec(), 0, synthetic_cifar, device="cuda")
