@@ -5,6 +5,7 @@ from __future__ import annotations
 import httpx
 from fastapi.testclient import TestClient
 from sqlalchemy import select
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from gradlab.api.app import create_app
@@ -148,3 +149,25 @@ def test_openapi_has_readable_operation_ids_and_examples(client: TestClient) -> 
         "health-readyz",
     } <= ids
     assert schema["components"]["schemas"]["ExperimentSpec"]["examples"][0]["depth"] == 38
+
+
+class _CommitFailsSession(Session):
+    """A session whose commit fails like a database that went away at that moment."""
+
+    def commit(self) -> None:
+        raise OperationalError("COMMIT", {}, ConnectionError("server closed the connection"))
+
+
+def test_a_failed_commit_is_an_error_and_dispatches_nothing(
+    settings: Settings, postgres_session_factory: sessionmaker[Session], unique_name: str
+) -> None:
+    dispatcher = RecordingDispatcher()
+    app = create_app(settings, dispatcher=dispatcher)
+    app.state.session_factory = sessionmaker(bind=app.state.engine, class_=_CommitFailsSession)
+    with TestClient(app, raise_server_exceptions=False) as client:
+        response = client.post("/experiments", json=small_spec(unique_name))
+    assert response.status_code == 503
+    assert response.json()["type"] == "service_unavailable"
+    assert dispatcher.dispatched == []
+    with postgres_session_factory() as session:
+        assert session.scalars(select(Experiment).where(Experiment.name == unique_name)).all() == []
