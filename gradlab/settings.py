@@ -1,4 +1,7 @@
-"""Settings read from GRADLAB_* environment variables (pydantic-settings), shared by api, worker, client."""
+"""Settings read from GRADLAB_* environment variables (pydantic-settings).
+
+Shared by api, worker and client.
+"""
 
 from __future__ import annotations
 
@@ -24,6 +27,8 @@ class Settings(BaseSettings):
     # Above the longest run, so Redis never redelivers a still-running task (it would anyway be
     # refused by the database lease, but this avoids the churn).
     broker_visibility_timeout: int = 7 * 24 * 3600
+    # The Celery queue runs are sent to and workers consume (one per cluster, or per test).
+    celery_queue: str = "gradlab"
     device: str = "auto"
 
     @field_validator("database_url")

@@ -104,7 +104,9 @@ def worker_command(
     concurrency: int | None = typer.Option(
         None, help="Runs trained at once (default: one per visible GPU, else 1)."
     ),
-    queues: str = typer.Option("gradlab", help="Comma-separated queues to consume."),
+    queues: str | None = typer.Option(
+        None, help="Comma-separated queues to consume (default: GRADLAB_CELERY_QUEUE, gradlab)."
+    ),
     beat: bool = typer.Option(
         False, help="Also run the lost-run reaper schedule (enable on exactly one worker)."
     ),

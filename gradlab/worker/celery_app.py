@@ -26,7 +26,6 @@ from gradlab.worker.dispatch import TRAIN_TASK
 
 log = logging.getLogger(__name__)
 
-QUEUE = "gradlab"
 REAP_TASK = "gradlab.reap_lost_runs"
 
 
@@ -44,8 +43,11 @@ def make_celery(settings: Settings | None = None) -> Celery:
         worker_cancel_long_running_tasks_on_connection_loss=True,
         broker_transport_options={"visibility_timeout": settings.broker_visibility_timeout},
         broker_connection_retry_on_startup=True,
-        task_default_queue=QUEUE,
-        task_routes={TRAIN_TASK: {"queue": QUEUE}, REAP_TASK: {"queue": QUEUE}},
+        task_default_queue=settings.celery_queue,
+        task_routes={
+            TRAIN_TASK: {"queue": settings.celery_queue},
+            REAP_TASK: {"queue": settings.celery_queue},
+        },
         worker_concurrency=devices.worker_concurrency(None),
         worker_hijack_root_logger=False,
         # `celery worker -B` (`gradlab worker --beat`, one worker per cluster) runs the reaper.

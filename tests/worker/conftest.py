@@ -1,0 +1,112 @@
+"""Real services for the worker tests: Redis, a Celery worker process, the API over HTTP."""
+
+from __future__ import annotations
+
+import os
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import redis
+from sqlalchemy.orm import Session, sessionmaker
+
+from gradlab.store.session import make_engine, make_session_factory
+from tests.support.processes import (
+    VENV_BIN,
+    ServiceProcess,
+    free_port,
+    real_data_dir,
+    wait_for,
+    wait_http_ok,
+)
+
+REDIS_URL = os.environ.get("GRADLAB_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+# Short leases so a killed worker's run is found in seconds; the reaper runs every 5 s.
+LEASE_SECONDS = 8
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    found = real_data_dir()
+    if found is None:
+        pytest.skip("real CIFAR-100 not available (set GRADLAB_DATA_DIR)")
+    return found
+
+
+@pytest.fixture(scope="module")
+def service_env(postgres_url: str, data_dir: Path) -> dict[str, str]:
+    try:
+        redis.Redis.from_url(REDIS_URL, socket_connect_timeout=3).ping()
+    except redis.RedisError as exc:
+        pytest.fail(f"Redis is not reachable at {REDIS_URL} ({exc}); start it (`make services`)",
+                    pytrace=False)
+    return {
+        **os.environ,
+        "GRADLAB_DATABASE_URL": postgres_url,
+        "GRADLAB_BROKER_URL": REDIS_URL,
+        # A queue of our own: other test sessions on the same Redis never see our runs.
+        "GRADLAB_CELERY_QUEUE": f"gradlab-test-{uuid.uuid4().hex[:8]}",
+        "GRADLAB_DATA_DIR": str(data_dir),
+        "GRADLAB_LEASE_SECONDS": str(LEASE_SECONDS),
+        "GRADLAB_MAX_ATTEMPTS": "3",
+        "GRADLAB_DEVICE": "cpu",
+        "PYTHONUNBUFFERED": "1",
+    }
+
+
+@pytest.fixture(scope="module")
+def celery_worker(
+    service_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ServiceProcess]:
+    logs = tmp_path_factory.mktemp("celery")
+    worker = ServiceProcess(
+        "celery-worker",
+        [str(VENV_BIN / "celery"), "-A", "gradlab.worker.celery_app", "worker",
+         "--pool", "prefork", "--concurrency", "1", "--queues", service_env["GRADLAB_CELERY_QUEUE"],
+         "--loglevel", "info", "--beat", "--schedule", str(logs / "beat-schedule"),
+         "--hostname", f"test-{uuid.uuid4().hex[:6]}@%h"],
+        service_env,
+        logs,
+    )
+    try:
+        wait_for("the Celery worker to be ready", lambda: "ready." in worker.log_tail(20_000),
+                 timeout=90, service=worker)
+        yield worker
+    finally:
+        worker.stop()
+
+
+@pytest.fixture(scope="module")
+def api_url(
+    service_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
+    port = free_port()
+    api = ServiceProcess(
+        "api",
+        [sys.executable, "-m", "uvicorn", "--factory", "gradlab.api.app:create_app",
+         "--host", "127.0.0.1", "--port", str(port)],
+        service_env,
+        tmp_path_factory.mktemp("api"),
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_http_ok(f"{url}/healthz", timeout=60, service=api)
+        yield url
+    finally:
+        api.stop()
+
+
+@pytest.fixture(scope="module")
+def http(api_url: str) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=api_url, timeout=30) as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
+def store(postgres_url: str) -> Iterator[sessionmaker[Session]]:
+    engine = make_engine(postgres_url)
+    yield make_session_factory(engine)
+    engine.dispose()
