@@ -6,9 +6,11 @@ from fastapi.testclient import TestClient
 from sqlalchemy import update
 from sqlalchemy.orm import Session, sessionmaker
 
+from gradlab.api.app import create_app
+from gradlab.settings import Settings
 from gradlab.store.experiments import refresh_experiment_status
 from gradlab.store.models import Run
-from tests.api.conftest import small_spec
+from tests.api.conftest import RecordingDispatcher, small_spec
 
 
 def _create(client: TestClient, name: str, seeds: list[int] | None = None) -> dict:
@@ -120,3 +122,17 @@ def test_cancel_of_an_unknown_experiment_is_404(client: TestClient) -> None:
     response = client.post("/experiments/nope/cancel")
     assert response.status_code == 404
     assert response.json()["type"] == "not_found"
+
+
+def test_cursor_pages_on_sqlite_too(sqlite_url: str, unique_name: str) -> None:
+    """Embedded mode stores timestamps as text; the keyset must still order and resume."""
+    settings = Settings(database_url=sqlite_url, broker_url=None)
+    with TestClient(create_app(settings, dispatcher=RecordingDispatcher())) as client:
+        created = [_create(client, unique_name)["id"] for _ in range(3)]
+        first = client.get("/experiments", params={"name": unique_name, "limit": 2}).json()
+        rest = client.get(
+            "/experiments",
+            params={"name": unique_name, "limit": 2, "cursor": first["next_cursor"]},
+        ).json()
+    assert [i["id"] for i in first["items"] + rest["items"]] == list(reversed(created))
+    assert rest["next_cursor"] is None
