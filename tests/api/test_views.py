@@ -234,6 +234,8 @@ def test_gradflow_of_a_running_experiment_shows_new_epochs_and_nan_as_null(
             )
             .values(last_batch_mean_abs=math.nan)
         )
+        # the worker records an epoch's rows and the run's progress in one transaction
+        session.execute(update(Run).where(Run.id == run_ids[0]).values(epochs_done=2))
         session.commit()
     body = client.get(url).json()
     assert body["runs"][0]["epochs"] == [0, 1]
@@ -268,3 +270,32 @@ def test_views_of_an_unknown_experiment_are_404(client: TestClient) -> None:
         response = client.get(f"/experiments/missing/{view}")
         assert response.status_code == 404
         assert response.json()["type"] == "not_found"
+
+
+def test_a_running_experiments_view_is_reused_until_a_run_progresses(
+    client: TestClient,
+    postgres_session_factory: sessionmaker[Session],
+    spec: ExperimentSpec,
+    layers: list[str],
+) -> None:
+    experiment_id, run_ids = insert_experiment(
+        postgres_session_factory, spec, layers, epochs=1, status="running"
+    )
+    url = f"/experiments/{experiment_id}/gradflow"
+    first = client.get(url).json()
+
+    def edit_epoch_0(value: float, progress: bool) -> None:
+        with postgres_session_factory() as session:
+            session.execute(
+                update(GradFlowRow)
+                .where(GradFlowRow.run_id == run_ids[0], GradFlowRow.epoch == 0)
+                .values(last_batch_mean_abs=value)
+            )
+            if progress:
+                session.execute(update(Run).where(Run.id == run_ids[0]).values(epochs_done=2))
+            session.commit()
+
+    edit_epoch_0(7.0, progress=False)  # no run changed: the rendered view is reused
+    assert client.get(url).json() == first
+    edit_epoch_0(9.0, progress=True)  # a run moved on: rendered again from the database
+    assert client.get(url).json()["runs"][0]["values"][0] == [9.0] * len(layers)

@@ -131,22 +131,31 @@ async def _cached_view(
     experiment_id: str,
     render: Callable[[Session, Experiment], RenderedView],
 ) -> Response:
-    """A rendered view from the cache, else rendered in a worker thread (and cached if final).
+    """A rendered view from the cache, else rendered in a worker thread.
 
-    A hit touches neither the database nor a thread: this is what makes finished experiments
-    cheap to serve.
+    A finished experiment's views never change: they are cached under ``key`` and a hit
+    touches neither the database nor a thread. A running experiment's views change only when
+    a run records an epoch, changes status or restarts (the worker writes an epoch's rows and
+    the run's progress in one transaction), so they are cached under ``key`` plus that version:
+    a dashboard polling between epochs costs one small read of the runs.
     """
     hit = cache.get(key)
     if hit is None:
 
-        def build() -> RenderedView:
+        def build() -> CachedResponse:
             with factory() as session:
-                return render(session, _get_or_404(session, experiment_id))
+                experiment = _get_or_404(session, experiment_id)
+                # read before the data, so the data is at least as new as the version
+                version = tuple((r.id, r.status, r.epochs_done, r.attempt) for r in experiment.runs)
+                versioned = (*key, version)
+                entry = cache.get(versioned)
+                if entry is None:
+                    view = render(session, experiment)
+                    entry = view.response
+                    cache.put(key if view.final else versioned, entry)
+                return entry
 
-        view = await run_in_threadpool(build)
-        hit = view.response
-        if view.final:
-            cache.put(key, hit)
+        hit = await run_in_threadpool(build)
     return _response(hit)
 
 
