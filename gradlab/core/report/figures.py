@@ -83,7 +83,8 @@ def curves_figure(cells: Sequence[CellResult]) -> PlotFigure:
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(True, alpha=0.3)
-    axes.flat[0].legend(fontsize=7, loc="best")
+    if axes.flat[0].get_lines():
+        axes.flat[0].legend(fontsize=7, loc="best")
     return PlotFigure(
         name="curves",
         title="Learning curves",

@@ -1,0 +1,171 @@
+"""The report: renders with partial results, and its exports are exactly what is plotted."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from gradlab.core.report import build_report, render_html, write_report
+from gradlab.core.report.figures import PlotFigure
+from tests.study.builders import HEALTHY, LAYERS, VANISHED, cell, seed_run, spec
+
+FLAT = [4.606, 4.605, 4.605]
+
+
+def partial_study() -> list:
+    """A study caught mid-way: finished, running, missing seeds, and a cell not started."""
+    plain = cell(
+        spec("vgg38", 38),
+        seed_run(0, train_loss=FLAT, train_acc=[0.01] * 3, gradients=[VANISHED] * 3, layers=LAYERS),
+    )
+    bn_spec = spec("vgg38-bn", 38, bn=True).with_updates({"seeds": [0, 1, 2]})
+    bn = cell(
+        bn_spec,
+        seed_run(
+            0,
+            train_loss=[4.2, 3.6, 3.2],
+            train_acc=[0.06, 0.14, 0.22],
+            gradients=[HEALTHY] * 3,
+            layers=LAYERS,
+        ),
+        seed_run(
+            1,
+            train_loss=[4.3],
+            train_acc=[0.05],
+            gradients=[HEALTHY],
+            layers=LAYERS,
+            status="running",
+        ),
+    )
+    bn = type(bn)(bn.name, bn.coordinates, bn_spec, bn.runs, parameters=None)  # seed 2 missing
+    res = cell(spec("vgg38-bn-res", 38, bn=True, res=True))  # nothing yet
+    res = type(res)(res.name, res.coordinates, res.spec, [], parameters=None)
+    return [plain, bn, res]
+
+
+@pytest.fixture(scope="module")
+def report_dir(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, object]:
+    report = build_report("partial", partial_study(), scale="smoke")
+    out = tmp_path_factory.mktemp("report")
+    write_report(report, out)
+    return out, report
+
+
+def test_partial_results_render_with_completion_and_counts(report_dir: tuple) -> None:
+    out, report = report_dir
+    data = json.loads((out / "report.json").read_text())
+    assert data["complete"] is False
+    assert data["runs_planned"] == 5 and data["runs_finished"] == 2
+    statuses = {(c["cell"], c["seed"]): c["status"] for c in data["completion"]}
+    assert statuses == {
+        ("vgg38", 0): "succeeded",
+        ("vgg38-bn", 0): "succeeded",
+        ("vgg38-bn", 1): "running",
+        ("vgg38-bn", 2): "missing",
+        ("vgg38-bn-res", 0): "missing",
+    }
+    rows = {r["name"]: r for r in data["table"]}
+    assert rows["vgg38-bn"]["train_acc"]["n"] == 2  # last finished epoch of both seeds
+    assert rows["vgg38-bn"]["test_acc"]["n"] == 0
+    assert rows["vgg38-bn-res"]["train_acc"] == {"mean": None, "std": None, "n": 0}
+    assert rows["vgg38"]["parameters"] == 1000
+    assert rows["vgg38-bn"]["parameters"] == 338_500  # counted from the model when not given
+    page = (out / "report.html").read_text()
+    assert "Partial results" in page and "missing" in page
+
+
+def test_findings_have_kind_experiments_sentence_and_evidence(report_dir: tuple) -> None:
+    out, _ = report_dir
+    findings = json.loads((out / "report.json").read_text())["findings"]
+    kinds = [f["kind"] for f in findings]
+    assert "vanishing_gradients" in kinds and "not_training" in kinds and "fix" in kinds
+    for f in findings:
+        assert f["sentence"] and isinstance(f["evidence"], dict)
+        for ref in f["experiments"]:
+            assert set(ref) == {"name", "depth", "batch_norm", "residual"}
+    vanishing = next(f for f in findings if f["kind"] == "vanishing_gradients")
+    assert vanishing["experiments"][0] == {
+        "name": "vgg38",
+        "depth": 38,
+        "batch_norm": False,
+        "residual": False,
+    }
+
+
+def test_html_is_self_contained(report_dir: tuple) -> None:
+    out, report = report_dir
+    page = (out / "report.html").read_text()
+    assert page.count("data:image/png;base64,") == len(report.figures)
+    assert "<img alt" in page and "src='figures/" not in page
+    assert render_html(report).count("data:image/png;base64,") == len(report.figures)
+
+
+def _lines(fig: PlotFigure) -> list:
+    return [
+        line
+        for ax in fig.figure.axes
+        for line in ax.get_lines()
+        if not line.get_label().startswith("_")
+    ]
+
+
+def test_curve_exports_equal_the_plotted_lines(report_dir: tuple) -> None:
+    out, report = report_dir
+    curves = next(f for f in report.figures if f.name == "curves")
+    exported = json.loads((out / "figures" / "curves.json").read_text())
+    metrics = ["train_acc", "val_acc", "train_loss", "val_loss"]
+    for ax, metric in zip(curves.figure.axes, metrics, strict=True):
+        plotted = {line.get_label(): line for line in ax.get_lines()}
+        assert set(plotted) == set(exported["metrics"][metric]) == {"vgg38", "vgg38-bn"}
+        for name, series in exported["metrics"][metric].items():
+            assert list(plotted[name].get_xdata()) == series["epochs"]
+            assert list(plotted[name].get_ydata()) == series["mean"]
+        # the band is mean -+ std: its vertices hold exactly those numbers
+        for band, (name, series) in zip(
+            ax.collections, exported["metrics"][metric].items(), strict=True
+        ):
+            ys = set(band.get_paths()[0].vertices[:, 1].tolist())
+            expected = {m - s for m, s in zip(series["mean"], series["std"], strict=True)}
+            expected |= {m + s for m, s in zip(series["mean"], series["std"], strict=True)}
+            assert expected <= ys, name
+    with (out / "figures" / "curves.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    bn_acc = [r for r in rows if r["cell"] == "vgg38-bn" and r["metric"] == "train_acc"]
+    assert [float(r["mean"]) for r in bn_acc] == exported["metrics"]["train_acc"]["vgg38-bn"][
+        "mean"
+    ]
+
+
+def test_gradflow_and_heatmap_exports_equal_what_is_drawn(report_dir: tuple) -> None:
+    out, report = report_dir
+    for fig in report.figures:
+        if fig.name.startswith("gradflow-"):
+            exported = json.loads((out / "figures" / f"{fig.name}.json").read_text())
+            lines = _lines(fig)
+            assert [line.get_label() for line in lines] == [
+                f"epoch {e}" for e in exported["epochs"]
+            ]
+            for line, row in zip(lines, exported["mean"], strict=True):
+                assert list(line.get_ydata()) == row  # all positive: nothing hidden by log
+        if fig.name.startswith("heatmap-"):
+            exported = json.loads((out / "figures" / f"{fig.name}.json").read_text())
+            image = fig.figure.axes[0].images[0].get_array()
+            for j, layer in enumerate(exported["layers"]):
+                for i, _ in enumerate(exported["epochs"]):
+                    assert image[j][i] == math.log10(exported["mean"][i][j]), layer
+    names = [f.name for f in report.figures]
+    assert "gradflow-vgg38" in names and "heatmap-vgg38-bn" in names
+    assert "compare-vgg38-vs-vgg38-bn" in names  # plain vs BN side by side
+    assert all((out / "figures" / f"{n}.svg").exists() for n in names)
+
+
+def test_an_empty_study_still_renders(tmp_path: Path) -> None:
+    empty = cell(spec("nothing"))
+    empty = type(empty)(empty.name, {}, empty.spec, [], parameters=None)
+    html = write_report(build_report("empty", [empty]), tmp_path)
+    assert "No diagnostic fired" in html.read_text()
+    assert json.loads((tmp_path / "report.json").read_text())["findings"] == []
