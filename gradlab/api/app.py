@@ -15,13 +15,13 @@ from importlib.metadata import PackageNotFoundError, version
 from fastapi import FastAPI
 from fastapi.routing import APIRoute
 
-from gradlab.api.deps import RunDispatcher
 from gradlab.api.errors import install_error_handlers
 from gradlab.api.request_metrics import RequestMetrics, RequestMetricsMiddleware
 from gradlab.api.response_cache import ResponseCache
-from gradlab.api.routes import experiments, health
+from gradlab.api.routes import experiments, health, studies
 from gradlab.settings import Settings, get_settings
 from gradlab.store.session import make_engine, make_session_factory
+from gradlab.worker.dispatch import RunDispatcher
 
 log = logging.getLogger(__name__)
 
@@ -85,4 +85,5 @@ def create_app(
     app.add_middleware(RequestMetricsMiddleware, metrics=app.state.request_metrics)
     app.include_router(experiments.router)
     app.include_router(health.router)
+    app.include_router(studies.router)
     return app

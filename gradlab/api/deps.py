@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator, Sequence
-from typing import Annotated, Protocol
+from typing import Annotated
 
 from fastapi import Depends, Request
 from sqlalchemy.orm import Session, sessionmaker
@@ -18,14 +18,9 @@ from sqlalchemy.orm import Session, sessionmaker
 from gradlab.api.request_metrics import RequestMetrics
 from gradlab.api.response_cache import ResponseCache
 from gradlab.settings import Settings
+from gradlab.worker.dispatch import RunDispatcher
 
 log = logging.getLogger(__name__)
-
-
-class RunDispatcher(Protocol):
-    """Structural copy of ``gradlab.worker.dispatch.RunDispatcher`` (the api needs only this)."""
-
-    def dispatch(self, run_ids: Sequence[str]) -> None: ...
 
 
 class RunsToDispatch:
