@@ -13,14 +13,14 @@ from gradlab.core.report.html import figure_png, render_html
 from gradlab.core.report.tables import table_csv
 
 
-def _json_safe(value: Any) -> Any:
+def json_safe(value: Any) -> Any:
     # JSON has no NaN/inf; null marks a value that could not be computed or plotted.
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
+        return {k: json_safe(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [_json_safe(v) for v in value]
+        return [json_safe(v) for v in value]
     return value
 
 
@@ -37,7 +37,7 @@ def write_report(report: Report, out_dir: Path, *, svg: bool = True) -> Path:
         if svg:
             fig.figure.savefig(stem.with_suffix(".svg"), format="svg")
             entry["svg"] = f"figures/{fig.name}.svg"
-        stem.with_suffix(".json").write_text(json.dumps(_json_safe(fig.data), indent=1))
+        stem.with_suffix(".json").write_text(json.dumps(json_safe(fig.data), indent=1))
         entry["json"] = f"figures/{fig.name}.json"
         if fig.rows:
             with stem.with_suffix(".csv").open("w", newline="") as handle:
@@ -51,7 +51,7 @@ def write_report(report: Report, out_dir: Path, *, svg: bool = True) -> Path:
         files[fig.name] = entry
     (out_dir / "table.csv").write_text(table_csv(report.rows))
     (out_dir / "report.json").write_text(
-        json.dumps(_json_safe(report.to_json_dict(files)), indent=1)
+        json.dumps(json_safe(report.to_json_dict(files)), indent=1)
     )
     html_path = out_dir / "report.html"
     html_path.write_text(render_html(report, files))
