@@ -57,7 +57,7 @@ def run_command(
         out.mkdir(parents=True, exist_ok=True)
         factory, study_id, queued = _submit(study, scale, url)
     except StudyRunError as exc:
-        console.print(f"[red]error:[/red] {exc}")
+        console.print(f"[red]error:[/red] {exc}", soft_wrap=True, highlight=False)
         raise typer.Exit(2) from None
     started = time.perf_counter()
     elapsed: float | None = None
@@ -65,7 +65,7 @@ def run_command(
         _run_all(factory, study_id, queued, data_dir, device, url, console)
         elapsed = time.perf_counter() - started
     except StudyRunError as exc:
-        console.print(f"[red]error:[/red] {exc}")
+        console.print(f"[red]error:[/red] {exc}", soft_wrap=True, highlight=False)
         raise typer.Exit(2) from None
     except KeyboardInterrupt:
         console.print(
@@ -277,7 +277,9 @@ def _report(
     if not report.findings:
         console.print("  none")
     for finding in report.findings:
-        console.print(f"  - [cyan]{finding.kind}[/cyan]: {finding.sentence}", highlight=False)
+        console.print(
+            f"  - [cyan]{finding.kind}[/cyan]: {finding.sentence}", highlight=False, soft_wrap=True
+        )
     if elapsed is not None:
         console.print(f"Trained in {elapsed / 60:.1f} min.")
     console.print(
