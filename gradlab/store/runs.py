@@ -407,7 +407,9 @@ def find_queued_runs(
     query = select(Run.id).where(Run.status == "queued")
     if queued_before is not None:
         query = query.where(Run.queued_at < queued_before)
-    return list(session.scalars(query.order_by(Run.queued_at, Run.id).limit(limit)))
+    # Seeds of one experiment share queued_at: take them in seed order.
+    order = (Run.queued_at, Run.experiment_id, Run.seed)
+    return list(session.scalars(query.order_by(*order).limit(limit)))
 
 
 def mark_requeued(session: Session, run_ids: list[str], *, now: datetime | None = None) -> None:
