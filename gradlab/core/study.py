@@ -37,7 +37,7 @@ class SmokeScale(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     epochs: int = Field(3, ge=1, description="at most this many epochs")
-    train_limit: int = Field(2000, ge=1, description="first N of the 47,500 training images")
+    train_limit: int = Field(3000, ge=1, description="first N of the 47,500 training images")
     val_limit: int = Field(500, ge=1, description="first N of the 2,500 validation images")
     test_limit: int = Field(1000, ge=1, description="first N of the 10,000 test images")
     max_seeds: int | None = Field(
@@ -167,14 +167,18 @@ def load_study(text: str, *, source: str = "study") -> StudySpec:
     try:
         return StudySpec.model_validate(data)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or 'study'}: {err['msg']}"
-            for err in exc.errors()
-        )
-        raise ValueError(f"{source}: {problems}") from exc
+        raise ValueError(f"{source}: {_problems(exc, 'study')}") from None
 
 
 # --- helpers --------------------------------------------------------------------------------
+
+
+def _problems(exc: ValidationError, top: str) -> str:
+    """Every error as 'field.path: reason', without pydantic's 'Value error, ' prefix."""
+    return "; ".join(
+        f"{'.'.join(str(p) for p in err['loc']) or top}: {err['msg'].removeprefix('Value error, ')}"
+        for err in exc.errors()
+    )
 
 
 def _check_path(path: str) -> None:
@@ -219,11 +223,7 @@ def _build(study: StudySpec, overrides: Mapping[str, Any], *, where: str) -> Exp
     try:
         return study.base.with_updates(updates)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or 'spec'}: {err['msg']}"
-            for err in exc.errors()
-        )
-        raise ValueError(f"{where}: {problems}") from None
+        raise ValueError(f"{where}: {_problems(exc, 'spec')}") from None
 
 
 class _CellNameFormatter(string.Formatter):
