@@ -20,12 +20,15 @@ from gradlab.core.spec import Hyperparameters
 def make_optimizer(params: Iterable[torch.nn.Parameter],
                    hp: Hyperparameters) -> torch.optim.Optimizer:
     """The spec's optimiser over ``params`` (all of them share one group and one decay)."""
+    # fused=True: one vectorised kernel per parameter on CPU and CUDA, the same algorithm as
+    # the default per-tensor loop (which costs ~10 small ops per parameter per step, several
+    # percent of a VGG08 step on the CPU).
     if hp.optimizer == "adam":
         return torch.optim.Adam(params, lr=hp.learning_rate, betas=hp.adam_betas,
-                                eps=hp.adam_eps, weight_decay=hp.weight_decay)
+                                eps=hp.adam_eps, weight_decay=hp.weight_decay, fused=True)
     if hp.optimizer == "sgd":
         return torch.optim.SGD(params, lr=hp.learning_rate, momentum=hp.momentum,
-                               nesterov=hp.nesterov, weight_decay=hp.weight_decay)
+                               nesterov=hp.nesterov, weight_decay=hp.weight_decay, fused=True)
     raise ValueError(f"unknown optimizer {hp.optimizer!r}")
 
 

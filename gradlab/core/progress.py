@@ -50,12 +50,13 @@ class EpochProgress:
             self._progress.advance(self._task)
 
     def end_epoch(self, metrics: EpochMetrics) -> None:
+        # The bar gives way to one line of metrics per epoch (readable in logs too).
         if self._progress is not None and self._task is not None:
-            self._progress.update(
-                self._task,
-                description=(
-                    f"epoch {metrics.epoch + 1}/{self.total_epochs} "
-                    f"loss {metrics.train_loss:.3f} acc {metrics.train_acc:.3f} | "
-                    f"val {metrics.val_loss:.3f} {metrics.val_acc:.3f} | lr {metrics.lr:.2e}"
-                ),
+            self._progress.remove_task(self._task)
+            self._task = None
+            self._progress.console.print(
+                f"epoch {metrics.epoch + 1}/{self.total_epochs}  "
+                f"train loss {metrics.train_loss:.4f} acc {metrics.train_acc:.4f}  "
+                f"val loss {metrics.val_loss:.4f} acc {metrics.val_acc:.4f}  "
+                f"lr {metrics.lr:.2e}  {metrics.seconds:.1f}s"
             )

@@ -56,7 +56,7 @@ EVAL_BATCH_SIZE = 500  # evaluation has no gradients; larger batches are faster,
 
 
 @dataclass
-class _Engine:
+class Engine:
     """The objects one run trains with."""
 
     model: nn.Module
@@ -90,7 +90,7 @@ def train_run(
     hp = spec.hyperparameters
     dev = resolve_device(device)
     seed_everything(seed)
-    engine = _make_engine(spec, dev, compile_model)
+    engine = make_engine(spec, dev, compile_model)
     generator = data_generator(seed)
     parts = split(data, spec.data)
     train_batches = TrainBatches(parts.train_images, parts.train_labels, batch_size=hp.batch_size,
@@ -124,7 +124,7 @@ def train_run(
             lr = learning_rate_at(hp, epoch)
             set_learning_rate(engine.optimizer, lr)
             progress.start_epoch(epoch, len(train_batches))
-            outcome = _train_epoch(engine, train_batches, epoch, progress.step)
+            outcome = train_epoch(engine, train_batches, epoch, progress.step)
             if isinstance(outcome, Divergence):
                 result.divergence = outcome
                 status = "diverged"
@@ -154,7 +154,7 @@ def train_run(
     return result
 
 
-def _make_engine(spec: ExperimentSpec, dev: torch.device, compile_model: bool) -> _Engine:
+def make_engine(spec: ExperimentSpec, dev: torch.device, compile_model: bool) -> Engine:
     # channels_last helps both oneDNN on the CPU and cuDNN; batches arrive in that layout.
     model = build_model(spec).to(dev, memory_format=torch.channels_last)
     optimizer = make_optimizer(model.parameters(), spec.hyperparameters)
@@ -170,10 +170,10 @@ def _make_engine(spec: ExperimentSpec, dev: torch.device, compile_model: bool) -
             forward = torch.compile(model)  # type: ignore[assignment]
     else:
         autocast = contextlib.nullcontext  # CPU trains in fp32, as the seed did
-    return _Engine(model, forward, optimizer, recorder, dev, autocast)
+    return Engine(model, forward, optimizer, recorder, dev, autocast)
 
 
-def _train_epoch(engine: _Engine, batches: TrainBatches, epoch: int,
+def train_epoch(engine: Engine, batches: TrainBatches, epoch: int,
                  on_step: Callable[[], None]) -> tuple[float, float] | Divergence:
     """One epoch of training: (mean batch loss, mean batch accuracy), or where it diverged."""
     engine.model.train()
@@ -209,7 +209,7 @@ def _first_non_finite(values: torch.Tensor) -> int | None:
 
 
 @torch.inference_mode()
-def evaluate(engine: _Engine, batches: EvalBatches) -> tuple[float, float]:
+def evaluate(engine: Engine, batches: EvalBatches) -> tuple[float, float]:
     """(mean loss, accuracy) per image, eval mode."""
     engine.model.eval()
     totals = torch.zeros(2, dtype=torch.float64, device=engine.device)

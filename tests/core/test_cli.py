@@ -1,0 +1,119 @@
+"""The core verbs of the `gradlab` command: model, train, bench, data download."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from gradlab.client import core_commands
+
+
+@pytest.fixture(scope="module")
+def app() -> typer.Typer:
+    app = typer.Typer(pretty_exceptions_enable=False)
+    core_commands.register(app)
+    return app
+
+
+runner = CliRunner()
+
+
+@pytest.mark.parametrize(("args", "parameters", "layers"), [
+    (["--depth", "8"], 59_716, 9),
+    (["--depth", "38"], 336_196, 39),
+    (["--depth", "38", "--batch-norm", "--residual"], 338_500, 75),
+])
+def test_model_json_prints_parameters_and_layers(app: typer.Typer, args: list[str],
+                                                 parameters: int, layers: int) -> None:
+    result = runner.invoke(app, ["model", *args, "--json"])
+    assert result.exit_code == 0, result.output
+    info = json.loads(result.stdout)
+    assert info["parameters"] == parameters
+    assert len(info["layers"]) == layers and info["layers"][0] == "entry.conv"
+
+
+def test_invalid_depth_is_one_clear_line_not_a_traceback(app: typer.Typer) -> None:
+    result = runner.invoke(app, ["model", "--depth", "37"])
+    assert result.exit_code == 2
+    assert "depth must be 6k+2 for 3 stages; nearest: 32 or 38" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_train_without_data_names_the_paths_tried(app: typer.Typer, tmp_path: Path) -> None:
+    result = runner.invoke(app, ["train", "--depth", "8", "--epochs", "1", "--data-dir",
+                                 str(tmp_path), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 2
+    assert str(tmp_path / "train.npz") in result.output
+    assert "gradlab data download" in result.output
+    assert "Traceback" not in result.output
+    assert not (tmp_path / "out" / "result.json").exists()
+
+
+def test_train_writes_result_json_and_figure_then_resumes(
+        app: typer.Typer, real_data_dir: Path, tmp_path: Path) -> None:
+    spec_file = tmp_path / "spec.yaml"
+    spec_file.write_text("name: cli-check\ndepth: 14\nhyperparameters:\n  epochs: 2\n"
+                         "  batch_size: 50\ndata:\n  train_limit: 100\n  val_limit: 50\n"
+                         "  test_limit: 50\n")
+    out = tmp_path / "run"
+    args = ["train", "--spec", str(spec_file), "--depth", "8", "--seed", "3",
+            "--data-dir", str(real_data_dir), "--device", "cpu", "--out", str(out)]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    document = json.loads((out / "result.json").read_text())
+    assert document["spec"]["name"] == "cli-check"
+    assert document["spec"]["depth"] == 8  # the flag overrides the file
+    assert document["seed"] == 3 and document["status"] == "succeeded"
+    assert [e["epoch"] for e in document["epochs"]] == [0, 1]
+    assert set(document["epochs"][0]) >= {"train_loss", "train_acc", "val_loss", "val_acc",
+                                          "lr", "seconds"}
+    gradflow = document["gradflow"]
+    assert gradflow["layers"][0] == "entry.conv" and len(gradflow["layers"]) == 9
+    for window in ("last_batch", "epoch_mean"):
+        for stat in ("mean_abs", "max_abs", "l2"):
+            matrix = gradflow[window][stat]
+            assert len(matrix) == 2 and all(len(row) == 9 for row in matrix)
+    assert set(document["test"]) >= {"loss", "acc"}
+    assert document["environment"]["device"] == "cpu"
+    assert (out / "gradflow.png").read_bytes()[:4] == b"\x89PNG"
+
+    resumed = runner.invoke(app, [*args, "--resume"])
+    assert resumed.exit_code == 0, resumed.output
+    again = json.loads((out / "result.json").read_text())
+    assert again["epochs"] == document["epochs"]  # nothing retrained: same history, same seconds
+    assert again["test"] == document["test"]
+
+    other_seed = runner.invoke(app, [*args[:-2], "--seed", "4", "--out", str(out), "--resume"])
+    assert other_seed.exit_code == 2 and "different run" in other_seed.output
+
+
+def test_bad_spec_file_is_reported(app: typer.Typer, tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("depth: 8\nhyperparameters: {learning_rate: -1}\n")
+    result = runner.invoke(app, ["train", "--spec", str(bad)])
+    assert result.exit_code == 2
+    assert "hyperparameters.learning_rate" in result.output
+    missing = runner.invoke(app, ["train", "--spec", str(tmp_path / "nope.yaml")])
+    assert missing.exit_code == 2 and "cannot read spec file" in missing.output
+
+
+def test_data_download_leaves_an_existing_folder_alone(app: typer.Typer, tmp_path: Path) -> None:
+    (tmp_path / "cifar-100-python").mkdir()
+    result = runner.invoke(app, ["data", "download", "--data-dir", str(tmp_path)])
+    assert result.exit_code == 0 and "already" in result.output
+
+
+def test_bench_json_has_the_documented_keys(app: typer.Typer) -> None:
+    result = runner.invoke(app, ["bench", "--json", "--device", "cpu", "--models", "vgg08",
+                                 "--steps", "2", "--quick"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["matmul_gflops"] > 0
+    for key in ("step_images_per_s", "step_fraction_of_peak", "epoch_fraction_of_step",
+                "gradflow_overhead"):
+        assert key in report["vgg08"]
+    assert report["vgg08"]["step_images_per_s"] > 0
