@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, delete, func, insert, or_, select, update
+from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -204,35 +204,25 @@ def _gradflow_rows(run_id: str, gradflow: GradFlowEpoch) -> list[dict[str, Any]]
     ]
 
 
-def _upsert_checkpoint(session: Session, run_id: str, epoch: int, data: bytes) -> None:
-    values = {
-        "run_id": run_id,
-        "epoch": epoch,
-        "data": data,
-        "size_bytes": len(data),
-        "created_at": utcnow(),
-    }
+def _upsert(
+    session: Session,
+    model: type[Any],
+    rows: list[dict[str, Any]],
+    keys: list[str],
+    *,
+    only_forward: Any | None = None,
+) -> None:
+    """INSERT ... ON CONFLICT (keys) DO UPDATE, all rows in one statement (one round trip)."""
     dialect = session.get_bind().dialect.name
     if dialect == "postgresql":
-        stmt: Any = postgresql.insert(Checkpoint).values(**values)
+        stmt: Any = postgresql.insert(model).values(rows)
     elif dialect == "sqlite":
-        stmt = sqlite.insert(Checkpoint).values(**values)
+        stmt = sqlite.insert(model).values(rows)
     else:  # pragma: no cover - only the two supported backends
         raise RuntimeError(f"unsupported database backend {dialect!r}")
-    excluded = stmt.excluded
-    # Only move forward: a re-delivered older epoch never replaces a newer checkpoint.
-    session.execute(
-        stmt.on_conflict_do_update(
-            index_elements=[Checkpoint.run_id],
-            set_={
-                "epoch": excluded.epoch,
-                "data": excluded.data,
-                "size_bytes": excluded.size_bytes,
-                "created_at": excluded.created_at,
-            },
-            where=Checkpoint.epoch <= excluded.epoch,
-        )
-    )
+    updates = {name: stmt.excluded[name] for name in rows[0] if name not in keys}
+    where = None if only_forward is None else only_forward(stmt.excluded)
+    session.execute(stmt.on_conflict_do_update(index_elements=keys, set_=updates, where=where))
 
 
 def record_epoch(
@@ -279,30 +269,27 @@ def record_epoch(
             raise LeaseLostError(f"run {run_id} is no longer leased to {owner}")
         raise LookupError(f"run {run_id} does not exist")
 
-    session.execute(
-        delete(EpochMetricsRow).where(
-            EpochMetricsRow.run_id == run_id, EpochMetricsRow.epoch == epoch
-        )
-    )
-    session.execute(
-        delete(GradFlowRow).where(GradFlowRow.run_id == run_id, GradFlowRow.epoch == epoch)
-    )
-    session.execute(
-        insert(EpochMetricsRow).values(
-            run_id=run_id,
-            epoch=epoch,
-            train_loss=metrics.train_loss,
-            train_acc=metrics.train_acc,
-            val_loss=metrics.val_loss,
-            val_acc=metrics.val_acc,
-            lr=metrics.lr,
-            seconds=metrics.seconds,
-        )
-    )
+    # Upserts keyed on (run_id, epoch[, layer]): a re-delivered epoch replaces its rows.
+    metrics_row = {"run_id": run_id, **metrics.to_dict()}
+    _upsert(session, EpochMetricsRow, [metrics_row], ["run_id", "epoch"])
     if rows:
-        session.execute(insert(GradFlowRow), rows)
+        _upsert(session, GradFlowRow, rows, ["run_id", "epoch", "layer_index"])
     if checkpoint_bytes is not None:
-        _upsert_checkpoint(session, run_id, epoch, checkpoint_bytes)
+        checkpoint_row = {
+            "run_id": run_id,
+            "epoch": epoch,
+            "data": checkpoint_bytes,
+            "size_bytes": len(checkpoint_bytes),
+            "created_at": now,
+        }
+        # Only move forward: a re-delivered older epoch never replaces a newer checkpoint.
+        _upsert(
+            session,
+            Checkpoint,
+            [checkpoint_row],
+            ["run_id"],
+            only_forward=lambda excluded: Checkpoint.epoch <= excluded.epoch,
+        )
     session.flush()
 
 
