@@ -472,7 +472,8 @@ def _fix(
                 "train_acc_gain": gain,
             },
         )
-    if problem.kind == "degradation":
+    if problem.kind == "degradation" and problem.kind not in remaining:
+        # The fixed net must not be degraded against its own shallower sibling either.
         shallow = next((c for c in cells if c.name == problem.evidence["shallow"]), None)
         if shallow is None:
             return None

@@ -227,3 +227,17 @@ def test_thresholds_are_settings() -> None:
     strict = DiagnosticSettings(vanishing_threshold=1e-5)
     finding = vanishing_gradients(subject, strict)
     assert finding is not None and finding.evidence["layers_below_count"] == 3
+
+
+def test_a_fix_that_leaves_its_own_degradation_is_not_credited_with_removing_it() -> None:
+    # vgg38-bn beats the plain vgg08 but still trains worse than vgg08-bn: BN did not remove
+    # the degradation (the seed's "semi-healthy" VGG38).
+    plain8 = cell(spec("vgg08", 8), seed_run(0, train_loss=[4.5, 4.4], train_acc=[0.02, 0.025]))
+    bn8 = cell(spec("vgg08-bn", 8, bn=True), seed_run(0, train_loss=[4, 3], train_acc=[0.3, 0.5]))
+    plain38 = cell(spec("vgg38", 38), seed_run(0, train_loss=FLAT[:2], train_acc=[0.01, 0.011]))
+    bn38 = cell(
+        spec("vgg38-bn", 38, bn=True), seed_run(0, train_loss=[4, 3.5], train_acc=[0.1, 0.3])
+    )
+    findings = diagnose([plain8, bn8, plain38, bn38])
+    assert kinds(findings).count("degradation") == 2
+    assert not any(f.kind == "fix" and f.evidence.get("fixes") == "degradation" for f in findings)
