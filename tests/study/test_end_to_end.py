@@ -160,3 +160,60 @@ def test_study_run_command_refuses_a_bad_file_without_a_traceback(tmp_path: Path
         timeout=120,
     )
     assert missing.returncode == 2 and "cannot read study file" in missing.stdout
+
+
+def test_study_run_killed_mid_run_resumes_from_its_checkpoint(
+    tmp_path: Path, data_dir: Path
+) -> None:
+    import signal
+    import sqlite3
+
+    study = {**STUDY, "name": "e2e-kill", "grid": {"depth": [8], "batch_norm": [False]}}
+    study["base"] = {**STUDY["base"], "hyperparameters": {"epochs": 3}}  # type: ignore[dict-item]
+    study_file = tmp_path / "study.json"
+    study_file.write_text(json.dumps(study))
+    out = tmp_path / "out"
+    argv = [
+        str(VENV_BIN / "python"),
+        "-c",
+        "import typer; from gradlab.client.study_commands import run_command; "
+        "typer.run(run_command)",
+        str(study_file),
+        "--out",
+        str(out),
+        "--device",
+        "cpu",
+    ]
+    log = (tmp_path / "first.log").open("w")
+    first = subprocess.Popen(argv, env=_env(data_dir), stdout=log, stderr=subprocess.STDOUT)
+
+    def epochs_done() -> int | None:
+        db = out / "gradlab.db"
+        if not db.exists():
+            return None
+        with sqlite3.connect(db) as conn:
+            row = conn.execute("SELECT max(epochs_done) FROM runs").fetchone()
+        return row[0] if row and row[0] and row[0] >= 1 else None
+
+    try:
+        wait_for("the first epoch", epochs_done, timeout=300, interval=0.2)
+    finally:
+        first.send_signal(signal.SIGKILL)  # no chance to hand the run back
+        first.wait(30)
+        log.close()
+    with sqlite3.connect(out / "gradlab.db") as conn:
+        done_before = conn.execute("SELECT epochs_done FROM runs").fetchone()[0]
+    assert done_before < 3, "the run finished before it could be killed; make it longer"
+
+    second = subprocess.run(argv, env=_env(data_dir), capture_output=True, text=True, timeout=300)
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert "1 to run" in second.stdout
+    with sqlite3.connect(out / "gradlab.db") as conn:
+        status, attempt, done = conn.execute(
+            "SELECT status, attempt, epochs_done FROM runs"
+        ).fetchone()
+        epochs = [e for (e,) in conn.execute("SELECT epoch FROM epoch_metrics ORDER BY epoch")]
+        environment = json.loads(conn.execute("SELECT environment FROM runs").fetchone()[0])
+    assert (status, attempt, done) == ("succeeded", 2, 3)
+    assert epochs == [0, 1, 2]
+    assert environment["resumed_from_epoch"] == done_before - 1  # from its last checkpoint
