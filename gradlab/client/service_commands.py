@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -58,6 +59,10 @@ def migrate_command(
     typer.echo(f"{settings.database_url}: at {migrate.current_revision(settings.database_url)}")
 
 
+def _exit_on_sigterm(_signum: int, _frame: object) -> None:
+    raise SystemExit(0)
+
+
 def serve_command(
     host: str = typer.Option("127.0.0.1", help="Interface to listen on."),
     port: int = typer.Option(8000, help="Port to listen on."),
@@ -89,6 +94,10 @@ def serve_command(
         f"gradlab: API on http://{host}:{port} (docs at /docs), database "
         f"{settings.database_url}, local worker pid {worker.pid}"
     )
+    # uvicorn re-raises SIGTERM after its graceful shutdown; as SystemExit (not the default
+    # "terminate now") it reaches the finally below, which waits until the local worker has
+    # handed its run back.
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     try:
         uvicorn.run(
             create_app(settings, dispatcher=worker.dispatcher),

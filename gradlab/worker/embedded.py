@@ -121,7 +121,9 @@ def requeue_orphans(session: Session) -> list[str]:
 
 
 def _handle_sigterm(_signum: int, _frame: object) -> None:
-    # Raised in the main thread, inside training: execute_run hands the run back.
+    # Raised in the main thread, inside training: execute_run hands the run back. A second
+    # SIGTERM (the group's and then the parent's) must not interrupt that hand-back.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     sys.exit(0)
 
 
