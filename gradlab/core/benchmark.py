@@ -72,22 +72,29 @@ def _best_time(fn: Callable[[], None], device: torch.device, repeats: int) -> fl
     return min(times)
 
 
-def matmul_gflops(device: torch.device, size: int = 2048, seconds: float = 2.0) -> float:
-    """fp32 ``size`` x ``size`` matmul rate, best of repeats over about ``seconds``."""
-    a = torch.randn(size, size, device=device)
-    b = torch.randn(size, size, device=device)
-    c = torch.empty(size, size, device=device)
+class MatmulProbe:
+    """fp32 square matmuls sized to last about ``seconds`` per timing."""
 
-    def run(reps: int) -> Callable[[], None]:
-        return lambda: [torch.mm(a, b, out=c) for _ in range(reps)]  # type: ignore[func-returns-value]
+    def __init__(self, device: torch.device, size: int = 2048, seconds: float = 0.25) -> None:
+        self.device = device
+        self.a = torch.randn(size, size, device=device)
+        self.b = torch.randn(size, size, device=device)
+        self.c = torch.empty(size, size, device=device)
+        self.flop = 2 * size**3
+        self.reps = 1
+        # Grow the burst until one timing lasts ~``seconds``.
+        while self.time() < seconds and self.reps < 1 << 16:
+            self.reps *= 2
 
-    # Grow the batch of matmuls until one timing lasts ~0.2 s, then repeat it.
-    reps = 1
-    while (elapsed := _best_time(run(reps), device, 1)) < 0.2 and reps < 1 << 16:
-        reps *= 2
-    repeats = max(3, int(seconds / max(elapsed, 1e-6)))
-    best = _best_time(run(reps), device, repeats)
-    return 2 * size**3 * reps / best / 1e9
+    def _burst(self) -> None:
+        for _ in range(self.reps):
+            torch.mm(self.a, self.b, out=self.c)
+
+    def time(self) -> float:
+        return _best_time(self._burst, self.device, 1)
+
+    def gflops(self, seconds: float) -> float:
+        return self.flop * self.reps / seconds / 1e9
 
 
 def _model(depth: int, device: torch.device) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
@@ -108,27 +115,24 @@ def _bare_steps(model: torch.nn.Module, optimizer: torch.optim.Optimizer, x: tor
         optimizer.step()
 
 
-def bench_model(name: str, device: torch.device, peak_gflops: float, steps: int,
-                repeats: int = 3) -> ModelBench:
-    """Bare step, gradlab epoch and gradient-flow overhead of one model."""
+def bench_model(name: str, device: torch.device, steps: int, repeats: int = 3,
+                probe: MatmulProbe | None = None) -> tuple[ModelBench, float]:
+    """Bare step, gradlab epoch and gradient-flow overhead of one model; and the best matmul
+    rate seen while measuring it.
+
+    Each round times a matmul burst, bare steps, steps with capture and a gradlab epoch back
+    to back; ratios are taken within a round and the median over rounds is reported, so that
+    load from other processes, which drifts over seconds, largely cancels out.
+    """
+    probe = probe or MatmulProbe(device)
     model, optimizer = _model(DEPTHS[name], device)
     generator = torch.Generator().manual_seed(0)
     x = torch.randn(BATCH, 3, 32, 32, device=device).contiguous(
         memory_format=torch.channels_last)
     y = torch.randint(0, 100, (BATCH,), generator=generator).to(device)
     recorder = GradFlowRecorder(list(model.gradflow_parameters()))  # type: ignore[operator]
-    _bare_steps(model, optimizer, x, y, 2, recorder)  # warm-up: allocator, oneDNN primitives
 
-    # Bare step vs step with capture, interleaved so that both see the same disturbances.
-    bare, captured = [], []
-    for _ in range(repeats):
-        bare.append(_best_time(lambda: _bare_steps(model, optimizer, x, y, steps), device, 1))
-        captured.append(_best_time(
-            lambda: _bare_steps(model, optimizer, x, y, steps, recorder), device, 1))
-    step_seconds = min(bare) / steps
-    overhead = statistics.median(c / b for c, b in zip(captured, bare, strict=True)) - 1.0
-
-    # gradlab's epoch: the real loop over real batch machinery (random uint8 images).
+    # gradlab's epoch: the real loop over the real batch machinery (random uint8 images).
     images = np.random.default_rng(0).integers(0, 256, (BATCH * steps, 32, 32, 3), np.uint8)
     labels = np.random.default_rng(1).integers(0, 100, BATCH * steps).astype(np.int64)
     n_val = max(1, round(BATCH * steps * VAL_FRACTION))
@@ -142,20 +146,40 @@ def bench_model(name: str, device: torch.device, peak_gflops: float, steps: int,
         evaluate(engine, val)
         recorder.finish_epoch(0)
 
-    epoch()
-    epoch_seconds = _best_time(epoch, device, repeats)
-    step_rate = BATCH / step_seconds
-    epoch_rate = BATCH * steps / epoch_seconds
-    flops = step_rate * 3 * FORWARD_MFLOP[name] * 1e6
-    return ModelBench(
-        step_images_per_s=step_rate,
-        step_fraction_of_peak=flops / (peak_gflops * 1e9),
-        epoch_images_per_s=epoch_rate,
-        epoch_fraction_of_step=epoch_rate / step_rate,
-        gradflow_overhead=overhead,
-        step_seconds=step_seconds,
+    def bare() -> None:
+        _bare_steps(model, optimizer, x, y, steps)
+
+    def captured() -> None:
+        _bare_steps(model, optimizer, x, y, steps, recorder)
+
+    epoch()  # warm-up: allocator, oneDNN primitives, both code paths
+    bare()
+    time.sleep(0.3)
+    timed = {"bare": bare, "captured": captured, "epoch": epoch}
+    order = list(timed)
+    rounds = []
+    for i in range(repeats):
+        # Rotate the order (whatever runs first after a pause or a burst is disadvantaged)
+        # and time the matmul burst last, then let its spinning worker threads go idle.
+        row = {key: _best_time(timed[key], device, 1) for key in order[i % 3:] + order[:i % 3]}
+        row["matmul"] = probe.time()
+        time.sleep(0.3)
+        rounds.append(row)
+    flop_per_step = BATCH * 3 * FORWARD_MFLOP[name] * 1e6
+    best_step = min(r["bare"] for r in rounds) / steps
+    best_epoch = min(r["epoch"] for r in rounds)
+    bench = ModelBench(
+        step_images_per_s=BATCH / best_step,
+        step_fraction_of_peak=statistics.median(
+            flop_per_step * steps / r["bare"] / (probe.gflops(r["matmul"]) * 1e9)
+            for r in rounds),
+        epoch_images_per_s=BATCH * steps / best_epoch,
+        epoch_fraction_of_step=statistics.median(r["bare"] / r["epoch"] for r in rounds),
+        gradflow_overhead=statistics.median(r["captured"] / r["bare"] - 1.0 for r in rounds),
+        step_seconds=best_step,
         steps_timed=steps,
     )
+    return bench, max(probe.gflops(r["matmul"]) for r in rounds)
 
 
 def run_benchmark(device: str = "auto", *, steps: dict[str, int] | None = None,
@@ -166,25 +190,22 @@ def run_benchmark(device: str = "auto", *, steps: dict[str, int] | None = None,
     say = progress or (lambda _msg: None)
     steps = steps or ({"vgg08": 10, "vgg38": 4} if dev.type == "cpu"
                       else {"vgg08": 50, "vgg38": 20})
-    repeats = 1 if quick else 3
+    repeats = 1 if quick else 5
     say("matmul peak")
-    peak = matmul_gflops(dev, seconds=0.3 if quick else 2.0)
+    probe = MatmulProbe(dev, seconds=0.1 if quick else 0.25)
+    peak = probe.gflops(min(probe.time() for _ in range(1 if quick else 4)))
     out: dict[str, Any] = {
         "matmul_gflops": peak,
         "batch_size": BATCH,
         "forward_mflop_per_image": {m: FORWARD_MFLOP[m] for m in models},
         "environment": describe_environment(dev),
         "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "method": "rates: best round; fractions and overhead: median of per-round ratios "
+                  f"({repeats} rounds of matmul burst, bare steps, captured steps, epoch)",
     }
     for name in models:
         say(name)
-        out[name] = asdict(bench_model(name, dev, peak, steps[name], repeats))
-    # Other processes may have slowed the first peak measurement; take the better of two.
-    if not quick:
-        say("matmul peak again")
-        second = matmul_gflops(dev)
-        if second > peak:
-            for name in models:
-                out[name]["step_fraction_of_peak"] *= peak / second
-            out["matmul_gflops"] = peak = second
+        bench, seen_peak = bench_model(name, dev, steps[name], repeats, probe)
+        out[name] = asdict(bench)
+        out["matmul_gflops"] = max(out["matmul_gflops"], seen_peak)
     return out
