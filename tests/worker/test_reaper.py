@@ -1,0 +1,159 @@
+"""Lost runs are found by their lease and sent again; execute_run's refusals and failures.
+
+No training here: these paths end before the model is built. Real databases (both backends).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator, Sequence
+from datetime import timedelta
+
+import pytest
+from sqlalchemy.orm import Session, sessionmaker
+
+from gradlab.core.data import DataNotFoundError
+from gradlab.core.spec import ExperimentSpec
+from gradlab.settings import Settings
+from gradlab.store import runs
+from gradlab.store.base import utcnow
+from gradlab.store.experiments import create_experiment, request_cancel
+from gradlab.store.models import Experiment, Run
+from gradlab.store.session import make_engine, make_session_factory, session_scope
+from gradlab.worker.embedded import requeue_orphans
+from gradlab.worker.reaper import reap
+from gradlab.worker.runner import execute_run
+
+LEASE = 30
+
+
+class RecordingDispatcher:
+    def __init__(self) -> None:
+        self.sent: list[str] = []
+
+    def dispatch(self, run_ids: Sequence[str]) -> None:
+        self.sent.extend(run_ids)
+
+
+@pytest.fixture
+def factory(database_url: str) -> Iterator[sessionmaker[Session]]:
+    engine = make_engine(database_url)
+    yield make_session_factory(engine)
+    engine.dispose()
+
+
+def _settings(database_url: str) -> Settings:
+    return Settings(database_url=database_url, lease_seconds=LEASE, max_attempts=3)
+
+
+def _new_run(factory: sessionmaker[Session]) -> tuple[str, str]:
+    with session_scope(factory) as session:
+        experiment = create_experiment(session, ExperimentSpec(name="reap", depth=8, seeds=[0]))
+        return experiment.id, experiment.runs[0].id
+
+
+def _claim(factory: sessionmaker[Session], run_id: str, worker: str) -> runs.ClaimedRun:
+    with session_scope(factory) as session:
+        claimed = runs.claim_run(session, run_id, worker, lease_seconds=LEASE, max_attempts=3)
+    assert claimed is not None
+    return claimed
+
+
+def test_a_run_whose_lease_expired_is_requeued_and_sent_again(
+    factory: sessionmaker[Session], database_url: str
+) -> None:
+    experiment_id, lost = _new_run(factory)
+    _, alive = _new_run(factory)
+    _claim(factory, lost, "gone")
+    _claim(factory, alive, "busy")
+    with session_scope(factory) as session:  # "gone" stopped heartbeating long ago
+        session.get(Run, lost).lease_expires_at = utcnow() - timedelta(seconds=1)
+
+    dispatcher = RecordingDispatcher()
+    sent = reap(factory, dispatcher, _settings(database_url), resend_queued=False)
+    assert lost in sent and alive not in sent
+    assert lost in dispatcher.sent
+    with factory() as session:
+        run = session.get(Run, lost)
+        assert (run.status, run.worker, run.attempt) == ("queued", None, 1)
+        assert session.get(Run, alive).status == "running"
+        assert session.get(Experiment, experiment_id).status == "queued"
+    # The next claim is attempt 2 (the cap counts it).
+    assert _claim(factory, lost, "next").attempt == 2
+
+
+def test_long_queued_runs_are_resent_at_most_once_per_lease(
+    factory: sessionmaker[Session], database_url: str
+) -> None:
+    _, run_id = _new_run(factory)
+    settings = _settings(database_url)
+    later = utcnow() + timedelta(seconds=LEASE + 1)
+    first = RecordingDispatcher()
+    reap(factory, first, settings, now=later)
+    again = RecordingDispatcher()
+    reap(factory, again, settings, now=later + timedelta(seconds=1))
+    assert run_id in first.sent
+    assert run_id not in again.sent
+
+
+def test_orphans_of_a_dead_local_process_are_requeued_at_once(
+    factory: sessionmaker[Session],
+) -> None:
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)
+    dead_pid = int(dead.stdout)
+    host = socket.gethostname()
+    owners = {
+        "dead": f"{host}:{dead_pid}",
+        "alive": f"{host}:{os.getpid()}",
+        "elsewhere": f"another-host:{dead_pid}",
+    }
+    ids = {}
+    for label, worker in owners.items():
+        _, ids[label] = _new_run(factory)
+        _claim(factory, ids[label], worker)
+    with session_scope(factory) as session:
+        requeued = requeue_orphans(session)
+    assert ids["dead"] in requeued
+    assert ids["alive"] not in requeued and ids["elsewhere"] not in requeued
+
+
+def test_execute_run_refuses_a_run_it_cannot_claim_and_fails_clearly_without_data(
+    factory: sessionmaker[Session], database_url: str
+) -> None:
+    settings = _settings(database_url)
+    _, run_id = _new_run(factory)
+
+    def no_data(dataset: str) -> None:
+        raise DataNotFoundError(f"data folder /nowhere does not exist ({dataset})")
+
+    assert execute_run(run_id, factory, no_data, "cpu", settings=settings) == "failed"
+    with factory() as session:
+        run = session.get(Run, run_id)
+        assert run.status == "failed"
+        assert "DataNotFoundError: data folder /nowhere does not exist" in run.error
+    # Finished: a redelivered message for it is refused without touching it.
+    assert execute_run(run_id, factory, no_data, "cpu", settings=settings) is None
+    assert execute_run("no-such-run", factory, no_data, "cpu", settings=settings) is None
+
+
+def test_execute_run_ends_a_run_cancelled_before_it_started_without_training(
+    factory: sessionmaker[Session], database_url: str
+) -> None:
+    experiment_id, run_id = _new_run(factory)
+    _claim(factory, run_id, "elsewhere")  # running, so cancel leaves it to its worker
+    with session_scope(factory) as session:
+        request_cancel(session, experiment_id)
+        run = session.get(Run, run_id)
+        run.lease_expires_at = utcnow() - timedelta(seconds=1)  # and that worker died
+
+    def must_not_load(_dataset: str) -> None:
+        raise AssertionError("a cancelled run must not load data")
+
+    settings = _settings(database_url)
+    assert execute_run(run_id, factory, must_not_load, "cpu", settings=settings) == "cancelled"
+    with factory() as session:
+        assert session.get(Experiment, experiment_id).status == "cancelled"
