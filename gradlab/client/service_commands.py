@@ -30,13 +30,16 @@ def _settings_with(db: str | None) -> Settings:
     return get_settings()
 
 
-def _migrate_or_exit(url: str) -> None:
+def _migrate_or_exit(url: str, revision: str = "head") -> None:
     from sqlalchemy.exc import SQLAlchemyError
 
     from gradlab.store import migrate
 
     try:
-        migrate.upgrade(url, "head")
+        if revision == "base":
+            migrate.downgrade(url, "base")
+        else:
+            migrate.upgrade(url, revision)
     except (SQLAlchemyError, OSError) as exc:
         typer.secho(f"error: cannot migrate the database {url}: {exc}", fg="red", err=True)
         raise typer.Exit(2) from None
@@ -52,10 +55,7 @@ def migrate_command(
     from gradlab.store import migrate
 
     settings = _settings_with(db)
-    if revision == "base":
-        migrate.downgrade(settings.database_url, "base")
-    else:
-        _migrate_or_exit(settings.database_url)
+    _migrate_or_exit(settings.database_url, revision)
     typer.echo(f"{settings.database_url}: at {migrate.current_revision(settings.database_url)}")
 
 
