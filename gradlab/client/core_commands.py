@@ -157,7 +157,10 @@ def train_command(
     resume: Annotated[bool, typer.Option("--resume", help="go on from OUT/checkpoint.pt")] = False,
     compile_model: Annotated[bool, typer.Option("--compile", help="torch.compile (CUDA)")] = False,
 ) -> None:
-    """Train one run locally; writes OUT/result.json, OUT/gradflow.png and OUT/checkpoint.pt."""
+    """Train one run locally; writes OUT/result.json, OUT/gradflow.png and OUT/checkpoint.pt.
+
+    Exit code 0 when it finished, 1 when it diverged, 2 on a usage or data error.
+    """
     try:
         spec = _spec_from(spec_file, {
             "depth": depth, "width": width, "batch_norm": batch_norm, "residual": residual,
@@ -210,6 +213,11 @@ def _train(spec: Any, seed: int, data_dir: Path | None, device: str, out: Path, 
                            resume_from=blob, show_progress=True, compile_model=compile_model)
     except (CheckpointError, ValueError) as exc:
         raise UserError(str(exc)) from None
+    except KeyboardInterrupt:
+        note = "go on with --resume" if checkpoint_path.is_file() else "no epoch finished"
+        console.print(f"[yellow]interrupted[/yellow]; the last finished epoch is in "
+                      f"{checkpoint_path} ({note})")
+        raise typer.Exit(130) from None
     document = {"spec": spec.model_dump(mode="json"), "seed": seed, **result.to_json_dict()}
     _write_atomic(out / "result.json", json.dumps(_finite(document), indent=1).encode())
     _write_figures(result, out, f"{spec.name} (depth {spec.depth}, seed {seed})")

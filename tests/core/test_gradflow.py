@@ -57,7 +57,7 @@ def _first_and_last_mean_abs(spec: ExperimentSpec, x: torch.Tensor, y: torch.Ten
 
 def test_untrained_vgg38_vanishes_without_bn_and_not_with_it(real_data_dir: Path) -> None:
     data = load_cifar(real_data_dir)
-    batch = EvalBatches(data.train_images[:100], data.train_labels[:100], batch_size=100,
+    batch = EvalBatches(data.train_images[:32], data.train_labels[:32], batch_size=32,
                         device=torch.device("cpu"))
     x, y = next(iter(batch))
     first, last = _first_and_last_mean_abs(ExperimentSpec(depth=38), x, y)
