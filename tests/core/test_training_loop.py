@@ -173,3 +173,16 @@ def test_spec_and_data_must_agree(synthetic_cifar: CifarArrays) -> None:
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="CUDA is not available"):
             train_run(tiny_spec(), 0, synthetic_cifar, device="cuda")
+
+
+def test_checkpoint_holds_the_complete_state_as_safe_plain_data(
+        uninterrupted: tuple[TrainingResult, Recorder]) -> None:
+    payload = load_checkpoint(uninterrupted[1].blobs[1])  # torch.load(weights_only=True) inside
+    assert payload["epoch"] == 1
+    assert len(payload["history"]) == 2 and len(payload["gradflow"]) == 2
+    assert {"exp_avg", "exp_avg_sq", "step"} <= set(payload["optimizer"]["state"][0])
+    assert set(payload["rng"]) >= {"data", "torch", "numpy", "python"}
+    assert payload["best_epoch"] in (0, 1) and payload["best_weights"] is not None
+    assert "entry.bn.running_mean" in payload["model"]
+    assert all(t.device.type == "cpu" for t in payload["model"].values())
+    assert payload["identity"]["seed"] == 5
