@@ -31,6 +31,7 @@ class EpochProgress:
             self._progress = Progress(
                 TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                 TimeElapsedColumn(), TimeRemainingColumn(), transient=False,
+                refresh_per_second=4,  # the refresh thread shares the GIL with training
             )
             self._progress.__enter__()
         return self
