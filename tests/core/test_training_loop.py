@@ -186,3 +186,19 @@ def test_checkpoint_holds_the_complete_state_as_safe_plain_data(
     assert "entry.bn.running_mean" in payload["model"]
     assert all(t.device.type == "cpu" for t in payload["model"].values())
     assert payload["identity"]["seed"] == 5
+
+
+def test_cifar10_runs_with_a_ten_class_head(synthetic_cifar: CifarArrays) -> None:
+    cifar10 = CifarArrays(
+        dataset="cifar10",
+        train_images=synthetic_cifar.train_images,
+        train_labels=synthetic_cifar.train_labels % 10,
+        test_images=synthetic_cifar.test_images,
+        test_labels=synthetic_cifar.test_labels % 10,
+        source="synthetic",
+    )
+    spec = tiny_spec(data={"dataset": "cifar10", "train_limit": 80, "val_limit": 20,
+                           "test_limit": 20}, hyperparameters={"epochs": 1, "batch_size": 40})
+    result = train_run(spec, 0, cifar10)
+    assert result.status == "succeeded"
+    assert result.epochs[0].train_loss < 4.0  # ln(10) = 2.3 scale, not ln(100) = 4.6
