@@ -13,7 +13,9 @@ import pytest
 import redis
 from sqlalchemy.orm import Session, sessionmaker
 
+from gradlab.store import migrate
 from gradlab.store.session import make_engine, make_session_factory
+from tests.support.databases import create_postgres_database, drop_postgres_database
 from tests.support.processes import (
     VENV_BIN,
     ServiceProcess,
@@ -37,7 +39,19 @@ def data_dir() -> Path:
 
 
 @pytest.fixture(scope="module")
-def service_env(postgres_url: str, data_dir: Path) -> dict[str, str]:
+def service_postgres_url() -> Iterator[str]:
+    """A database of the module's own: the worker's reaper must not find (and train) the runs
+    other tests leave behind in the session database."""
+    url = create_postgres_database("gradlab_e2e")
+    try:
+        migrate.upgrade(url, "head")
+        yield url
+    finally:
+        drop_postgres_database(url)
+
+
+@pytest.fixture(scope="module")
+def service_env(service_postgres_url: str, data_dir: Path) -> dict[str, str]:
     try:
         redis.Redis.from_url(REDIS_URL, socket_connect_timeout=3).ping()
     except redis.RedisError as exc:
@@ -45,7 +59,7 @@ def service_env(postgres_url: str, data_dir: Path) -> dict[str, str]:
                     pytrace=False)
     return {
         **os.environ,
-        "GRADLAB_DATABASE_URL": postgres_url,
+        "GRADLAB_DATABASE_URL": service_postgres_url,
         "GRADLAB_BROKER_URL": REDIS_URL,
         # A queue of our own: other test sessions on the same Redis never see our runs.
         "GRADLAB_CELERY_QUEUE": f"gradlab-test-{uuid.uuid4().hex[:8]}",
@@ -106,7 +120,7 @@ def http(api_url: str) -> Iterator[httpx.Client]:
 
 
 @pytest.fixture(scope="module")
-def store(postgres_url: str) -> Iterator[sessionmaker[Session]]:
-    engine = make_engine(postgres_url)
+def store(service_postgres_url: str) -> Iterator[sessionmaker[Session]]:
+    engine = make_engine(service_postgres_url)
     yield make_session_factory(engine)
     engine.dispose()
