@@ -282,6 +282,8 @@ def bench_command(
     steps: Annotated[int | None, typer.Option(min=1, help="steps per timing (default: by "
                                                           "device and model)")] = None,
     quick: Annotated[bool, typer.Option("--quick", help="one repeat each (a smoke check)")] = False,
+    threads: Annotated[int | None, typer.Option(min=1, help="torch CPU threads (default: "
+                                                            "torch's choice)")] = None,
 ) -> None:
     """Measure matmul peak, VGG08/VGG38 step and epoch rates and gradient-flow overhead."""
     from gradlab.core.benchmark import FORWARD_MFLOP, run_benchmark
@@ -290,6 +292,10 @@ def bench_command(
     unknown = [m for m in chosen if m not in FORWARD_MFLOP]
     if unknown or not chosen:
         raise _fail(f"--models takes {', '.join(FORWARD_MFLOP)}; got {models!r}")
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
     try:
         report = run_benchmark(
             device, models=chosen, steps=None if steps is None else dict.fromkeys(chosen, steps),

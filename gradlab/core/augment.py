@@ -1,10 +1,12 @@
 """Batches on the training device: whole-batch augmentation and normalisation with tensor ops.
 
-The uint8 images live on the device as one tensor, already zero-padded by 4 pixels, so one
-advanced-indexing gather per batch does shuffling, the random 32x32 crop and the horizontal
-flip together (no per-image Python or PIL work). All randomness for an epoch (order, crop
-offsets, flips) is drawn up front from one seeded CPU generator, so the epoch is reproducible
-from the generator's state alone and costs one host-to-device copy.
+The uint8 images live on the device, zero-padded by 4 pixels, next to a mirrored copy: a
+flipped crop of an image is a plain crop of its mirror (at column offset 2*PAD - dx). So one
+gather of 32 contiguous pixel rows per image does shuffling, the random 32x32 crop and the
+horizontal flip together (no per-image Python or PIL work, no per-pixel index arithmetic).
+All randomness for an epoch (order, crop offsets, flips) is drawn up front from one seeded
+CPU generator, so the epoch is reproducible from the generator's state alone and costs one
+host-to-device copy.
 """
 
 from __future__ import annotations
@@ -61,15 +63,6 @@ def draw_epoch(num_images: int, generator: torch.Generator, augment: bool) -> Ep
     return EpochDraw(order, dy, dx, flip)
 
 
-def crop_flip_indices(dy: torch.Tensor, dx: torch.Tensor,
-                      flip: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Row and column indices [B, 32] into padded images for the crops (flipped where asked)."""
-    ar = torch.arange(SIZE, device=dy.device)
-    rows = dy[:, None] + ar
-    cols = dx[:, None] + torch.where(flip[:, None], SIZE - 1 - ar, ar)
-    return rows, cols
-
-
 def pad_images(images_nhwc: torch.Tensor) -> torch.Tensor:
     """Zero-pad H and W by PAD (black pixels, as torchvision's RandomCrop(padding=4))."""
     return F.pad(images_nhwc, (0, 0, PAD, PAD, PAD, PAD))
@@ -80,29 +73,32 @@ class TrainBatches:
 
     def __init__(self, images: np.ndarray, labels: np.ndarray, *, batch_size: int,
                  device: torch.device, augment: bool, generator: torch.Generator) -> None:
-        self.padded = pad_images(torch.from_numpy(images)).to(device)
+        padded = pad_images(torch.from_numpy(images))
+        self.num_images = padded.shape[0]
+        side = SIZE + 2 * PAD
+        sources = torch.cat([padded, padded.flip(2)]).to(device)  # [2N, 40, 40, 3]
+        # Row windows: windows[s, y, x] is the 32-pixel run of row y of source s from column x.
+        self.windows = sources.view(2 * self.num_images, side, side * 3).unfold(2, SIZE * 3, 3)
         self.labels = torch.from_numpy(labels).to(device)
         self.batch_size = batch_size
         self.device = device
         self.augment = augment
         self.generator = generator
         self.normalise = Normaliser(device)
+        self._rows = torch.arange(SIZE, device=device)
 
     def __len__(self) -> int:
-        return -(-self.labels.shape[0] // self.batch_size)
+        return -(-self.num_images // self.batch_size)
 
     def epoch(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        draw = draw_epoch(self.labels.shape[0], self.generator, self.augment)
-        order = draw.order.to(self.device, non_blocking=True)
-        rows, cols = crop_flip_indices(draw.dy, draw.dx, draw.flip)
-        rows = rows.to(self.device, non_blocking=True)
-        cols = cols.to(self.device, non_blocking=True)
-        for start in range(0, order.shape[0], self.batch_size):
-            idx = order[start : start + self.batch_size]
-            r = rows[start : start + self.batch_size]
-            c = cols[start : start + self.batch_size]
-            batch = self.padded[idx[:, None, None], r[:, :, None], c[:, None, :]]
-            yield self.normalise(batch), self.labels[idx]
+        draw = draw_epoch(self.num_images, self.generator, self.augment)
+        source = draw.order + self.num_images * draw.flip  # the mirror when flipped
+        column = torch.where(draw.flip, 2 * PAD - draw.dx, draw.dx)
+        plan = torch.stack([draw.order, source, draw.dy, column]).to(self.device)
+        for start in range(0, self.num_images, self.batch_size):
+            order, src, dy, dx = plan[:, start : start + self.batch_size]
+            rows = self.windows[src[:, None], dy[:, None] + self._rows, dx[:, None]]
+            yield self.normalise(rows.view(-1, SIZE, SIZE, 3)), self.labels[order]
 
 
 class EvalBatches:
