@@ -63,7 +63,7 @@ def run_command(
     elapsed: float | None = None
     try:
         _run_all(factory, study_id, queued, data_dir, device, url, console)
-        elapsed = time.perf_counter() - started
+        elapsed = time.perf_counter() - started if queued else None
     except StudyRunError as exc:
         console.print(f"[red]error:[/red] {exc}", soft_wrap=True, highlight=False)
         raise typer.Exit(2) from None
@@ -268,8 +268,12 @@ def _report(
     for fig in report.figures:
         fig.figure.clear()
     table = Table(title=f"{study_name} ({scale})", show_lines=False)
+    longest = max((len(row.name) for row in report.rows), default=4)
     for column in TEXT_HEADER:
-        table.add_column(column, justify="left" if column == "cell" else "right")
+        if column == "cell":  # the name is what the findings refer to: never truncate it
+            table.add_column(column, justify="left", no_wrap=True, min_width=longest)
+        else:
+            table.add_column(column, justify="right")
     for row in report.rows:
         table.add_row(*row_cells_text(row))
     console.print(table)
