@@ -15,6 +15,7 @@ import os
 import signal
 import socket
 import sys
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select, update
@@ -85,13 +86,22 @@ def _owner_is_dead_local_process(owner: str | None) -> bool:
     host, _, pid = name.rpartition(":")
     if host != socket.gethostname() or not pid.isdigit():
         return False
+    return not _process_alive(int(pid))
+
+
+def _process_alive(pid: int) -> bool:
     try:
-        os.kill(int(pid), 0)
+        os.kill(pid, 0)
     except ProcessLookupError:
-        return True
-    except PermissionError:
         return False
-    return False
+    except PermissionError:
+        return True
+    # A killed process whose parent died too may linger as a zombie until init reaps it.
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return stat.rpartition(")")[2].split()[0] != "Z"
 
 
 def requeue_orphans(session: Session) -> list[str]:
@@ -147,8 +157,10 @@ def run_local_worker(
         orphans = requeue_orphans(session)
     if orphans:
         log.info("resuming %d run(s) interrupted by an earlier shutdown", len(orphans))
+    parent = multiprocessing.parent_process()
     try:
-        while not stop.is_set():
+        # An orphaned worker (its `gradlab serve` was killed) finishes its run, then leaves.
+        while not stop.is_set() and (parent is None or parent.is_alive()):
             try:
                 reap(factory, EmbeddedDispatcher(), settings, resend_queued=False)
                 with factory() as session:

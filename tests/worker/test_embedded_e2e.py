@@ -37,7 +37,10 @@ class Serve:
         self.db, self.logs = db, logs
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("GRADLAB_")}
         self.env.update(GRADLAB_DATA_DIR=str(data_dir), GRADLAB_DEVICE="cpu",
-                        GRADLAB_LEASE_SECONDS="60", PYTHONUNBUFFERED="1")
+                        PYTHONUNBUFFERED="1",
+                        # An hour: a run resumed within the test was found as an orphan of a
+                        # dead process, not by its lease expiring.
+                        GRADLAB_LEASE_SECONDS="3600")
         self.process: ServiceProcess | None = None
         self.url = ""
         self.starts = 0
