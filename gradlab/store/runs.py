@@ -212,17 +212,23 @@ def _upsert(
     *,
     only_forward: Any | None = None,
 ) -> None:
-    """INSERT ... ON CONFLICT (keys) DO UPDATE, all rows in one statement (one round trip)."""
+    """INSERT ... ON CONFLICT (keys) DO UPDATE for every row, in one round trip.
+
+    Executed as an executemany of one parameterless statement (batched by SQLAlchemy's
+    insertmanyvalues), so the SQL compiles once and is cached; a multi-row ``.values(rows)``
+    would be recompiled on every call, which costs more than the write itself.
+    """
     dialect = session.get_bind().dialect.name
     if dialect == "postgresql":
-        stmt: Any = postgresql.insert(model).values(rows)
+        stmt: Any = postgresql.insert(model)
     elif dialect == "sqlite":
-        stmt = sqlite.insert(model).values(rows)
+        stmt = sqlite.insert(model)
     else:  # pragma: no cover - only the two supported backends
         raise RuntimeError(f"unsupported database backend {dialect!r}")
     updates = {name: stmt.excluded[name] for name in rows[0] if name not in keys}
     where = None if only_forward is None else only_forward(stmt.excluded)
-    session.execute(stmt.on_conflict_do_update(index_elements=keys, set_=updates, where=where))
+    stmt = stmt.on_conflict_do_update(index_elements=keys, set_=updates, where=where)
+    session.execute(stmt, rows)
 
 
 def record_epoch(
