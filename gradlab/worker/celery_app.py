@@ -31,7 +31,10 @@ REAP_TASK = "gradlab.reap_lost_runs"
 
 def make_celery(settings: Settings | None = None) -> Celery:
     settings = settings or get_settings()
-    app = Celery("gradlab", broker=settings.broker_url or "memory://")
+    # Tasks are imported by the worker only: the API sends by name and never loads torch.
+    app = Celery(
+        "gradlab", broker=settings.broker_url or "memory://", include=["gradlab.worker.tasks"]
+    )
     app.conf.update(
         task_serializer="json",
         accept_content=["json"],
@@ -66,7 +69,6 @@ def make_celery(settings: Settings | None = None) -> Celery:
 
 
 app = make_celery()
-app.autodiscover_tasks(["gradlab.worker"], related_name="tasks", force=True)
 
 
 @worker_init.connect
