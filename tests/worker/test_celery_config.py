@@ -1,0 +1,35 @@
+"""The Celery app's long-task settings come from gradlab's settings (what a worker runs with)."""
+
+from __future__ import annotations
+
+from gradlab.settings import Settings
+from gradlab.worker.celery_app import REAP_TASK, make_celery
+from gradlab.worker.dispatch import (
+    TRAIN_TASK,
+    CeleryDispatcher,
+    EmbeddedDispatcher,
+    make_dispatcher,
+)
+
+
+def test_long_task_settings_follow_the_configured_broker_queue_and_timeouts() -> None:
+    settings = Settings(broker_url="redis://127.0.0.1:6379/3", celery_queue="gpu-a100",
+                        broker_visibility_timeout=86_400, lease_seconds=120)
+    conf = make_celery(settings).conf
+    assert conf.broker_url == "redis://127.0.0.1:6379/3"
+    assert conf.broker_transport_options["visibility_timeout"] == 86_400
+    assert conf.task_routes[TRAIN_TASK] == {"queue": "gpu-a100"}
+    assert conf.task_default_queue == "gpu-a100"
+    assert conf.beat_schedule["reap-lost-runs"]["task"] == REAP_TASK
+    assert conf.beat_schedule["reap-lost-runs"]["schedule"] == 60
+    assert (conf.task_acks_late, conf.task_reject_on_worker_lost, conf.task_ignore_result) == (
+        True, True, True)
+    assert conf.worker_prefetch_multiplier == 1
+    assert conf.accept_content == ["json"] and conf.task_serializer == "json"
+    assert conf.worker_cancel_long_running_tasks_on_connection_loss is True
+
+
+def test_dispatcher_is_celery_with_a_broker_and_embedded_without() -> None:
+    assert isinstance(make_dispatcher(Settings(broker_url="redis://127.0.0.1:6379/3")),
+                      CeleryDispatcher)
+    assert isinstance(make_dispatcher(Settings(broker_url=None)), EmbeddedDispatcher)
