@@ -202,3 +202,16 @@ def test_cifar10_runs_with_a_ten_class_head(synthetic_cifar: CifarArrays) -> Non
     result = train_run(spec, 0, cifar10)
     assert result.status == "succeeded"
     assert result.epochs[0].train_loss < 4.0  # ln(10) = 2.3 scale, not ln(100) = 4.6
+
+
+def test_resume_is_bit_identical_with_sgd_nesterov_and_residual_blocks(
+        synthetic_cifar: CifarArrays) -> None:
+    spec = tiny_spec(depth=14, residual=True, reduction_skip="avgpool", hyperparameters={
+        "optimizer": "sgd", "learning_rate": 0.05, "momentum": 0.9, "nesterov": True,
+        "epochs": 2, "batch_size": 50, "lr_schedule": "constant", "weight_decay": 1e-4},
+        data={"train_limit": 100, "val_limit": 50, "test_limit": 50})
+    recorder = Recorder()
+    full = train_run(spec, 2, synthetic_cifar, on_epoch_end=recorder)
+    assert "momentum_buffer" in load_checkpoint(recorder.blobs[0])["optimizer"]["state"][0]
+    resumed = train_run(spec, 2, synthetic_cifar, resume_from=recorder.blobs[0])
+    assert without_seconds(resumed) == without_seconds(full)
