@@ -81,6 +81,32 @@ def time_writes(url: str, epochs: int, blob: bytes, layers: tuple[str, ...]) -> 
     }
 
 
+def raw_bytea_floor(url: str, blob: bytes, repeats: int = 30) -> float:
+    """p50 ms of the bare minimum on Postgres: one psycopg upsert of the checkpoint bytes into
+    a scratch table, committed (what any design storing the checkpoint per epoch pays)."""
+    import psycopg
+    from sqlalchemy.engine import make_url
+
+    dsn = make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+    times = []
+    with psycopg.connect(dsn) as conn:
+        conn.execute("CREATE TABLE bench_floor (id int PRIMARY KEY, data bytea)")
+        conn.execute("ALTER TABLE bench_floor ALTER COLUMN data SET STORAGE EXTERNAL")
+        conn.commit()
+        for _ in range(repeats):
+            started = time.perf_counter()
+            conn.execute(
+                "INSERT INTO bench_floor VALUES (1, %s) "
+                "ON CONFLICT (id) DO UPDATE SET data = excluded.data",
+                (blob,),
+            )
+            conn.commit()
+            times.append(time.perf_counter() - started)
+        conn.execute("DROP TABLE bench_floor")
+        conn.commit()
+    return 1000 * statistics.median(times)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=100, help="epochs written per backend")
@@ -114,6 +140,9 @@ def main() -> None:
             print(f"{name:>8}: p50 {f['p50_ms']:.1f} ms, p95 {f['p95_ms']:.1f} ms, "
                   f"mean {f['mean_ms']:.1f} ms per epoch write "
                   f"(without the checkpoint: p50 {f['p50_no_checkpoint_ms']:.1f} ms)")
+            if url.startswith("postgresql"):
+                print(f"{'':>8}  floor: a bare psycopg upsert of the same bytes, committed: "
+                      f"p50 {raw_bytea_floor(url, blob):.1f} ms")
     finally:
         for undo in cleanup:
             undo()
