@@ -12,13 +12,15 @@ import os
 import socket
 import subprocess
 import threading
+import time
 import traceback
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import ValidationError
 from sqlalchemy import update
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from gradlab.core.data import CifarArrays
@@ -32,6 +34,9 @@ from gradlab.store.session import session_scope
 log = logging.getLogger(__name__)
 
 DataSource = Callable[[str], CifarArrays]
+T = TypeVar("T")
+# Pauses between retries of an epoch or outcome write whose connection was lost.
+WRITE_RETRY_PAUSES = (1.0, 3.0, 10.0)
 
 
 def worker_name() -> str:
@@ -96,6 +101,18 @@ def _release_on_shutdown(factory: sessionmaker[Session], run_id: str, owner: str
             )
     except Exception as exc:  # the lease expires on its own; the reaper takes it from there
         log.warning("could not release run %s on shutdown: %s", run_id, exc)
+
+
+def _retrying(write: Callable[[], T], what: str) -> T:
+    """Run an idempotent write, retrying a lost connection (a database restart or failover)
+    a few times: an epoch took minutes to train, a failover takes seconds."""
+    for attempt, pause in enumerate(WRITE_RETRY_PAUSES):
+        try:
+            return write()
+        except OperationalError as exc:
+            log.warning("writing %s failed (%s); retry %d in %.0f s", what, exc, attempt + 1, pause)
+            time.sleep(pause)
+    return write()
 
 
 def _fail(factory: sessionmaker[Session], run_id: str, owner: str, error: str) -> str:
@@ -171,12 +188,15 @@ def execute_run(
         if beat.lost.is_set():
             raise runs.LeaseLostError(f"run {run_id} is no longer leased to {owner}")
         blob = make_checkpoint()
-        with session_scope(session_factory) as session:
-            runs.record_epoch(
-                session, run_id, metrics, gradflow, blob, owner=owner, lease_seconds=lease
-            )
-            stop = runs.cancel_requested(session, run_id)
-        return not stop
+
+        def write() -> bool:
+            with session_scope(session_factory) as session:
+                runs.record_epoch(
+                    session, run_id, metrics, gradflow, blob, owner=owner, lease_seconds=lease
+                )
+                return runs.cancel_requested(session, run_id)
+
+        return not _retrying(write, f"epoch {metrics.epoch} of run {run_id}")
 
     beat.start()
     try:
@@ -202,16 +222,20 @@ def execute_run(
         beat.stop()
 
     environment.update(result.environment)
-    with session_scope(session_factory) as session:
-        finished = runs.finish_run(
-            session,
-            run_id,
-            result.status,
-            owner=owner,
-            test=result.test,
-            divergence=result.divergence,
-            environment=environment,
-        )
+
+    def finish() -> bool:
+        with session_scope(session_factory) as session:
+            return runs.finish_run(
+                session,
+                run_id,
+                result.status,
+                owner=owner,
+                test=result.test,
+                divergence=result.divergence,
+                environment=environment,
+            )
+
+    finished = _retrying(finish, f"the outcome of run {run_id}")
     if not finished:
         log.warning("run %s finished here but its lease had moved on; result dropped", run_id)
         return None

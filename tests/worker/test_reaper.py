@@ -157,3 +157,29 @@ def test_execute_run_ends_a_run_cancelled_before_it_started_without_training(
     assert execute_run(run_id, factory, must_not_load, "cpu", settings=settings) == "cancelled"
     with factory() as session:
         assert session.get(Experiment, experiment_id).status == "cancelled"
+
+
+def test_an_epoch_write_whose_connection_drops_is_retried_then_gives_up(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from sqlalchemy.exc import OperationalError
+
+    from gradlab.worker import runner
+
+    monkeypatch.setattr(runner, "WRITE_RETRY_PAUSES", (0.0, 0.0))
+    calls: list[int] = []
+
+    def flaky() -> str:
+        calls.append(1)
+        if len(calls) < 3:
+            raise OperationalError("INSERT ...", {}, ConnectionError("server closed"))
+        return "written"
+
+    assert runner._retrying(flaky, "epoch 0") == "written"
+    assert len(calls) == 3
+
+    def down() -> str:
+        raise OperationalError("INSERT ...", {}, ConnectionError("connection refused"))
+
+    with pytest.raises(OperationalError):
+        runner._retrying(down, "epoch 0")
