@@ -1,1 +1,4 @@
-"""Persistence shared by the API and the worker: models, sessions, repositories (flush, never commit)."""
+"""Persistence shared by the API and the worker.
+
+Models, sessions, repositories (which flush and never commit).
+"""
