@@ -43,6 +43,17 @@ class CeleryDispatcher:
             except Exception as exc:  # the run is committed; the reaper will send it again
                 log.warning("could not enqueue run %s (%s); the reaper will resend it", run_id, exc)
 
+    def backlog(self) -> int | None:
+        """Messages waiting in the run queue (None when the broker cannot be asked)."""
+        queue = self._app.conf.task_default_queue
+        try:
+            with self._app.connection_for_write() as connection:
+                declared = connection.default_channel.queue_declare(queue=queue, passive=True)
+            return int(declared.message_count)
+        except Exception as exc:  # missing queue (nothing sent yet) or broker down
+            log.info("cannot read the backlog of queue %s: %s", queue, exc)
+            return None
+
     def close(self) -> None:
         """Release the broker connections (the API calls this on shutdown)."""
         self._app.close()

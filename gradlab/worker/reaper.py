@@ -2,9 +2,9 @@
 
 A lost run goes back to ``queued`` (keeping its attempt count, which the next claim checks
 against the cap) and is dispatched; whoever claims it resumes from its last checkpoint.
-Queued runs that have waited longer than a lease are resent too, in case the broker lost
-their message (a Redis restart without persistence); a duplicate message is harmless, the
-lease refuses it.
+Queued runs that have waited longer than a lease while the broker's queue is empty are
+resent too: the broker lost their message (a Redis restart without persistence). A duplicate
+message is harmless, the lease refuses it.
 """
 
 from __future__ import annotations
@@ -48,6 +48,15 @@ def requeue_lost_runs(session: Session, *, now: datetime | None = None) -> list[
     return requeued
 
 
+def _queue_may_have_lost_messages(dispatcher: RunDispatcher) -> bool:
+    # A run waits in the queue behind others for as long as it takes; only when the broker's
+    # queue is empty while runs are still queued were their messages lost. A dispatcher that
+    # cannot tell (None, or no backlog method) gets the resend: duplicates are refused anyway.
+    backlog = getattr(dispatcher, "backlog", None)
+    count = backlog() if callable(backlog) else None
+    return count is None or count == 0
+
+
 def reap(
     factory: sessionmaker[Session],
     dispatcher: RunDispatcher,
@@ -61,7 +70,7 @@ def reap(
     with session_scope(factory) as session:
         lost = requeue_lost_runs(session, now=now)
         stale: list[str] = []
-        if resend_queued:
+        if resend_queued and _queue_may_have_lost_messages(dispatcher):
             cutoff = now - timedelta(seconds=settings.lease_seconds)
             stale = [
                 r for r in runs.find_queued_runs(session, queued_before=cutoff) if r not in lost

@@ -33,3 +33,20 @@ def test_dispatcher_is_celery_with_a_broker_and_embedded_without() -> None:
     assert isinstance(make_dispatcher(Settings(broker_url="redis://127.0.0.1:6379/3")),
                       CeleryDispatcher)
     assert isinstance(make_dispatcher(Settings(broker_url=None)), EmbeddedDispatcher)
+
+
+def test_backlog_counts_the_messages_waiting_in_the_real_redis_queue() -> None:
+    import uuid
+
+    import redis
+
+    from tests.worker.conftest import REDIS_URL
+
+    queue = f"gradlab-backlog-{uuid.uuid4().hex[:8]}"
+    dispatcher = CeleryDispatcher(make_celery(Settings(broker_url=REDIS_URL, celery_queue=queue)))
+    try:
+        dispatcher.dispatch(["run-a", "run-b"])
+        assert dispatcher.backlog() == 2
+    finally:
+        redis.Redis.from_url(REDIS_URL).delete(queue)
+        dispatcher.close()

@@ -183,3 +183,25 @@ def test_an_epoch_write_whose_connection_drops_is_retried_then_gives_up(
 
     with pytest.raises(OperationalError):
         runner._retrying(down, "epoch 0")
+
+
+class DispatcherWithBacklog(RecordingDispatcher):
+    def __init__(self, backlog: int | None) -> None:
+        super().__init__()
+        self._backlog = backlog
+
+    def backlog(self) -> int | None:
+        return self._backlog
+
+
+def test_queued_runs_are_not_resent_while_the_broker_still_holds_messages(
+    factory: sessionmaker[Session], database_url: str
+) -> None:
+    _, run_id = _new_run(factory)
+    later = utcnow() + timedelta(seconds=LEASE + 1)
+    busy = DispatcherWithBacklog(backlog=5)  # a deep queue: the run is just waiting its turn
+    reap(factory, busy, _settings(database_url), now=later)
+    assert run_id not in busy.sent
+    drained = DispatcherWithBacklog(backlog=0)  # queue empty yet the run is queued: lost
+    reap(factory, drained, _settings(database_url), now=later)
+    assert run_id in drained.sent
