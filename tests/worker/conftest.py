@@ -50,25 +50,34 @@ def service_postgres_url() -> Iterator[str]:
         drop_postgres_database(url)
 
 
+def delete_queue_keys(queue: str) -> None:
+    """Remove a test queue and kombu's bindings for it from Redis."""
+    client = redis.Redis.from_url(REDIS_URL)
+    for key in client.scan_iter(match=f"*{queue}*"):
+        client.delete(key)
+
+
 @pytest.fixture(scope="module")
-def service_env(service_postgres_url: str, data_dir: Path) -> dict[str, str]:
+def service_env(service_postgres_url: str, data_dir: Path) -> Iterator[dict[str, str]]:
     try:
         redis.Redis.from_url(REDIS_URL, socket_connect_timeout=3).ping()
     except redis.RedisError as exc:
         pytest.fail(f"Redis is not reachable at {REDIS_URL} ({exc}); start it (`make services`)",
                     pytrace=False)
-    return {
+    queue = f"gradlab-test-{uuid.uuid4().hex[:8]}"
+    yield {
         **os.environ,
         "GRADLAB_DATABASE_URL": service_postgres_url,
         "GRADLAB_BROKER_URL": REDIS_URL,
         # A queue of our own: other test sessions on the same Redis never see our runs.
-        "GRADLAB_CELERY_QUEUE": f"gradlab-test-{uuid.uuid4().hex[:8]}",
+        "GRADLAB_CELERY_QUEUE": queue,
         "GRADLAB_DATA_DIR": str(data_dir),
         "GRADLAB_LEASE_SECONDS": str(LEASE_SECONDS),
         "GRADLAB_MAX_ATTEMPTS": "3",
         "GRADLAB_DEVICE": "cpu",
         "PYTHONUNBUFFERED": "1",
     }
+    delete_queue_keys(queue)
 
 
 @pytest.fixture(scope="module")

@@ -38,9 +38,7 @@ def test_dispatcher_is_celery_with_a_broker_and_embedded_without() -> None:
 def test_backlog_counts_the_messages_waiting_in_the_real_redis_queue() -> None:
     import uuid
 
-    import redis
-
-    from tests.worker.conftest import REDIS_URL
+    from tests.worker.conftest import REDIS_URL, delete_queue_keys
 
     queue = f"gradlab-backlog-{uuid.uuid4().hex[:8]}"
     dispatcher = CeleryDispatcher(make_celery(Settings(broker_url=REDIS_URL, celery_queue=queue)))
@@ -48,5 +46,5 @@ def test_backlog_counts_the_messages_waiting_in_the_real_redis_queue() -> None:
         dispatcher.dispatch(["run-a", "run-b"])
         assert dispatcher.backlog() == 2
     finally:
-        redis.Redis.from_url(REDIS_URL).delete(queue)
         dispatcher.close()
+        delete_queue_keys(queue)
