@@ -489,13 +489,14 @@ def _fix(
         gain = _at(after, epoch) - _at(before, epoch)
         if gain < settings.fix_min_gain:
             return None
+        versus_shallow = round(_at(after, epoch) - _at(s_acc, epoch), 3) + 0.0  # no "-0.000"
         return Finding(
             kind="fix",
             experiments=[ExperimentRef.of(shallow.spec), *refs],
             sentence=(
                 f"{label} removed the degradation: {with_.name} reaches training accuracy "
                 f"{_at(after, epoch):.3f} at epoch {epoch}, +{gain:.3f} over {without.name} "
-                f"({_at(before, epoch):.3f}) and {_at(after, epoch) - _at(s_acc, epoch):+.3f} "
+                f"({_at(before, epoch):.3f}) and {versus_shallow:+.3f} "
                 f"against the shallower {shallow.name} ({_at(s_acc, epoch):.3f})."
             ),
             evidence={
