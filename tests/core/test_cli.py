@@ -113,6 +113,7 @@ def test_bench_json_has_the_documented_keys(app: typer.Typer) -> None:
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
     assert report["matmul_gflops"] > 0
+    assert report["matmul_backend"] in ("torch.mm", "conv1x1")
     for key in ("step_images_per_s", "step_fraction_of_peak", "epoch_fraction_of_step",
                 "gradflow_overhead"):
         assert key in report["vgg08"]

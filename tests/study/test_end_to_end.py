@@ -169,7 +169,15 @@ def test_study_run_killed_mid_run_resumes_from_its_checkpoint(
     import sqlite3
 
     study = {**STUDY, "name": "e2e-kill", "grid": {"depth": [8], "batch_norm": [False]}}
-    study["base"] = {**STUDY["base"], "hyperparameters": {"epochs": 3}}  # type: ignore[dict-item]
+    # Long enough (~0.2 s an epoch, 30 epochs) that the kill always lands mid-run, even on a
+    # quiet machine where the 0.2 s poll sees the first epoch late.
+    epochs = 30
+    study["base"] = {
+        **STUDY["base"],  # type: ignore[dict-item]
+        "width": 16,
+        "hyperparameters": {"epochs": epochs},
+        "data": {"train_limit": 2000, "val_limit": 100, "test_limit": 100},
+    }
     study_file = tmp_path / "study.json"
     study_file.write_text(json.dumps(study))
     out = tmp_path / "out"
@@ -203,7 +211,7 @@ def test_study_run_killed_mid_run_resumes_from_its_checkpoint(
         log.close()
     with sqlite3.connect(out / "gradlab.db") as conn:
         done_before = conn.execute("SELECT epochs_done FROM runs").fetchone()[0]
-    assert done_before < 3, "the run finished before it could be killed; make it longer"
+    assert done_before < epochs, "the run finished before it could be killed; make it longer"
 
     second = subprocess.run(argv, env=_env(data_dir), capture_output=True, text=True, timeout=300)
     assert second.returncode == 0, second.stdout + second.stderr
@@ -212,8 +220,8 @@ def test_study_run_killed_mid_run_resumes_from_its_checkpoint(
         status, attempt, done = conn.execute(
             "SELECT status, attempt, epochs_done FROM runs"
         ).fetchone()
-        epochs = [e for (e,) in conn.execute("SELECT epoch FROM epoch_metrics ORDER BY epoch")]
+        recorded = [e for (e,) in conn.execute("SELECT epoch FROM epoch_metrics ORDER BY epoch")]
         environment = json.loads(conn.execute("SELECT environment FROM runs").fetchone()[0])
-    assert (status, attempt, done) == ("succeeded", 2, 3)
-    assert epochs == [0, 1, 2]
+    assert (status, attempt, done) == ("succeeded", 2, epochs)
+    assert recorded == list(range(epochs))
     assert environment["resumed_from_epoch"] == done_before - 1  # from its last checkpoint
