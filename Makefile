@@ -17,8 +17,10 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -m pip install -q -e '.[dev]'
 	touch $@
 
+# The main job: the whole seed study at smoke scale on the embedded default (SQLite, local
+# worker, no servers). Re-running it resumes; the report lands in runs/seed-study/.
 demo: setup
-	$(BIN)/gradlab train --depth 8 --epochs 3 --train-limit 5000 --val-limit 1000 --test-limit 2000 --out runs/demo
+	$(BIN)/gradlab study run examples/seed-study.yaml --scale smoke --out runs/seed-study
 
 services:
 	bash scripts/ensure_services.sh
@@ -27,8 +29,10 @@ test: setup services
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest
 
-bench: setup
+bench: setup services
 	$(BIN)/gradlab bench
+	$(BIN)/python bench/epoch_write.py
+	$(BIN)/python bench/api_load.py
 
 clean:
 	rm -rf runs .pytest_cache .ruff_cache
