@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from gradlab.api.request_metrics import RequestMetrics
 from gradlab.api.response_cache import ResponseCache
 from gradlab.settings import Settings
+from gradlab.store.session import session_scope
 from gradlab.worker.dispatch import RunDispatcher
 
 log = logging.getLogger(__name__)
@@ -54,16 +55,8 @@ def _dispatch_after_commit(request: Request) -> None:
 
 
 def get_session(request: Request) -> Iterator[Session]:
-    factory: sessionmaker[Session] = request.app.state.session_factory
-    session = factory()
-    try:
+    with session_scope(request.app.state.session_factory) as session:
         yield session
-        session.commit()
-    except BaseException:
-        session.rollback()
-        raise
-    finally:
-        session.close()
     _dispatch_after_commit(request)
 
 

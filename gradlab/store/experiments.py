@@ -58,6 +58,20 @@ def spec_hash(spec: ExperimentSpec) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
+def new_queued_run(seed: int, now: datetime) -> Run:
+    """A run not yet attempted, as both experiment creation and study reuse add them."""
+    return Run(
+        id=new_id(),
+        seed=seed,
+        status="queued",
+        attempt=0,
+        epochs_done=0,
+        queued_at=now,
+        created_at=now,
+        updated_at=now,
+    )
+
+
 def create_experiment(session: Session, spec: ExperimentSpec) -> Experiment:
     """Add an experiment and one queued run per seed; flushed, so ids and timestamps are set."""
     now = utcnow()
@@ -69,19 +83,7 @@ def create_experiment(session: Session, spec: ExperimentSpec) -> Experiment:
         status="queued",
         created_at=now,
         updated_at=now,
-        runs=[
-            Run(
-                id=new_id(),
-                seed=seed,
-                status="queued",
-                attempt=0,
-                epochs_done=0,
-                queued_at=now,
-                created_at=now,
-                updated_at=now,
-            )
-            for seed in sorted(spec.seeds)
-        ],
+        runs=[new_queued_run(seed, now) for seed in sorted(spec.seeds)],
     )
     session.add(experiment)
     session.flush()

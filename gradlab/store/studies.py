@@ -25,6 +25,7 @@ from gradlab.core.study_results import CellResult, SeedRun
 from gradlab.store.base import new_id, utcnow
 from gradlab.store.experiments import (
     create_experiment,
+    new_queued_run,
     read_metrics,
     refresh_experiment_status,
     spec_hash,
@@ -73,18 +74,7 @@ def _add_missing_seeds(session: Session, experiment: Experiment, seeds: Sequence
         return
     now = utcnow()
     for seed in missing:
-        experiment.runs.append(
-            Run(
-                id=new_id(),
-                seed=seed,
-                status="queued",
-                attempt=0,
-                epochs_done=0,
-                queued_at=now,
-                created_at=now,
-                updated_at=now,
-            )
-        )
+        experiment.runs.append(new_queued_run(seed, now))
     # The stored spec lists every seed the experiment has runs for.
     experiment.spec = {**experiment.spec, "seeds": sorted(have | set(missing))}
     experiment.updated_at = now
