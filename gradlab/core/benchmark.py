@@ -2,7 +2,8 @@
 
 Measured in one process, on the training device:
 
-- ``matmul_gflops``: fp32 square matmul rate, the machine's practical peak;
+- ``matmul_gflops``: the faster of two fp32 GEMMs (MKL ``torch.mm``, oneDNN 1x1 conv), the
+  machine's practical peak (``matmul_backend`` names the winner);
 - per model (VGG08, VGG38), batch 100:
   - ``step_images_per_s``: a bare training step (channels_last forward, cross-entropy,
     backward, Adam step; nothing else), and ``step_fraction_of_peak`` = its FLOP rate
@@ -10,8 +11,9 @@ Measured in one process, on the training device:
   - ``epoch_images_per_s`` / ``epoch_fraction_of_step``: gradlab's own epoch (batches gathered
     and augmented on the device, gradient-flow capture, loss buffers, divergence checks, and a
     validation pass in the seed's 2,500 : 47,500 proportion) over the bare step rate;
-  - ``gradflow_overhead``: the extra time of gradient-flow capture per step, as a fraction of
-    the step without it.
+  - ``gradflow_overhead``: one gradient-flow capture, timed on its own, as a fraction of the
+    bare step; ``gradflow_overhead_ab`` the same read as (steps with capture) / (steps
+    without) - 1, which includes any cache effects but carries a few % of run-to-run noise.
 
 Rates are the best of several repeats (the least disturbed by other processes); nothing here
 asserts on time. Figures go to the terminal and, with ``--json``, to stdout as JSON.
@@ -51,7 +53,11 @@ class ModelBench:
     step_fraction_of_peak: float
     epoch_images_per_s: float
     epoch_fraction_of_step: float
+    # capture cost / bare step time, the capture timed on its own (the in-loop A/B difference
+    # below is the same quantity but drowns in this machine's run-to-run noise of a few %)
     gradflow_overhead: float
+    gradflow_overhead_ab: float
+    gradflow_capture_seconds: float
     step_seconds: float
     steps_timed: int
 
@@ -190,6 +196,7 @@ def bench_model(name: str, device: torch.device, steps: int, repeats: int = 3,
         row["matmul"] = probe.time()
         time.sleep(0.3)
         rounds.append(row)
+    capture = _capture_seconds(recorder, device)
     flop_per_step = BATCH * 3 * FORWARD_MFLOP[name] * 1e6
     best_step = min(r["bare"] for r in rounds) / steps
     best_epoch = min(r["epoch"] for r in rounds)
@@ -200,11 +207,19 @@ def bench_model(name: str, device: torch.device, steps: int, repeats: int = 3,
             for r in rounds),
         epoch_images_per_s=BATCH * steps / best_epoch,
         epoch_fraction_of_step=statistics.median(r["bare"] / r["epoch"] for r in rounds),
-        gradflow_overhead=statistics.median(r["captured"] / r["bare"] - 1.0 for r in rounds),
+        gradflow_overhead=capture / best_step,
+        gradflow_overhead_ab=statistics.median(r["captured"] / r["bare"] - 1.0 for r in rounds),
+        gradflow_capture_seconds=capture,
         step_seconds=best_step,
         steps_timed=steps,
     )
     return bench, max(probe.gflops(r["matmul"]) for r in rounds)
+
+
+def _capture_seconds(recorder: GradFlowRecorder, device: torch.device, calls: int = 50) -> float:
+    """Seconds of one gradient-flow capture on the gradients the last step left behind."""
+    recorder.start_epoch()
+    return _best_time(lambda: [recorder.after_backward() for _ in range(calls)], device, 3) / calls
 
 
 def run_benchmark(device: str = "auto", *, steps: dict[str, int] | None = None,
@@ -213,7 +228,8 @@ def run_benchmark(device: str = "auto", *, steps: dict[str, int] | None = None,
     """All measurements as one JSON-ready dict (``matmul_gflops``, ``vgg08``, ``vgg38``, ...)."""
     dev = resolve_device(device)
     say = progress or (lambda _msg: None)
-    steps = steps or ({"vgg08": 10, "vgg38": 4} if dev.type == "cpu"
+    # Timings of a second or more each: shorter ones read the CPU step rate up to 25% low.
+    steps = steps or ({"vgg08": 40, "vgg38": 10} if dev.type == "cpu"
                       else {"vgg08": 50, "vgg38": 20})
     repeats = 1 if quick else 5
     say("matmul peak")
