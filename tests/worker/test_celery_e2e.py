@@ -120,8 +120,10 @@ def test_cancel_is_seen_within_one_epoch_and_keeps_the_checkpoint(
     assert done["status"] == "cancelled"
     run = done["runs"][0]
     assert run["status"] == "cancelled"
-    # The epoch in progress when cancel arrived may finish; no further one starts.
-    assert seen <= run["epochs_done"] <= seen + 1
+    # The epoch in progress when cancel arrived may finish. If the cancel committed while the
+    # worker was writing an epoch whose cancel check had already passed (so `seen` is one
+    # behind), the next epoch is where it is seen: never more than one full epoch after.
+    assert seen <= run["epochs_done"] <= seen + 2
     with store() as session:
         checkpoint = runs.latest_checkpoint(session, run_id)
         assert checkpoint is not None and checkpoint.epoch == run["epochs_done"] - 1
