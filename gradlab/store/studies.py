@@ -158,6 +158,18 @@ def cell_runs(session: Session, study: Study) -> dict[int, list[Run]]:
     return result
 
 
+def runs_version(session: Session, study: Study) -> tuple[tuple[str, str, int, int], ...]:
+    """What a study's report depends on, in one small query: a run changes its numbers only
+    when it records an epoch, changes status or restarts (all three move this tuple)."""
+    rows = session.execute(
+        select(Run.id, Run.status, Run.epochs_done, Run.attempt)
+        .join(StudyCell, StudyCell.experiment_id == Run.experiment_id)
+        .where(StudyCell.study_id == study.id)
+        .order_by(Run.id)
+    ).all()
+    return tuple((r.id, r.status, r.epochs_done, r.attempt) for r in rows)
+
+
 def _queued_runs(session: Session, study: Study) -> list[str]:
     session.refresh(study)
     ids: list[str] = []

@@ -87,6 +87,23 @@ def test_report_of_a_study_not_started_yet(client: TestClient) -> None:
     assert "Partial results" in page.text
 
 
+def test_report_is_cached_until_a_run_moves(client: TestClient) -> None:
+    tag = uuid.uuid4().hex[:8]
+    study_id = client.post("/studies", json=_study(tag)).json()["id"]
+    cache = client.app.state.response_cache  # type: ignore[attr-defined]
+    first = client.get(f"/studies/{study_id}/report").json()
+    hits = cache.hits
+    assert client.get(f"/studies/{study_id}/report").json() == first
+    assert cache.hits == hits + 1
+
+    # a run that moves (here: cancelled) gives a new report, not the cached one
+    experiment_id = client.get(f"/studies/{study_id}").json()["cells"][0]["experiment_id"]
+    assert client.post(f"/experiments/{experiment_id}/cancel").status_code == 200
+    after = client.get(f"/studies/{study_id}/report").json()
+    assert {c["status"] for c in after["completion"]} == {"queued", "cancelled"}
+    assert after != first
+
+
 def test_bad_study_and_unknown_id_get_clear_errors(client: TestClient) -> None:
     bad = client.post("/studies", json=_study("x", grid={"depth": [37], "batch_norm": [False]}))
     assert bad.status_code == 422

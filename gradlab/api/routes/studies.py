@@ -6,12 +6,13 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from fastapi import APIRouter, status
-from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
 from sqlalchemy.orm import Session
 
-from gradlab.api.deps import RunsToDispatchDep, SessionDep
+from gradlab.api.deps import ResponseCacheDep, RunsToDispatchDep, SessionDep
 from gradlab.api.errors import NotFoundError, error_responses
+from gradlab.api.response_cache import CachedResponse
 from gradlab.core.study import StudySpec
 from gradlab.store import studies as store
 from gradlab.store.models import Study
@@ -114,14 +115,28 @@ def read(study_id: str, session: SessionDep) -> StudyRead:
     responses={**error_responses(404, 422), 200: {"content": {"text/html": {}}}},
 )
 def report(
-    study_id: str, session: SessionDep, format: Literal["json", "html"] = "json"
+    study_id: str,
+    session: SessionDep,
+    cache: ResponseCacheDep,
+    format: Literal["json", "html"] = "json",
 ) -> Response:
     """The study's report so far: table, findings, completion (JSON), or the whole HTML page
     with its figures embedded. Works while runs are still going (numbers say how many seeds)."""
+    study = _get_or_404(session, study_id)
+    # Rendering a large study's HTML takes seconds; the report changes only when one of its
+    # runs moves, so it is cached under the runs' version (a finished study's never changes).
+    key = ("study-report", study.id, format, store.runs_version(session, study))
+    entry = cache.get(key)
+    if entry is None:
+        entry = _render_report(session, study, format)
+        cache.put(key, entry)
+    return Response(entry.body, media_type=entry.media_type)
+
+
+def _render_report(session: Session, study: Study, format: str) -> CachedResponse:
     from gradlab.core.report import build_report, render_html
     from gradlab.core.report.writer import json_safe
 
-    study = _get_or_404(session, study_id)
     spec, scale = store.study_spec_of(study)
     results = store.study_results(session, study)
     built = build_report(
@@ -135,5 +150,6 @@ def report(
         page = render_html(built)
         for fig in built.figures:
             fig.figure.clear()
-        return HTMLResponse(page)
-    return JSONResponse({"id": study.id, **json_safe(built.to_json_dict())})
+        return CachedResponse(page.encode(), "text/html; charset=utf-8")
+    body = JSONResponse({"id": study.id, **json_safe(built.to_json_dict())}).body
+    return CachedResponse(bytes(body), "application/json")
