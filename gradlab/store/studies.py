@@ -109,8 +109,27 @@ def submit_study(session: Session, study: StudySpec, scale: str | None = None) -
                 )
             )
         session.flush()
+    _requeue_failed(session, existing)
     queued = _queued_runs(session, existing)
     return SubmittedStudy(existing, created, queued, reused)
+
+
+def _requeue_failed(session: Session, study: Study) -> None:
+    """Resubmitting a study completes it: its failed runs go back to the queue with a fresh
+    attempt budget and resume from their last checkpoint (a code failure after a fix, or an
+    infrastructure failure past the attempt cap). Diverged runs stay: divergence is
+    deterministic. Cancelled runs stay: that was someone's decision."""
+    now = utcnow()
+    touched: set[str] = set()
+    for runs in cell_runs(session, study).values():
+        for run in runs:
+            if run.status == "failed":
+                run.status, run.attempt, run.queued_at = "queued", 0, now
+                run.worker = run.lease_expires_at = run.finished_at = None
+                touched.add(run.experiment_id)
+    session.flush()
+    for experiment_id in touched:
+        refresh_experiment_status(session, experiment_id)
 
 
 def _json_coordinates(coordinates: dict[str, Any]) -> dict[str, Any]:

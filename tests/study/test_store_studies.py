@@ -56,6 +56,29 @@ def test_submit_expands_cells_and_resubmitting_reuses_everything(database_url: s
         assert [[s["status"] for s in c["seeds"]] for c in matrix] == [["queued"] * 2] * 2
 
 
+def test_resubmitting_requeues_failed_runs_but_not_diverged_or_cancelled(
+    database_url: str,
+) -> None:
+    factory = make_session_factory(make_engine(database_url))
+    tag = uuid.uuid4().hex[:8]
+    study = _study(tag, seeds=[0, 1, 2])
+    with session_scope(factory) as session:
+        run_ids = submit_study(session, study, "full").queued_run_ids
+    outcomes = dict(zip(run_ids[:3], ("failed", "diverged", "cancelled"), strict=True))
+    with session_scope(factory) as session:
+        for run_id, status in outcomes.items():
+            run = session.get(Run, run_id)
+            run.status, run.attempt, run.error = status, 3, "worker lost"
+    with session_scope(factory) as session:
+        again = submit_study(session, study, "full")
+        failed = next(r for r, s in outcomes.items() if s == "failed")
+        assert failed in again.queued_run_ids
+        assert not {r for r, s in outcomes.items() if s != "failed"} & set(again.queued_run_ids)
+        run = session.get(Run, failed)
+        assert (run.status, run.attempt) == ("queued", 0)
+        assert session.get(Experiment, run.experiment_id).status != "failed"
+
+
 def test_a_new_study_reuses_an_existing_cell_and_adds_only_missing_seeds(
     database_url: str,
 ) -> None:
