@@ -405,6 +405,24 @@ def find_queued_runs(
     return list(session.scalars(query.order_by(*order).limit(limit)))
 
 
+def requeue_running(session: Session, run_id: str, *conditions: Any,
+                    now: datetime | None = None) -> bool:
+    """Hand a running run back to the queue if it still matches ``conditions`` (checked in the
+    same UPDATE, since its worker may have heartbeated or finished since the caller looked).
+    Returns whether it was requeued; the experiment's status follows."""
+    now = now or utcnow()
+    row = session.execute(
+        update(Run)
+        .where(Run.id == run_id, Run.status == "running", *conditions)
+        .values(status="queued", worker=None, lease_expires_at=None, queued_at=now,
+                updated_at=now)
+        .returning(Run.experiment_id)
+    ).first()
+    if row is not None:
+        refresh_experiment_status(session, row.experiment_id)
+    return row is not None
+
+
 def mark_requeued(session: Session, run_ids: list[str], *, now: datetime | None = None) -> None:
     """Note that these queued runs were sent to the broker again (so a reaper resends each at
     most once per period instead of flooding the queue)."""

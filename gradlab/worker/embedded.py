@@ -18,13 +18,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from gradlab.settings import Settings
 from gradlab.store import runs
 from gradlab.store.base import utcnow
-from gradlab.store.experiments import refresh_experiment_status
 from gradlab.store.models import Run
 from gradlab.store.session import make_engine, make_session_factory, session_scope
 from gradlab.worker.dispatch import EmbeddedDispatcher
@@ -115,17 +114,11 @@ def requeue_orphans(session: Session) -> list[str]:
         )
         if _owner_is_dead_local_process(owner)
     ]
-    requeued = []
-    for run_id, owner in orphans:
-        row = session.execute(
-            update(Run)
-            .where(Run.id == run_id, Run.worker == owner, Run.status == "running")
-            .values(status="queued", worker=None, lease_expires_at=None, updated_at=now)
-            .returning(Run.experiment_id)
-        ).first()
-        if row is not None:
-            requeued.append(run_id)
-            refresh_experiment_status(session, row.experiment_id)
+    requeued = [
+        run_id
+        for run_id, owner in orphans
+        if runs.requeue_running(session, run_id, Run.worker == owner, now=now)
+    ]
     session.flush()
     return requeued
 

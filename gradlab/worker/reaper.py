@@ -12,13 +12,11 @@ from __future__ import annotations
 import logging
 from datetime import datetime, timedelta
 
-from sqlalchemy import update
 from sqlalchemy.orm import Session, sessionmaker
 
 from gradlab.settings import Settings
 from gradlab.store import runs
 from gradlab.store.base import utcnow
-from gradlab.store.experiments import refresh_experiment_status
 from gradlab.store.models import Run
 from gradlab.store.session import session_scope
 from gradlab.worker.dispatch import RunDispatcher
@@ -32,18 +30,8 @@ def requeue_lost_runs(session: Session, *, now: datetime | None = None) -> list[
     lost = runs.find_lost_runs(session, now=now)
     requeued: list[str] = []
     for run_id in lost:
-        # Conditional again: the worker may have heartbeated or finished since the scan.
-        result = session.execute(
-            update(Run)
-            .where(Run.id == run_id, Run.status == "running", Run.lease_expires_at < now)
-            .values(
-                status="queued", worker=None, lease_expires_at=None, queued_at=now, updated_at=now
-            )
-            .returning(Run.experiment_id)
-        ).first()
-        if result is not None:
+        if runs.requeue_running(session, run_id, Run.lease_expires_at < now, now=now):
             requeued.append(run_id)
-            refresh_experiment_status(session, result.experiment_id)
     session.flush()
     return requeued
 

@@ -38,6 +38,22 @@ KINDS = {
 }
 
 
+def _study_run_argv(study_file: Path, out: Path) -> list[str]:
+    """``gradlab study run`` as a real process (through its Typer function, so the test does
+    not depend on the console script being on PATH)."""
+    return [
+        str(VENV_BIN / "python"),
+        "-c",
+        "import typer; from gradlab.client.study_commands import run_command; "
+        "typer.run(run_command)",
+        str(study_file),
+        "--out",
+        str(out),
+        "--device",
+        "cpu",
+    ]
+
+
 def _env(data_dir: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("GRADLAB_")}
     env.update(GRADLAB_DATA_DIR=str(data_dir), GRADLAB_DEVICE="cpu", PYTHONUNBUFFERED="1")
@@ -110,17 +126,7 @@ def test_study_run_command_writes_the_report_and_resumes(tmp_path: Path, data_di
     study_file = tmp_path / "study.json"
     study_file.write_text(json.dumps({**STUDY, "name": "e2e-cli"}))
     out = tmp_path / "out"
-    argv = [
-        str(VENV_BIN / "python"),
-        "-c",
-        "import typer; from gradlab.client.study_commands import run_command; "
-        "typer.run(run_command)",
-        str(study_file),
-        "--out",
-        str(out),
-        "--device",
-        "cpu",
-    ]
+    argv = _study_run_argv(study_file, out)
     first = subprocess.run(argv, env=_env(data_dir), capture_output=True, text=True, timeout=420)
     assert first.returncode == 0, first.stdout + first.stderr
     assert "4 to run" in first.stdout
@@ -181,17 +187,7 @@ def test_study_run_killed_mid_run_resumes_from_its_checkpoint(
     study_file = tmp_path / "study.json"
     study_file.write_text(json.dumps(study))
     out = tmp_path / "out"
-    argv = [
-        str(VENV_BIN / "python"),
-        "-c",
-        "import typer; from gradlab.client.study_commands import run_command; "
-        "typer.run(run_command)",
-        str(study_file),
-        "--out",
-        str(out),
-        "--device",
-        "cpu",
-    ]
+    argv = _study_run_argv(study_file, out)
     log = (tmp_path / "first.log").open("w")
     first = subprocess.Popen(argv, env=_env(data_dir), stdout=log, stderr=subprocess.STDOUT)
 
