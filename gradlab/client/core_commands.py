@@ -310,7 +310,7 @@ def bench_command(
     typer.echo(f"{report['measured_at']}  {env['device']} ({env['processor']}, "
                f"{env['cpu_count']} CPUs, {env['torch_threads']} torch threads), torch "
                f"{env['torch']}, batch {report['batch_size']}")
-    typer.echo(f"matmul fp32 peak: {report['matmul_gflops']:.1f} GFLOP/s "
+    typer.echo(f"matmul {report['matmul_dtype']} peak: {report['matmul_gflops']:.1f} GFLOP/s "
                f"({report['matmul_backend']})")
     typer.echo(f"{'model':6}  {'step img/s':>10}  {'of peak':>7}  {'epoch img/s':>11}  "
                f"{'epoch/step':>10}  {'gradflow':>8}  {'(A/B)':>7}")

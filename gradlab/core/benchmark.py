@@ -2,12 +2,15 @@
 
 Measured in one process, on the training device:
 
-- ``matmul_gflops``: the faster of two fp32 GEMMs (MKL ``torch.mm``, oneDNN 1x1 conv), the
-  machine's practical peak (``matmul_backend`` names the winner);
+- ``matmul_gflops``: the faster of two GEMMs (MKL ``torch.mm``, oneDNN 1x1 conv), the
+  machine's practical peak (``matmul_backend`` names the winner), in the dtype the training
+  step computes in (``matmul_dtype``: float32 on the CPU; bfloat16 on CUDA, where the step
+  runs under bf16 autocast and an fp32 peak would put it far above 100%);
 - per model (VGG08, VGG38), batch 100:
-  - ``step_images_per_s``: a bare training step (channels_last forward, cross-entropy,
-    backward, Adam step; nothing else), and ``step_fraction_of_peak`` = its FLOP rate
-    (3 x forward MFLOP per image) over the matmul peak;
+  - ``step_images_per_s``: a bare training step (gradlab's model, channels_last, under the
+    training autocast: forward, cross-entropy, backward, Adam step; nothing else), and
+    ``step_fraction_of_peak`` = its FLOP rate (3 x forward MFLOP per image) over the matmul
+    peak;
   - ``epoch_images_per_s`` / ``epoch_fraction_of_step``: gradlab's own epoch (batches gathered
     and augmented on the device, gradient-flow capture, loss buffers, divergence checks, and a
     validation pass in the seed's 2,500 : 47,500 proportion) over the bare step rate;
@@ -21,7 +24,6 @@ asserts on time. Figures go to the terminal and, with ``--json``, to stdout as J
 
 from __future__ import annotations
 
-import contextlib
 import statistics
 import time
 from collections.abc import Callable
@@ -32,13 +34,11 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from gradlab.core.architectures import build_model
 from gradlab.core.augment import EvalBatches, TrainBatches
 from gradlab.core.environment import describe_environment, resolve_device
 from gradlab.core.gradflow import GradFlowRecorder
-from gradlab.core.optimization import make_optimizer
 from gradlab.core.spec import ExperimentSpec
-from gradlab.core.training_loop import Engine, evaluate, train_epoch
+from gradlab.core.training_loop import Engine, evaluate, make_engine, train_epoch
 
 # Forward MFLOP per 32x32 image (derived in the seed notes); training is ~3x forward.
 FORWARD_MFLOP = {"vgg08": 32.7, "vgg38": 280.5}
@@ -90,16 +90,19 @@ class MatmulProbe:
 
     def __init__(self, device: torch.device, size: int = 2048, seconds: float = 0.25) -> None:
         self.device = device
+        self.dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+        if device.type == "cuda":
+            size = max(size, 8192)  # a GPU needs a large product to reach its peak
         self.flop = 2 * size**3
-        a = torch.randn(size, size, device=device)
-        b = torch.randn(size, size, device=device)
-        c = torch.empty(size, size, device=device)
+        a = torch.randn(size, size, device=device, dtype=self.dtype)
+        b = torch.randn(size, size, device=device, dtype=self.dtype)
+        c = torch.empty(size, size, device=device, dtype=self.dtype)
         # The same GEMM as a 1x1 convolution over (size/256) x 16 x 16 = size pixel rows.
         if size % 256:
             raise ValueError("probe size must be a multiple of 256")
-        x = torch.randn(size // 256, size, 16, 16, device=device).contiguous(
+        x = torch.randn(size // 256, size, 16, 16, device=device, dtype=self.dtype).contiguous(
             memory_format=torch.channels_last)
-        w = torch.randn(size, size, 1, 1, device=device)
+        w = torch.randn(size, size, 1, 1, device=device, dtype=self.dtype)
         kernels: dict[str, Callable[[], object]] = {
             "torch.mm": lambda: torch.mm(a, b, out=c),
             "conv1x1": lambda: F.conv2d(x, w),
@@ -128,22 +131,24 @@ class MatmulProbe:
         return self.flop * self.reps / seconds / 1e9
 
 
-def _model(depth: int, device: torch.device) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
+def _engine(depth: int, device: torch.device) -> Engine:
+    """The model, optimiser, recorder and autocast that ``gradlab train`` would use."""
     torch.manual_seed(0)
-    spec = ExperimentSpec(depth=depth)
-    model = build_model(spec).to(device, memory_format=torch.channels_last).train()
-    return model, make_optimizer(model.parameters(), spec.hyperparameters)
+    engine = make_engine(ExperimentSpec(depth=depth), device, compile_model=False)
+    engine.model.train()
+    return engine
 
 
-def _bare_steps(model: torch.nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor,
-                y: torch.Tensor, steps: int, recorder: GradFlowRecorder | None = None) -> None:
+def _bare_steps(engine: Engine, x: torch.Tensor, y: torch.Tensor, steps: int,
+                capture: bool = False) -> None:
     for _ in range(steps):
-        loss = F.cross_entropy(model(x), y)
-        optimizer.zero_grad(set_to_none=True)
+        with engine.autocast():
+            loss = F.cross_entropy(engine.forward(x).float(), y)
+        engine.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        if recorder is not None:
-            recorder.after_backward()
-        optimizer.step()
+        if capture:
+            engine.recorder.after_backward()
+        engine.optimizer.step()
 
 
 def bench_model(name: str, device: torch.device, steps: int, repeats: int = 3,
@@ -156,12 +161,12 @@ def bench_model(name: str, device: torch.device, steps: int, repeats: int = 3,
     load from other processes, which drifts over seconds, largely cancels out.
     """
     probe = probe or MatmulProbe(device)
-    model, optimizer = _model(DEPTHS[name], device)
+    engine = _engine(DEPTHS[name], device)
+    recorder = engine.recorder
     generator = torch.Generator().manual_seed(0)
     x = torch.randn(BATCH, 3, 32, 32, device=device).contiguous(
         memory_format=torch.channels_last)
     y = torch.randint(0, 100, (BATCH,), generator=generator).to(device)
-    recorder = GradFlowRecorder(list(model.gradflow_parameters()))  # type: ignore[operator]
 
     # gradlab's epoch: the real loop over the real batch machinery (random uint8 images).
     images = np.random.default_rng(0).integers(0, 256, (BATCH * steps, 32, 32, 3), np.uint8)
@@ -170,7 +175,6 @@ def bench_model(name: str, device: torch.device, steps: int, repeats: int = 3,
     batches = TrainBatches(images, labels, batch_size=BATCH, device=device, augment=True,
                            generator=generator)
     val = EvalBatches(images[:n_val], labels[:n_val], batch_size=500, device=device)
-    engine = Engine(model, model, optimizer, recorder, device, contextlib.nullcontext)
 
     def epoch() -> None:
         train_epoch(engine, batches, 0, lambda: None)
@@ -178,10 +182,10 @@ def bench_model(name: str, device: torch.device, steps: int, repeats: int = 3,
         recorder.finish_epoch(0)
 
     def bare() -> None:
-        _bare_steps(model, optimizer, x, y, steps)
+        _bare_steps(engine, x, y, steps)
 
     def captured() -> None:
-        _bare_steps(model, optimizer, x, y, steps, recorder)
+        _bare_steps(engine, x, y, steps, capture=True)
 
     epoch()  # warm-up: allocator, oneDNN primitives, both code paths
     bare()
@@ -238,6 +242,7 @@ def run_benchmark(device: str = "auto", *, steps: dict[str, int] | None = None,
     out: dict[str, Any] = {
         "matmul_gflops": peak,
         "matmul_backend": probe.backend,
+        "matmul_dtype": str(probe.dtype).removeprefix("torch."),
         "batch_size": BATCH,
         "forward_mflop_per_image": {m: FORWARD_MFLOP[m] for m in models},
         "environment": describe_environment(dev),

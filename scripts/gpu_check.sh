@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# The CUDA checks, in one pass, for a machine with a GPU (CI has none; see README "GPU check").
+#
+#   bash scripts/gpu_check.sh            # writes its logs and JSON under $OUT (default runs/gpu-check)
+#
+# 1. the core tests on the GPU (tests/core/test_cuda.py: bf16 autocast, channels_last,
+#    torch.compile, checkpoint and resume on CUDA), with the rest of tests/core beside them;
+# 2. `gradlab train --device cuda` (plain VGG38, then VGG38 with BN and residual, with and without
+#    --compile) on a learnable synthetic CIFAR-100 in the npz layout (the real data stays home);
+# 3. `gradlab bench --device "$DEVICE" --json $BENCH_ARGS`.
+# Python packages that the GPU machine lacks may travel as wheels in .whl/ (installed first).
+set -uo pipefail
+OUT=${OUT:-runs/gpu-check}
+DEVICE=${DEVICE:-cuda}        # DEVICE=cpu TRAIN_LIMIT=500 tries the script where there is no GPU
+TRAIN_LIMIT=${TRAIN_LIMIT:-10000}
+TESTS=${TESTS:-tests/core}
+BENCH_ARGS=${BENCH_ARGS:-}   # e.g. "--quick --steps 2" for a dry run
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+WHEELS=${WHEELS:-.whl}
+if compgen -G "$WHEELS/*.whl" >/dev/null; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+        --target /tmp/site "$WHEELS"/*.whl || exit 1
+    export PYTHONPATH="$PYTHONPATH:/tmp/site"
+fi
+# A `gradlab` command without installing the project (the GPU machine's Python is not ours).
+bin=$(mktemp -d)
+printf '#!/bin/sh\nexec python3 -c "from gradlab.client.cli import main; main()" "$@"\n' >"$bin/gradlab"
+chmod +x "$bin/gradlab"
+export PATH="$bin:$PATH"
+status=0
+step() { echo "== $*" >&2; "$@" || { echo "!! failed ($?): $*" >&2; status=1; }; }
+
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
+python3 -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda)'
+
+step timeout 300 python3 -m pytest -q -p no:cacheprovider -o addopts= $TESTS \
+    --junitxml="$OUT/pytest.xml"
+
+data=$(mktemp -d)
+python3 - "$data" <<'EOF'
+# 50,000 + 10,000 images whose class sets a colour and a stripe: learnable within an epoch.
+import sys
+import numpy as np
+rng = np.random.default_rng(0)
+def make(n):
+    labels = rng.integers(0, 100, n)
+    base = np.stack([labels % 5, labels // 5 % 5, labels // 25], 1) * 50.0
+    images = base[:, None, None, :] + rng.normal(0, 20, (n, 32, 32, 3))
+    images[np.arange(n), labels % 32, :, :] += 60.0  # a class-dependent row stripe
+    return np.clip(images, 0, 255).astype(np.uint8), labels.astype(np.uint8)
+for part, n in (("train", 50_000), ("test", 10_000)):
+    images, labels = make(n)
+    np.savez(f"{sys.argv[1]}/{part}.npz", images=images, fine_labels=labels,
+             coarse_labels=labels // 5)
+EOF
+small=(--device "$DEVICE" --data-dir "$data" --epochs 2 --train-limit "$TRAIN_LIMIT"
+       --val-limit 1000 --test-limit 1000)
+step timeout 300 gradlab train --depth 38 "${small[@]}" --out "$OUT/vgg38"
+step timeout 300 gradlab train --depth 38 --batch-norm --residual "${small[@]}" --out "$OUT/vgg38bnres"
+step timeout 300 gradlab train --depth 38 --batch-norm --residual --compile "${small[@]}" \
+    --out "$OUT/vgg38bnres-compiled"
+python3 - "$OUT" <<'EOF'
+import json, math, sys
+for run in ("vgg38", "vgg38bnres", "vgg38bnres-compiled"):
+    try:
+        r = json.load(open(f"{sys.argv[1]}/{run}/result.json"))
+    except OSError as exc:
+        print(run, "no result:", exc)
+        continue
+    g = r["gradflow"]["epoch_mean"]["mean_abs"][0]
+    print(f"{run:20} {r['status']:9} loss {[round(e['train_loss'], 3) for e in r['epochs']]} "
+          f"(ln 100 = {math.log(100):.3f}) first/last mean|g| {g[0]:.2e} / {g[-1]:.2e} "
+          f"s/epoch {[round(e['seconds'], 1) for e in r['epochs']]}")
+EOF
+
+step timeout 300 gradlab bench --device "$DEVICE" --json $BENCH_ARGS >"$OUT/bench.json"
+python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); print(json.dumps({k: r[k] for k in r if k not in ("environment",)}, indent=1))' "$OUT/bench.json"
+exit $status
