@@ -313,12 +313,13 @@ def bench_command(
     typer.echo(f"matmul {report['matmul_dtype']} peak: {report['matmul_gflops']:.1f} GFLOP/s "
                f"({report['matmul_backend']})")
     typer.echo(f"{'model':6}  {'step img/s':>10}  {'of peak':>7}  {'epoch img/s':>11}  "
-               f"{'epoch/step':>10}  {'gradflow':>8}  {'(A/B)':>7}")
+               f"{'epoch/step':>10}  {'gradflow':>8}  {'(A/B)':>7}  {'convs alone':>11}")
     for name in chosen:
         r = report[name]
         typer.echo(f"{name:6}  {r['step_images_per_s']:10.1f}  {r['step_fraction_of_peak']:7.1%}"
                    f"  {r['epoch_images_per_s']:11.1f}  {r['epoch_fraction_of_step']:10.1%}  "
-                   f"{r['gradflow_overhead']:+8.2%}  {r['gradflow_overhead_ab']:+7.2%}")
+                   f"{r['gradflow_overhead']:+8.2%}  {r['gradflow_overhead_ab']:+7.2%}  "
+                   f"{r['conv_fraction_of_peak']:11.1%}")
 
 
 @data_app.command("download")

@@ -20,13 +20,16 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from gradlab.core.fused_ops import conv_leaky_relu
 from gradlab.core.spec import STAGES, ExperimentSpec
 
 LEAKY_SLOPE = 0.01
 
 
-def _activation(x: torch.Tensor) -> torch.Tensor:
-    return F.leaky_relu(x, LEAKY_SLOPE)
+def _activation_(fresh: torch.Tensor) -> torch.Tensor:
+    """Leaky ReLU in place, on a tensor that nothing saved for backward (a BN output, a skip
+    sum): the same numbers, without allocating and writing a second activation-sized tensor."""
+    return F.leaky_relu_(fresh, LEAKY_SLOPE)
 
 
 def _norm(enabled: bool, width: int) -> nn.Module | None:
@@ -35,6 +38,20 @@ def _norm(enabled: bool, width: int) -> nn.Module | None:
 
 def _maybe(norm: nn.Module | None, x: torch.Tensor) -> torch.Tensor:
     return x if norm is None else norm(x)
+
+
+def _conv_norm_act(conv: nn.Conv2d, norm: nn.Module | None, x: torch.Tensor) -> torch.Tensor:
+    """conv -> [BN] -> leaky ReLU; without BN, one fused call on the CPU (same numbers)."""
+    if norm is None:
+        return conv_leaky_relu(conv, x, LEAKY_SLOPE)
+    return _activation_(norm(conv(x)))
+
+
+def _conv_norm_add_act(conv: nn.Conv2d, norm: nn.Module | None, x: torch.Tensor,
+                       skip: torch.Tensor) -> torch.Tensor:
+    """conv -> [BN] -> + skip -> leaky ReLU. The sum goes into the conv / BN output, which
+    neither backward needs."""
+    return _activation_(_maybe(norm, conv(x)).add_(skip))
 
 
 class Entry(nn.Module):
@@ -46,7 +63,7 @@ class Entry(nn.Module):
         self.bn = nn.BatchNorm2d(width)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return _activation(self.bn(self.conv(x)))
+        return _activation_(self.bn(self.conv(x)))
 
 
 class ProcessingBlock(nn.Module):
@@ -62,11 +79,10 @@ class ProcessingBlock(nn.Module):
         self.bn2 = _norm(batch_norm, width)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = _activation(_maybe(self.bn1, self.conv1(x)))
-        out = _maybe(self.bn2, self.conv2(out))
-        if self.residual:
-            out = out + x
-        return _activation(out)
+        out = _conv_norm_act(self.conv1, self.bn1, x)
+        if not self.residual:
+            return _conv_norm_act(self.conv2, self.bn2, out)
+        return _conv_norm_add_act(self.conv2, self.bn2, out, x)
 
 
 class ReductionBlock(nn.Module):
@@ -81,13 +97,11 @@ class ReductionBlock(nn.Module):
         self.bn2 = _norm(batch_norm, width)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = _activation(_maybe(self.bn1, self.conv1(x)))
-        out = F.avg_pool2d(out, 2, 2)
-        out = _maybe(self.bn2, self.conv2(out))
-        if self.skip:
-            # Shapes differ only spatially (channels stay F), so pooling the identity matches them.
-            out = out + F.avg_pool2d(x, 2, 2)
-        return _activation(out)
+        out = F.avg_pool2d(_conv_norm_act(self.conv1, self.bn1, x), 2, 2)
+        if not self.skip:
+            return _conv_norm_act(self.conv2, self.bn2, out)
+        # Shapes differ only spatially (channels stay F), so pooling the identity matches them.
+        return _conv_norm_add_act(self.conv2, self.bn2, out, F.avg_pool2d(x, 2, 2))
 
 
 class Stage(nn.Module):

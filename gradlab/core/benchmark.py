@@ -18,12 +18,18 @@ Measured in one process, on the training device:
     bare step; ``gradflow_overhead_ab`` the same read as (steps with capture) / (steps
     without) - 1, which includes any cache effects but carries a few % of run-to-run noise.
 
+  - ``conv_images_per_s`` / ``conv_fraction_of_peak``: the model's convolutions alone, each
+    forward and backward timed on its own at its real shape: the rate the step would reach
+    if everything else in it (activations, BN, pooling, loss, optimiser) were free, and so
+    a ceiling for any step built on these convolution kernels.
+
 Rates are the best of several repeats (the least disturbed by other processes); nothing here
 asserts on time. Figures go to the terminal and, with ``--json``, to stdout as JSON.
 """
 
 from __future__ import annotations
 
+import copy
 import statistics
 import time
 from collections.abc import Callable
@@ -58,6 +64,8 @@ class ModelBench:
     gradflow_overhead: float
     gradflow_overhead_ab: float
     gradflow_capture_seconds: float
+    conv_images_per_s: float
+    conv_fraction_of_peak: float
     step_seconds: float
     steps_timed: int
 
@@ -201,6 +209,7 @@ def bench_model(name: str, device: torch.device, steps: int, repeats: int = 3,
         time.sleep(0.3)
         rounds.append(row)
     capture = _capture_seconds(recorder, device)
+    conv_seconds = _conv_seconds(engine.model, device)
     flop_per_step = BATCH * 3 * FORWARD_MFLOP[name] * 1e6
     best_step = min(r["bare"] for r in rounds) / steps
     best_epoch = min(r["epoch"] for r in rounds)
@@ -214,10 +223,51 @@ def bench_model(name: str, device: torch.device, steps: int, repeats: int = 3,
         gradflow_overhead=capture / best_step,
         gradflow_overhead_ab=statistics.median(r["captured"] / r["bare"] - 1.0 for r in rounds),
         gradflow_capture_seconds=capture,
+        conv_images_per_s=BATCH / conv_seconds,
+        conv_fraction_of_peak=flop_per_step / conv_seconds / (probe.gflops(
+            min(r["matmul"] for r in rounds)) * 1e9),
         step_seconds=best_step,
         steps_timed=steps,
     )
     return bench, max(probe.gflops(r["matmul"]) for r in rounds)
+
+
+def _conv_shapes(model: torch.nn.Module) -> list[tuple[torch.nn.Conv2d, torch.Size]]:
+    """Each convolution with the input shape it sees in a batch-100 forward pass (traced on the
+    meta device, where no kernel runs and no fused path hides a module call)."""
+    shapes: list[tuple[torch.nn.Conv2d, torch.Size]] = []
+    meta = copy.deepcopy(model).to("meta")
+    for module in meta.modules():
+        if isinstance(module, torch.nn.Conv2d):
+            module.register_forward_pre_hook(
+                lambda m, args: shapes.append((m, args[0].shape)))  # type: ignore[arg-type]
+    with torch.no_grad():
+        meta(torch.empty(BATCH, 3, 32, 32, device="meta"))
+    return shapes
+
+
+def _conv_seconds(model: torch.nn.Module, device: torch.device) -> float:
+    """Seconds per training step spent in the model's convolutions, each timed alone."""
+    return sum(_one_conv_seconds(conv, shape, device) for conv, shape in _conv_shapes(model))
+
+
+def _one_conv_seconds(conv: torch.nn.Conv2d, in_shape: torch.Size,
+                      device: torch.device) -> float:
+    x = torch.randn(in_shape, device=device).contiguous(memory_format=torch.channels_last)
+    weight = torch.randn(conv.weight.shape, device=device)
+    bias = None if conv.bias is None else torch.randn(conv.bias.shape, device=device)
+    grad = torch.randn_like(F.conv2d(x, weight, bias, conv.stride, conv.padding))
+    bias_sizes = None if bias is None else list(bias.shape)
+    # The first layer's input needs no gradient; autograd skips it in training too.
+    mask = [in_shape[1] != 3, True, bias is not None]
+
+    def forward_and_backward() -> None:
+        F.conv2d(x, weight, bias, conv.stride, conv.padding)
+        torch.ops.aten.convolution_backward(grad, x, weight, bias_sizes, list(conv.stride),
+                                            list(conv.padding), [1, 1], False, [0, 0], 1, mask)
+
+    forward_and_backward()
+    return _best_time(forward_and_backward, device, 5)
 
 
 def _capture_seconds(recorder: GradFlowRecorder, device: torch.device, calls: int = 50) -> float:

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from gradlab.core.allocator import keep_freed_memory
 from gradlab.core.architectures import build_model
 from gradlab.core.augment import EvalBatches, TrainBatches
 from gradlab.core.checkpoints import (
@@ -170,6 +171,7 @@ def make_engine(spec: ExperimentSpec, dev: torch.device, compile_model: bool) ->
             forward = torch.compile(model)  # type: ignore[assignment]
     else:
         autocast = contextlib.nullcontext  # CPU trains in fp32, as the seed did
+        keep_freed_memory()  # no page faults for activations once warm (see allocator.py)
     return Engine(model, forward, optimizer, recorder, dev, autocast)
 
 

@@ -114,7 +114,12 @@ def test_bench_json_has_the_documented_keys(app: typer.Typer) -> None:
     report = json.loads(result.stdout)
     assert report["matmul_gflops"] > 0
     assert report["matmul_backend"] in ("torch.mm", "conv1x1")
+    assert report["matmul_dtype"] == "float32"
     for key in ("step_images_per_s", "step_fraction_of_peak", "epoch_fraction_of_step",
                 "gradflow_overhead"):
         assert key in report["vgg08"]
-    assert report["vgg08"]["step_images_per_s"] > 0
+    vgg08 = report["vgg08"]
+    assert vgg08["step_images_per_s"] > 0
+    # The convolutions alone are a ceiling: no step that also runs them can beat it.
+    assert vgg08["conv_images_per_s"] > vgg08["step_images_per_s"]
+    assert vgg08["conv_fraction_of_peak"] > vgg08["step_fraction_of_peak"]
