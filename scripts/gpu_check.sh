@@ -17,28 +17,34 @@ TESTS=${TESTS:-tests/core}
 BENCH_ARGS=${BENCH_ARGS:-}   # e.g. "--quick --steps 2" for a dry run
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+# The project's virtualenv where `make setup` made one; else the machine's Python (a lent GPU
+# machine brings its own PyTorch).
+if [ -z "${PYTHON:-}" ]; then
+    if [ -x .venv/bin/python ]; then PYTHON=$PWD/.venv/bin/python; else PYTHON=python3; fi
+fi
 WHEELS=${WHEELS:-.whl}
 if compgen -G "$WHEELS/*.whl" >/dev/null; then
-    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
         --target /tmp/site "$WHEELS"/*.whl || exit 1
     export PYTHONPATH="$PYTHONPATH:/tmp/site"
 fi
 # A `gradlab` command without installing the project (the GPU machine's Python is not ours).
 bin=$(mktemp -d)
-printf '#!/bin/sh\nexec python3 -c "from gradlab.client.cli import main; main()" "$@"\n' >"$bin/gradlab"
+printf '#!/bin/sh\nexec "%s" -c "from gradlab.client.cli import main; main()" "$@"\n' "$PYTHON" \
+    >"$bin/gradlab"
 chmod +x "$bin/gradlab"
 export PATH="$bin:$PATH"
 status=0
 step() { echo "== $*" >&2; "$@" || { echo "!! failed ($?): $*" >&2; status=1; }; }
 
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
-python3 -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda)'
+"$PYTHON" -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda)'
 
-step timeout 300 python3 -m pytest -q -p no:cacheprovider -o addopts= $TESTS \
+step timeout 300 "$PYTHON" -m pytest -q -p no:cacheprovider -o addopts= $TESTS \
     --junitxml="$OUT/pytest.xml"
 
 data=$(mktemp -d)
-python3 - "$data" <<'EOF'
+"$PYTHON" - "$data" <<'EOF'
 # 50,000 + 10,000 images whose class sets a colour and a stripe: learnable within an epoch.
 import sys
 import numpy as np
@@ -60,7 +66,7 @@ step timeout 300 gradlab train --depth 38 "${small[@]}" --out "$OUT/vgg38"
 step timeout 300 gradlab train --depth 38 --batch-norm --residual "${small[@]}" --out "$OUT/vgg38bnres"
 step timeout 300 gradlab train --depth 38 --batch-norm --residual --compile "${small[@]}" \
     --out "$OUT/vgg38bnres-compiled"
-python3 - "$OUT" <<'EOF'
+"$PYTHON" - "$OUT" <<'EOF'
 import json, math, sys
 for run in ("vgg38", "vgg38bnres", "vgg38bnres-compiled"):
     try:
@@ -75,5 +81,5 @@ for run in ("vgg38", "vgg38bnres", "vgg38bnres-compiled"):
 EOF
 
 step timeout 300 gradlab bench --device "$DEVICE" --json $BENCH_ARGS >"$OUT/bench.json"
-python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); print(json.dumps({k: r[k] for k in r if k not in ("environment",)}, indent=1))' "$OUT/bench.json"
+"$PYTHON" -c 'import json,sys; r=json.load(open(sys.argv[1])); print(json.dumps({k: r[k] for k in r if k not in ("environment",)}, indent=1))' "$OUT/bench.json"
 exit $status
