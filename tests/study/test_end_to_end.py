@@ -195,8 +195,11 @@ def test_study_run_killed_mid_run_resumes_from_its_checkpoint(
         db = out / "gradlab.db"
         if not db.exists():
             return None
-        with sqlite3.connect(db) as conn:
-            row = conn.execute("SELECT max(epochs_done) FROM runs").fetchone()
+        try:
+            with sqlite3.connect(db) as conn:
+                row = conn.execute("SELECT max(epochs_done) FROM runs").fetchone()
+        except sqlite3.OperationalError:  # the file exists before the migration made the table
+            return None
         return row[0] if row and row[0] and row[0] >= 1 else None
 
     try:
