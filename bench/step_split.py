@@ -1,0 +1,90 @@
+"""Where a CPU training step's time goes: forward, backward and optimiser against the same
+model's convolutions alone (forward and backward, each timed on its own at its real shape).
+
+    .venv/bin/python bench/step_split.py
+
+Batch 100, fp32, channels_last, gradlab's model (fused conv + leaky ReLU, tuned malloc).
+Medians over the steps after 5 warm-up steps. Prints the figures; asserts nothing.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+import torch
+from torch.nn import functional as F
+
+from gradlab.core.allocator import keep_freed_memory
+from gradlab.core.architectures import build_model
+from gradlab.core.benchmark import _best_time, _conv_shapes
+from gradlab.core.optimization import make_optimizer
+from gradlab.core.spec import ExperimentSpec
+
+CPU = torch.device("cpu")
+
+
+def step_parts(depth: int, steps: int) -> dict[str, float]:
+    """Median milliseconds of forward (with the loss), backward and optimiser step."""
+    torch.manual_seed(0)
+    spec = ExperimentSpec(depth=depth)
+    model = build_model(spec).to(memory_format=torch.channels_last).train()
+    optimizer = make_optimizer(model.parameters(), spec.hyperparameters)
+    x = torch.randn(100, 3, 32, 32).contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 100, (100,))
+    parts: dict[str, list[float]] = {"forward": [], "backward": [], "optimizer": []}
+    for i in range(5 + steps):
+        t0 = time.perf_counter()
+        loss = F.cross_entropy(model(x), y)
+        t1 = time.perf_counter()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        t2 = time.perf_counter()
+        optimizer.step()
+        t3 = time.perf_counter()
+        if i >= 5:
+            for key, seconds in zip(parts, (t1 - t0, t2 - t1, t3 - t2), strict=True):
+                parts[key].append(seconds)
+    return {key: 1e3 * statistics.median(values) for key, values in parts.items()}
+
+
+def conv_parts(depth: int) -> dict[str, float]:
+    """Milliseconds of the model's convolutions alone: forward, and backward (data + weight)."""
+    totals = {"forward": 0.0, "backward": 0.0}
+    for conv, shape in _conv_shapes(build_model(ExperimentSpec(depth=depth))):
+        forward, backward = _one_conv(conv, shape)
+        totals["forward"] += forward
+        totals["backward"] += backward
+    return {key: 1e3 * value for key, value in totals.items()}
+
+
+def _one_conv(conv: torch.nn.Conv2d, shape: torch.Size) -> tuple[float, float]:
+    x = torch.randn(shape).contiguous(memory_format=torch.channels_last)
+    weight = torch.randn(conv.weight.shape)
+    bias = None if conv.bias is None else torch.randn(conv.bias.shape)
+    grad = torch.randn_like(F.conv2d(x, weight, bias, 1, 1))
+    bias_sizes = None if bias is None else [weight.shape[0]]
+    mask = [shape[1] != 3, True, bias is not None]  # the first layer's input needs no grad
+
+    def forward() -> None:
+        F.conv2d(x, weight, bias, 1, 1)
+
+    def backward() -> None:
+        torch.ops.aten.convolution_backward(grad, x, weight, bias_sizes, [1, 1], [1, 1], [1, 1],
+                                            False, [0, 0], 1, mask)
+
+    return _best_time(forward, CPU, 5), _best_time(backward, CPU, 5)
+
+
+def main() -> None:
+    keep_freed_memory()
+    print(f"{'model':6}  {'part':9}  {'step ms':>8}  {'convs alone ms':>14}")
+    for depth, steps in ((8, 60), (38, 20)):
+        step, convs = step_parts(depth, steps), conv_parts(depth)
+        for part, ms in step.items():
+            alone = f"{convs[part]:14.2f}" if part in convs else f"{'':14}"
+            print(f"vgg{depth:02d}   {part:9}  {ms:8.2f}  {alone}")
+
+
+if __name__ == "__main__":
+    main()
