@@ -9,37 +9,15 @@ Prints the figures; asserts nothing.
 
 from __future__ import annotations
 
-import sys
 import time
-from pathlib import Path
-
-import torch
-from torch.nn import functional as F
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from gradlab.core.allocator import keep_freed_memory
-from gradlab.core.architectures import build_model
-from gradlab.core.optimization import make_optimizer
-from gradlab.core.spec import ExperimentSpec
+from gradlab.core.benchmark import synthetic_step
 
 
 def step_rate(depth: int, compiled: bool) -> tuple[float, float]:
     """(images/s, warm-up seconds) of one model's training step."""
-    torch.manual_seed(0)
-    spec = ExperimentSpec(depth=depth)
-    model = build_model(spec).to(memory_format=torch.channels_last).train()
-    forward = torch.compile(model) if compiled else model
-    optimizer = make_optimizer(model.parameters(), spec.hyperparameters)
-    x = torch.randn(100, 3, 32, 32).contiguous(memory_format=torch.channels_last)
-    y = torch.randint(0, 100, (100,))
-
-    def step() -> None:
-        loss = F.cross_entropy(forward(x), y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-
+    step = synthetic_step(depth, compiled=compiled)
     start = time.perf_counter()
     for _ in range(3):
         step()

@@ -18,25 +18,13 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 PROBE = """
-import resource, sys, time, torch
-from torch.nn import functional as F
+import resource, sys, time
 from gradlab.core.allocator import keep_freed_memory
-from gradlab.core.architectures import build_model
-from gradlab.core.optimization import make_optimizer
-from gradlab.core.spec import ExperimentSpec
+from gradlab.core.benchmark import synthetic_step
 depth, tuned = int(sys.argv[1]), sys.argv[2] == "tuned"
 if tuned:
     keep_freed_memory()
-torch.manual_seed(0)
-spec = ExperimentSpec(depth=depth)
-model = build_model(spec).to(memory_format=torch.channels_last).train()
-optimizer = make_optimizer(model.parameters(), spec.hyperparameters)
-x = torch.randn(100, 3, 32, 32).contiguous(memory_format=torch.channels_last)
-y = torch.randint(0, 100, (100,))
-def step():
-    optimizer.zero_grad(set_to_none=True)
-    F.cross_entropy(model(x), y).backward()
-    optimizer.step()
+step = synthetic_step(depth)
 for _ in range(10):
     step()
 steps = 40 if depth == 8 else 10

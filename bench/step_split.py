@@ -17,8 +17,7 @@ from torch.nn import functional as F
 
 from gradlab.core.allocator import keep_freed_memory
 from gradlab.core.architectures import build_model
-from gradlab.core.benchmark import _best_time, _conv_shapes
-from gradlab.core.optimization import make_optimizer
+from gradlab.core.benchmark import _best_time, _conv_shapes, synthetic_step
 from gradlab.core.spec import ExperimentSpec
 
 CPU = torch.device("cpu")
@@ -26,21 +25,15 @@ CPU = torch.device("cpu")
 
 def step_parts(depth: int, steps: int) -> dict[str, float]:
     """Median milliseconds of forward (with the loss), backward and optimiser step."""
-    torch.manual_seed(0)
-    spec = ExperimentSpec(depth=depth)
-    model = build_model(spec).to(memory_format=torch.channels_last).train()
-    optimizer = make_optimizer(model.parameters(), spec.hyperparameters)
-    x = torch.randn(100, 3, 32, 32).contiguous(memory_format=torch.channels_last)
-    y = torch.randint(0, 100, (100,))
+    step = synthetic_step(depth)
     parts: dict[str, list[float]] = {"forward": [], "backward": [], "optimizer": []}
     for i in range(5 + steps):
         t0 = time.perf_counter()
-        loss = F.cross_entropy(model(x), y)
+        loss = step.loss()
         t1 = time.perf_counter()
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        step.backward(loss)
         t2 = time.perf_counter()
-        optimizer.step()
+        step.optimizer.step()
         t3 = time.perf_counter()
         if i >= 5:
             for key, seconds in zip(parts, (t1 - t0, t2 - t1, t3 - t2), strict=True):

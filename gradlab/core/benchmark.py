@@ -40,9 +40,11 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
+from gradlab.core.architectures import build_model
 from gradlab.core.augment import EvalBatches, TrainBatches
 from gradlab.core.environment import describe_environment, resolve_device
 from gradlab.core.gradflow import GradFlowRecorder
+from gradlab.core.optimization import make_optimizer
 from gradlab.core.spec import ExperimentSpec
 from gradlab.core.training_loop import Engine, evaluate, make_engine, train_epoch
 
@@ -157,6 +159,41 @@ def _bare_steps(engine: Engine, x: torch.Tensor, y: torch.Tensor, steps: int,
         if capture:
             engine.recorder.after_backward()
         engine.optimizer.step()
+
+
+@dataclass
+class SyntheticStep:
+    """VGG of one depth (default spec, channels_last), its optimiser and one fixed random batch
+    of 100 on the CPU: the training step the stand-alone scripts in ``bench/`` time."""
+
+    model: torch.nn.Module
+    forward: Callable[[torch.Tensor], torch.Tensor]
+    optimizer: torch.optim.Optimizer
+    x: torch.Tensor
+    y: torch.Tensor
+
+    def loss(self) -> torch.Tensor:
+        return F.cross_entropy(self.forward(self.x), self.y)
+
+    def backward(self, loss: torch.Tensor) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+
+    def __call__(self) -> None:
+        self.backward(self.loss())
+        self.optimizer.step()
+
+
+def synthetic_step(depth: int, *, compiled: bool = False) -> SyntheticStep:
+    """A fresh ``SyntheticStep`` (seeded); ``compiled`` wraps the forward in torch.compile."""
+    torch.manual_seed(0)
+    spec = ExperimentSpec(depth=depth)
+    model = build_model(spec).to(memory_format=torch.channels_last).train()
+    x = torch.randn(BATCH, 3, 32, 32).contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 100, (BATCH,))
+    forward = torch.compile(model) if compiled else model
+    return SyntheticStep(model, forward, make_optimizer(model.parameters(), spec.hyperparameters),
+                         x, y)
 
 
 def bench_model(name: str, device: torch.device, steps: int, repeats: int = 3,

@@ -12,22 +12,12 @@ pytestmark = pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc
 
 # Ten warm-up training steps of VGG08 (batch 100), then the minor page faults per step.
 PROBE = """
-import resource, sys, torch
-from torch.nn import functional as F
+import resource, sys
 from gradlab.core.allocator import keep_freed_memory
-from gradlab.core.architectures import build_model
-from gradlab.core.spec import ExperimentSpec
+from gradlab.core.benchmark import synthetic_step
 if sys.argv[1] == "tuned":
     assert keep_freed_memory()
-torch.manual_seed(0)
-model = build_model(ExperimentSpec(depth=8)).to(memory_format=torch.channels_last)
-optimizer = torch.optim.Adam(model.parameters())
-x = torch.randn(100, 3, 32, 32).contiguous(memory_format=torch.channels_last)
-y = torch.randint(0, 100, (100,))
-def step():
-    optimizer.zero_grad(set_to_none=True)
-    F.cross_entropy(model(x), y).backward()
-    optimizer.step()
+step = synthetic_step(8)
 for _ in range(10):
     step()
 before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
