@@ -1,5 +1,7 @@
 """Where a CPU training step's time goes: forward, backward and optimiser against the same
-model's convolutions alone (forward and backward, each timed on its own at its real shape).
+model's convolutions alone (forward and backward, each timed on its own at its real shape),
+then the step's other operators by their own time per step (torch profiler), the work that
+separates the step from the convolutions-alone ceiling.
 
     .venv/bin/python bench/step_split.py
 
@@ -9,11 +11,16 @@ Medians over the steps after 5 warm-up steps. Prints the figures; asserts nothin
 
 from __future__ import annotations
 
+import os
 import statistics
 import time
 
+# Before torch loads: the CPU-only profiler otherwise logs a "no GPU" error line.
+os.environ.setdefault("KINETO_LOG_LEVEL", "5")
+
 import torch
 from torch.nn import functional as F
+from torch.profiler import ProfilerActivity, profile
 
 from gradlab.core.allocator import keep_freed_memory
 from gradlab.core.architectures import build_model
@@ -69,6 +76,24 @@ def _one_conv(conv: torch.nn.Conv2d, shape: torch.Size) -> tuple[float, float]:
     return _best_time(forward, CPU, 5), _best_time(backward, CPU, 5)
 
 
+# Operators that are convolutions (or wrap them); everything else is the step's other work.
+_CONVOLUTION_OPS = ("convolution", "_ConvLeakyReLU", "evaluate_function")
+
+
+def other_ops(depth: int, steps: int = 5, top: int = 6) -> list[tuple[str, float]]:
+    """The ``top`` non-convolution operators of a warm step by self time, ms per step."""
+    step = synthetic_step(depth)
+    for _ in range(5):
+        step()
+    with profile(activities=[ProfilerActivity.CPU]) as profiler:
+        for _ in range(steps):
+            step()
+    rows = [(event.key, event.self_cpu_time_total / 1e3 / steps)
+            for event in profiler.key_averages()
+            if not any(name in event.key for name in _CONVOLUTION_OPS)]
+    return sorted(rows, key=lambda row: -row[1])[:top]
+
+
 def main() -> None:
     keep_freed_memory()
     print(f"{'model':6}  {'part':9}  {'step ms':>8}  {'convs alone ms':>14}")
@@ -77,6 +102,9 @@ def main() -> None:
         for part, ms in step.items():
             alone = f"{convs[part]:14.2f}" if part in convs else f"{'':14}"
             print(f"vgg{depth:02d}   {part:9}  {ms:8.2f}  {alone}")
+    for depth in (8, 38):
+        ops = ", ".join(f"{name} {ms:.2f}" for name, ms in other_ops(depth))
+        print(f"vgg{depth:02d} other operators, ms per step: {ops}")
 
 
 if __name__ == "__main__":
