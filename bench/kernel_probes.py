@@ -10,34 +10,28 @@
    and flipped, so oneDNN can apply the activation's mask as a binary-multiply post-op. It
    saves the separate pass but must read a mask tensor that someone has to write first.
 
-Batch 100, channels_last, medians of 30 calls after warm-up. Prints the figures; asserts nothing.
+Batch 100, channels_last, the fastest of 30 calls. Prints the figures; asserts nothing.
 """
 
 from __future__ import annotations
 
-import statistics
-import time
 from collections.abc import Callable
 
 import torch
 from torch.nn import functional as F
 
 from gradlab.core.allocator import keep_freed_memory
+from gradlab.core.benchmark import _best_time
 
 SHAPES = ((32, 32), (32, 16), (32, 8))  # (channels, side): VGG's three spatial sizes
 SLOPE = 0.01
 _UNIT = [1, 1]
+CPU = torch.device("cpu")
 
 
-def median_ms(call: Callable[[], object], calls: int = 30) -> float:
-    for _ in range(3):
-        call()
-    times = []
-    for _ in range(calls):
-        start = time.perf_counter()
-        call()
-        times.append(time.perf_counter() - start)
-    return 1e3 * statistics.median(times)
+def best_ms(call: Callable[[], object]) -> float:
+    """Fastest of 30 calls, in ms (the first call warms up and is never the fastest)."""
+    return 1e3 * _best_time(call, CPU, 30)
 
 
 def set_math(mode: str) -> None:
@@ -62,14 +56,14 @@ def conv_rate(channels: int, side: int) -> tuple[float, float]:
     exact = F.conv2d(x.double(), w.double(), padding=1)
     error = ((F.conv2d(x, w, padding=1) - exact).abs().max() / exact.abs().max()).item()
     flop = 2 * 100 * channels * channels * 9 * side * side
-    return flop / median_ms(lambda: F.conv2d(x, w, padding=1)) / 1e6, error
+    return flop / best_ms(lambda: F.conv2d(x, w, padding=1)) / 1e6, error
 
 
 def math_mode_rates() -> None:
     a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
     for mode in ("ieee", "bf16"):
         set_math(mode)
-        print(f"math {mode}: torch.mm {2 * 2048**3 / median_ms(lambda: a @ b) / 1e6:.0f} GFLOP/s")
+        print(f"math {mode}: torch.mm {2 * 2048**3 / best_ms(lambda: a @ b) / 1e6:.0f} GFLOP/s")
         for channels, side in SHAPES:
             rate, error = conv_rate(channels, side)
             print(f"  conv {channels:3d}ch {side:2d}x{side:<2d}: {rate:4.0f} GFLOP/s, "
@@ -99,8 +93,8 @@ def folded_backward(channels: int, side: int) -> str:
         return torch.ops.mkldnn._convolution_pointwise.binary(
             grad, factor, flipped, None, _UNIT, _UNIT, _UNIT, 1, "mul", None, None, [], None)
 
-    return (f"  {channels:3d}ch {side:2d}x{side:<2d}: separate {median_ms(separate):.2f} ms, "
-            f"folded {median_ms(folded):.2f} ms + mask {median_ms(mask):.2f} ms, "
+    return (f"  {channels:3d}ch {side:2d}x{side:<2d}: separate {best_ms(separate):.2f} ms, "
+            f"folded {best_ms(folded):.2f} ms + mask {best_ms(mask):.2f} ms, "
             f"bit-identical: {torch.equal(separate(), folded())}")
 
 
