@@ -62,8 +62,8 @@ def serve(database_url: str, port: int) -> None:
 
 def seed_store(database_url: str) -> str:
     """Insert the finished VGG38 experiment; returns its id."""
-    from gradlab.core.architectures import layer_names_for
-    from gradlab.core.spec import ExperimentSpec
+    from gradlab.science.layers import layer_names as layer_names_for
+    from gradlab.science.spec import ExperimentSpec
     from gradlab.store.session import make_engine, make_session_factory
     from tests.api.synthetic_rows import insert_experiment
 

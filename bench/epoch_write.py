@@ -27,9 +27,9 @@ sys.path.insert(0, str(REPO))
 from gradlab.core.architectures import build_model  # noqa: E402
 from gradlab.core.checkpoints import TrainingState, save_checkpoint  # noqa: E402
 from gradlab.core.optimization import make_optimizer  # noqa: E402
-from gradlab.core.records import GRADFLOW_STATS, EpochMetrics, GradFlowEpoch  # noqa: E402
 from gradlab.core.reproducibility import capture_rng_state, data_generator  # noqa: E402
-from gradlab.core.spec import ExperimentSpec  # noqa: E402
+from gradlab.science.records import GRADFLOW_STATS, EpochMetrics, GradFlowEpoch  # noqa: E402
+from gradlab.science.spec import ExperimentSpec  # noqa: E402
 from gradlab.store import migrate, runs  # noqa: E402
 from gradlab.store.experiments import create_experiment  # noqa: E402
 from gradlab.store.session import make_engine, make_session_factory, session_scope  # noqa: E402

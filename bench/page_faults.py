@@ -1,4 +1,4 @@
-"""What the glibc tuning in ``gradlab/core/allocator.py`` buys: page faults and step rate.
+"""What the glibc tuning in ``core/allocator.py`` buys: page faults and step rate.
 
     .venv/bin/python bench/page_faults.py [--rounds 3]
 

@@ -25,7 +25,7 @@ from torch.profiler import ProfilerActivity, profile
 from gradlab.core.allocator import keep_freed_memory
 from gradlab.core.architectures import build_model
 from gradlab.core.benchmark import _best_time, _conv_shapes, synthetic_step
-from gradlab.core.spec import ExperimentSpec
+from gradlab.science.spec import ExperimentSpec
 
 CPU = torch.device("cpu")
 

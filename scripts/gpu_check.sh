@@ -30,7 +30,7 @@ if compgen -G "$WHEELS/*.whl" >/dev/null; then
 fi
 # A `gradlab` command without installing the project (the GPU machine's Python is not ours).
 bin=$(mktemp -d)
-printf '#!/bin/sh\nexec "%s" -c "from gradlab.client.cli import main; main()" "$@"\n' "$PYTHON" \
+printf '#!/bin/sh\nexec "%s" -c "from gradlab.cli.cli import main; main()" "$@"\n' "$PYTHON" \
     >"$bin/gradlab"
 chmod +x "$bin/gradlab"
 export PATH="$bin:$PATH"

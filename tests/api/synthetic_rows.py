@@ -13,8 +13,8 @@ from collections.abc import Sequence
 from sqlalchemy import insert, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from gradlab.core.records import GRADFLOW_STATS, GRADFLOW_WINDOWS, EpochMetrics
-from gradlab.core.spec import ExperimentSpec
+from gradlab.science.records import GRADFLOW_STATS, GRADFLOW_WINDOWS, EpochMetrics
+from gradlab.science.spec import ExperimentSpec
 from gradlab.store.experiments import create_experiment, refresh_experiment_status
 from gradlab.store.models import EpochMetricsRow, GradFlowRow, Run
 

@@ -1,4 +1,4 @@
-"""gradlab.core.sampling: at most max_points, first and last always kept."""
+"""gradlab.science.sampling: at most max_points, first and last always kept."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from gradlab.core.sampling import even_indices, minmax_indices
+from gradlab.science.sampling import even_indices, minmax_indices
 
 
 @pytest.mark.parametrize("count", [0, 1, 2, 5, 7, 100, 101])

@@ -9,7 +9,7 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from gradlab.api.app import create_app
-from gradlab.core.spec import ExperimentSpec
+from gradlab.science.spec import ExperimentSpec
 from gradlab.settings import Settings
 from gradlab.store.experiments import spec_hash
 from gradlab.store.models import Experiment, Run

@@ -12,8 +12,8 @@ from fastapi.testclient import TestClient
 from sqlalchemy import update
 from sqlalchemy.orm import Session, sessionmaker
 
-from gradlab.core.architectures import layer_names_for
-from gradlab.core.spec import ExperimentSpec
+from gradlab.science.layers import layer_names as layer_names_for
+from gradlab.science.spec import ExperimentSpec
 from gradlab.store.models import GradFlowRow, Run
 from tests.api.conftest import small_spec
 from tests.api.synthetic_rows import epoch_metrics, gradflow_value, insert_experiment, write_epochs

@@ -5,8 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from gradlab.core.architectures import build_model, count_parameters, layer_names_for
-from gradlab.core.spec import ExperimentSpec
+from gradlab.core.architectures import build_model, count_parameters
+from gradlab.science.layers import layer_names as layer_names_for
+from gradlab.science.layers import parameter_count
+from gradlab.science.spec import ExperimentSpec
 
 
 @pytest.mark.parametrize(
@@ -22,6 +24,22 @@ def test_parameter_counts_match_the_seed(depth: int, batch_norm: bool, residual:
                                          expected: int) -> None:
     spec = ExperimentSpec(depth=depth, batch_norm=batch_norm, residual=residual)
     assert count_parameters(build_model(spec)) == expected
+    assert parameter_count(spec) == expected
+
+
+@pytest.mark.parametrize("depth", range(8, 99, 6))
+def test_torch_free_layer_names_and_size_equal_the_built_models(depth: int) -> None:
+    # The API and the reports use gradlab.science.layers instead of building a model; it must
+    # agree with the model itself for every valid depth and variant (widths too).
+    for batch_norm in (False, True):
+        for residual in (False, True):
+            for width, dataset in ((32, "cifar100"), (8, "cifar10")):
+                spec = ExperimentSpec(depth=depth, batch_norm=batch_norm, residual=residual,
+                                      width=width, data={"dataset": dataset})
+                with torch.device("meta"):
+                    model = build_model(spec)
+                assert layer_names_for(spec) == model.gradflow_layer_names()
+                assert parameter_count(spec) == count_parameters(model)
 
 
 def test_vgg08_layers_are_the_seed_plots_nine_points_in_depth_order() -> None:

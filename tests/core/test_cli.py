@@ -9,7 +9,7 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from gradlab.client import core_commands
+from gradlab.cli import core_commands
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,7 @@ from gradlab.core.data import (
     split,
 )
 from gradlab.core.data_download import Archive, DownloadError, download_cifar
-from gradlab.core.spec import DataSpec
+from gradlab.science.spec import DataSpec
 from tests.core.cifar_files import random_cifar, write_official_cifar10, write_official_cifar100
 
 

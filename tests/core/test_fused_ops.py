@@ -16,7 +16,7 @@ from torch.nn import functional as F
 
 from gradlab.core import fused_ops
 from gradlab.core.architectures import LEAKY_SLOPE, VGG, build_model
-from gradlab.core.spec import ExperimentSpec
+from gradlab.science.spec import ExperimentSpec
 
 
 def _act(x: torch.Tensor) -> torch.Tensor:

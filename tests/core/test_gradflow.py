@@ -13,8 +13,8 @@ from gradlab.core.architectures import build_model
 from gradlab.core.augment import EvalBatches
 from gradlab.core.data import load_cifar
 from gradlab.core.gradflow import GradFlowRecorder
-from gradlab.core.gradflow_figure import plot_gradflow
-from gradlab.core.spec import ExperimentSpec
+from gradlab.science.gradflow_figure import plot_gradflow
+from gradlab.science.spec import ExperimentSpec
 
 
 def test_statistics_match_a_direct_computation_for_last_batch_and_epoch_mean() -> None:

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from gradlab.core.optimization import learning_rate_at, make_optimizer, set_learning_rate
-from gradlab.core.spec import Hyperparameters
+from gradlab.science.spec import Hyperparameters
 
 
 def test_cosine_schedule_at_epochs_0_50_99_of_100() -> None:

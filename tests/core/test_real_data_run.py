@@ -6,8 +6,8 @@ import math
 from pathlib import Path
 
 from gradlab.core.data import load_cifar
-from gradlab.core.spec import ExperimentSpec
 from gradlab.core.training_loop import train_run
+from gradlab.science.spec import ExperimentSpec
 
 CHANCE_LOSS = math.log(100)
 

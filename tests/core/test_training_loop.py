@@ -12,9 +12,9 @@ from gradlab.core import training_loop
 from gradlab.core.architectures import VGG
 from gradlab.core.checkpoints import CheckpointError, checkpoint_epoch, load_checkpoint
 from gradlab.core.data import CifarArrays
-from gradlab.core.records import EpochMetrics, GradFlowEpoch, TrainingResult
-from gradlab.core.spec import ExperimentSpec
 from gradlab.core.training_loop import train_run
+from gradlab.science.records import EpochMetrics, GradFlowEpoch, TrainingResult
+from gradlab.science.spec import ExperimentSpec
 
 
 def tiny_spec(**overrides: Any) -> ExperimentSpec:

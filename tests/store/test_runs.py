@@ -9,9 +9,9 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from gradlab.core import records
-from gradlab.core.records import GRADFLOW_STATS, EpochMetrics, GradFlowEpoch
-from gradlab.core.spec import ExperimentSpec
+from gradlab.science import records
+from gradlab.science.records import GRADFLOW_STATS, EpochMetrics, GradFlowEpoch
+from gradlab.science.spec import ExperimentSpec
 from gradlab.store import runs
 from gradlab.store.base import utcnow
 from gradlab.store.experiments import create_experiment, request_cancel

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from gradlab.core import records
-from gradlab.core.records import EpochMetrics, GradFlowEpoch
-from gradlab.core.spec import ExperimentSpec
-from gradlab.core.study_results import CellResult, SeedRun
+from gradlab.science import records
+from gradlab.science.records import EpochMetrics, GradFlowEpoch
+from gradlab.science.spec import ExperimentSpec
+from gradlab.science.study_results import CellResult, SeedRun
 
 
 def spec(

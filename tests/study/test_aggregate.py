@@ -7,8 +7,8 @@ import statistics
 
 import pytest
 
-from gradlab.core import records
-from gradlab.core.aggregate import (
+from gradlab.science import records
+from gradlab.science.aggregate import (
     final_summary,
     gradflow_stats,
     metric_series,

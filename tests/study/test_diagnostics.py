@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from gradlab.core.diagnostics import (
+from gradlab.science.diagnostics import (
     DiagnosticSettings,
     diagnose,
     exploding_gradients,

@@ -44,7 +44,7 @@ def _study_run_argv(study_file: Path, out: Path) -> list[str]:
     return [
         str(VENV_BIN / "python"),
         "-c",
-        "import typer; from gradlab.client.study_commands import run_command; "
+        "import typer; from gradlab.cli.study_commands import run_command; "
         "typer.run(run_command)",
         str(study_file),
         "--out",
@@ -68,7 +68,7 @@ def serve(tmp_path: Path, data_dir: Path) -> Iterator[str]:
         [
             str(VENV_BIN / "python"),
             "-c",
-            "import typer; from gradlab.client.service_commands import serve_command; "
+            "import typer; from gradlab.cli.service_commands import serve_command; "
             "typer.run(serve_command)",
             "--port",
             str(port),
@@ -149,7 +149,7 @@ def test_study_run_command_refuses_a_bad_file_without_a_traceback(tmp_path: Path
     argv = [
         str(VENV_BIN / "python"),
         "-c",
-        "import typer; from gradlab.client.study_commands import run_command; "
+        "import typer; from gradlab.cli.study_commands import run_command; "
         "typer.run(run_command)",
         str(bad),
         "--out",

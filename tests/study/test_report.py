@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from gradlab.core.report import build_report, render_html, write_report
-from gradlab.core.report.figures import PlotFigure
+from gradlab.science.report import build_report, render_html, write_report
+from gradlab.science.report.figures import PlotFigure
 from tests.study.builders import HEALTHY, LAYERS, VANISHED, cell, seed_run, spec
 
 FLAT = [4.606, 4.605, 4.605]

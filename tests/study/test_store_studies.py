@@ -9,9 +9,9 @@ import uuid
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from gradlab.core import records
-from gradlab.core.records import EpochMetrics, GradFlowEpoch
-from gradlab.core.study import StudySpec
+from gradlab.science import records
+from gradlab.science.records import EpochMetrics, GradFlowEpoch
+from gradlab.science.study import StudySpec
 from gradlab.store import runs as run_repo
 from gradlab.store.models import Experiment, Run
 from gradlab.store.session import make_engine, make_session_factory, session_scope

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from gradlab.core.study import SMOKE, SmokeScale, StudySpec, apply_scale, expand, load_study
+from gradlab.science.study import SMOKE, SmokeScale, StudySpec, apply_scale, expand, load_study
 
 ROOT = Path(__file__).resolve().parents[2]
 

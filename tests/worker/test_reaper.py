@@ -16,7 +16,7 @@ import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
 from gradlab.core.data import DataNotFoundError
-from gradlab.core.spec import ExperimentSpec
+from gradlab.science.spec import ExperimentSpec
 from gradlab.settings import Settings
 from gradlab.store import runs
 from gradlab.store.base import utcnow

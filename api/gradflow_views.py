@@ -1,0 +1,223 @@
+"""The gradient-flow view of an experiment, rendered as JSON, a tidy CSV or the seed-style PNG.
+
+All three come from the same read (one query on ``gradflow_stats`` for every selected run), so
+the CSV holds exactly the numbers of the JSON's ``runs`` and the PNG draws them (one seed) or
+their mean across seeds.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import threading
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from sqlalchemy.orm import Session
+
+from gradlab.api.errors import InvalidParameterError
+from gradlab.api.json_numbers import finite_matrix
+from gradlab.api.response_cache import CachedResponse, RenderedView
+from gradlab.science.aggregate import GradFlowStats, gradflow_stats
+from gradlab.science.layers import layer_names as spec_layer_names
+from gradlab.science.records import GradFlowEpoch
+from gradlab.science.spec import ExperimentSpec
+from gradlab.science.study_results import SeedRun
+from gradlab.store.experiments import GradflowSeries, read_gradflow
+from gradlab.store.models import TERMINAL_RUN_STATUSES, Experiment, Run
+
+GradflowFormat = Literal["json", "csv", "png"]
+
+# matplotlib's font cache and text layout are not safe to drive from several threads at once.
+_PLOT_LOCK = threading.Lock()
+
+
+@dataclass(frozen=True)
+class GradflowQuery:
+    stat: str = "mean_abs"
+    window: str = "last_batch"
+    seed: int | None = None
+    epoch_from: int | None = None
+    epoch_to: int | None = None
+    format: GradflowFormat = "json"
+    log_scale: bool = False
+
+    def cache_key(self, experiment_id: str) -> tuple[Any, ...]:
+        return (
+            "gradflow",
+            experiment_id,
+            self.stat,
+            self.window,
+            self.seed,
+            self.epoch_from,
+            self.epoch_to,
+            self.format,
+            self.log_scale,
+        )
+
+
+def layer_names(experiment: Experiment, runs: list[Run]) -> list[str]:
+    """The layers as a worker recorded them, else as the spec's model defines them."""
+    for run in runs:
+        if run.layers:
+            return list(run.layers)
+    return spec_layer_names(ExperimentSpec.model_validate(experiment.spec))
+
+
+def select_runs(experiment: Experiment, seed: int | None) -> list[Run]:
+    if seed is None:
+        return list(experiment.runs)
+    runs = [r for r in experiment.runs if r.seed == seed]
+    if not runs:
+        seeds = ", ".join(str(r.seed) for r in experiment.runs)
+        raise InvalidParameterError(
+            "seed", f"seed {seed} is not in this experiment (seeds: {seeds})"
+        )
+    return runs
+
+
+def render_gradflow(session: Session, experiment: Experiment, query: GradflowQuery) -> RenderedView:
+    """Read and render one gradient-flow view of an experiment (its runs already loaded)."""
+    if (
+        query.epoch_from is not None
+        and query.epoch_to is not None
+        and query.epoch_from > query.epoch_to
+    ):
+        raise InvalidParameterError(
+            "epoch_from", f"epoch_from ({query.epoch_from}) is after epoch_to ({query.epoch_to})"
+        )
+    runs = select_runs(experiment, query.seed)
+    # Statuses are read before the data: a run terminal now has all its rows already.
+    final = all(r.status in TERMINAL_RUN_STATUSES for r in runs)
+    layers = layer_names(experiment, runs)
+    series = read_gradflow(
+        session,
+        [r.id for r in runs],
+        stat=query.stat,
+        window=query.window,
+        layer_count=len(layers),
+        epoch_from=query.epoch_from,
+        epoch_to=query.epoch_to,
+    )
+    by_run = [(run, series[run.id]) for run in runs]
+    if query.format == "csv":
+        response = _csv(experiment.id, layers, by_run, query)
+    elif query.format == "png":
+        response = _png(experiment, layers, by_run, query)
+    else:
+        response = _json(experiment.id, layers, by_run, query)
+    return RenderedView(response, final)
+
+
+def _across_seeds(
+    layers: list[str], by_run: list[tuple[Run, GradflowSeries]], query: GradflowQuery
+) -> GradFlowStats:
+    """Mean/std per layer and epoch across the runs shown (the reports' conventions)."""
+    names = tuple(layers)
+    seed_runs = [
+        SeedRun(
+            seed=run.seed,
+            status=run.status,  # type: ignore[arg-type]
+            layers=names,
+            # only the one statistic that was read; the aggregation reads nothing else
+            gradflow=[
+                GradFlowEpoch(epoch, names, {query.stat: row}, {query.stat: row})
+                for epoch, row in zip(s.epochs, s.values, strict=True)
+            ],
+        )
+        for run, s in by_run
+    ]
+    return gradflow_stats(seed_runs, query.stat, query.window)
+
+
+def _json(
+    experiment_id: str,
+    layers: list[str],
+    by_run: list[tuple[Run, GradflowSeries]],
+    query: GradflowQuery,
+) -> CachedResponse:
+    across = _across_seeds(layers, by_run, query)
+    payload = {
+        "experiment_id": experiment_id,
+        "stat": query.stat,
+        "window": query.window,
+        "layers": layers,
+        "runs": [
+            {
+                "seed": run.seed,
+                "status": run.status,
+                "epochs": s.epochs,
+                "values": finite_matrix(s.values) if s.values else [],
+            }
+            for run, s in by_run
+        ],
+        "across_seeds": {
+            "epochs": across.epochs,
+            "n": across.n,
+            "mean": finite_matrix(across.mean) if across.epochs else [],
+            "std": finite_matrix(across.std) if across.epochs else [],
+        },
+    }
+    body = json.dumps(payload, separators=(",", ":"), allow_nan=False).encode()
+    return CachedResponse(body, "application/json")
+
+
+CSV_COLUMNS = ("experiment_id", "seed", "epoch", "layer_index", "layer", "stat", "window", "value")
+
+
+def _csv(
+    experiment_id: str,
+    layers: list[str],
+    by_run: list[tuple[Run, GradflowSeries]],
+    query: GradflowQuery,
+) -> CachedResponse:
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(CSV_COLUMNS)
+    for run, s in by_run:
+        for epoch, row in zip(s.epochs, s.values, strict=True):
+            for j, value in enumerate(row):
+                shown = repr(value) if math.isfinite(value) else ""
+                writer.writerow(
+                    (experiment_id, run.seed, epoch, j, layers[j], query.stat, query.window, shown)
+                )
+    name = f"gradflow-{experiment_id}-{query.stat}-{query.window}.csv"
+    return CachedResponse(
+        out.getvalue().encode(),
+        "text/csv; charset=utf-8",
+        (("content-disposition", f'attachment; filename="{name}"'),),
+    )
+
+
+def _png(
+    experiment: Experiment,
+    layers: list[str],
+    by_run: list[tuple[Run, GradflowSeries]],
+    query: GradflowQuery,
+) -> CachedResponse:
+    from gradlab.science.gradflow_figure import plot_gradflow  # matplotlib: only when asked
+
+    if len(by_run) == 1:
+        run, s = by_run[0]
+        epochs, values = s.epochs, s.values
+        who = f"seed {run.seed}"
+    else:
+        across = _across_seeds(layers, by_run, query)
+        epochs, values = across.epochs, across.mean
+        who = f"mean of {len(by_run)} seeds"
+    title = f"{experiment.name}: {query.stat} ({query.window}), {who}"
+    with _PLOT_LOCK:
+        figure = plot_gradflow(layers, epochs, values, title=title, log_scale=query.log_scale)
+        buffer = io.BytesIO()
+        figure.savefig(buffer, format="png")
+        _close(figure)
+    return CachedResponse(buffer.getvalue(), "image/png")
+
+
+def _close(figure: Any) -> None:
+    # A pyplot-made figure stays registered until closed; an OO Figure is simply dropped.
+    import matplotlib.pyplot as plt
+
+    plt.close(figure)

@@ -1,0 +1,228 @@
+"""``/experiments``: submit, list, read, cancel, and read metrics and gradient flow."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query, status
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import Response
+from sqlalchemy.orm import Session, sessionmaker
+
+from gradlab.api.deps import (
+    ResponseCacheDep,
+    RunsToDispatchDep,
+    SessionDep,
+    SessionFactoryDep,
+)
+from gradlab.api.errors import InvalidParameterError, NotFoundError, error_responses
+from gradlab.api.gradflow_views import GradflowFormat, GradflowQuery, render_gradflow
+from gradlab.api.metrics_views import metrics_cache_key, render_metrics, summarize_experiment
+from gradlab.api.response_cache import CachedResponse, RenderedView, ResponseCache
+from gradlab.api.schemas import (
+    ExperimentCreated,
+    ExperimentListItem,
+    ExperimentPageRead,
+    ExperimentRead,
+    GradflowRead,
+    GradflowStat,
+    GradflowWindow,
+    MetricsRead,
+    RunBrief,
+    RunRead,
+    RunStatusName,
+)
+from gradlab.science.spec import ExperimentSpec
+from gradlab.store import experiments as store
+from gradlab.store.models import Experiment, Run
+
+router = APIRouter(prefix="/experiments", tags=["experiments"])
+
+
+def _get_or_404(session: Session, experiment_id: str) -> Experiment:
+    experiment = store.get_experiment(session, experiment_id)
+    if experiment is None:
+        raise NotFoundError(f"experiment {experiment_id} not found")
+    return experiment
+
+
+def _run_read(run: Run) -> RunRead:
+    test = None
+    if run.test_acc is not None or run.test_loss is not None:
+        test = {"loss": run.test_loss, "acc": run.test_acc, "best_epoch": run.best_epoch}
+    return RunRead.model_validate(
+        {
+            **{k: getattr(run, k) for k in RunRead.model_fields if k != "test"},
+            "test": test,
+        }
+    )
+
+
+def _experiment_read(session: Session, experiment: Experiment) -> ExperimentRead:
+    return ExperimentRead(
+        **ExperimentListItem.model_validate(experiment).model_dump(),
+        spec=experiment.spec,
+        runs=[_run_read(r) for r in experiment.runs],
+        summary=summarize_experiment(session, experiment),  # type: ignore[arg-type]
+    )
+
+
+@router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    response_model=ExperimentCreated,
+    responses=error_responses(422),
+)
+def create(
+    spec: ExperimentSpec, session: SessionDep, pending: RunsToDispatchDep
+) -> ExperimentCreated:
+    """Store an experiment and one queued run per seed; the runs are dispatched after commit."""
+    experiment = store.create_experiment(session, spec)
+    pending.add([run.id for run in experiment.runs])
+    # Built before the commit (in the dependency) so no attribute is reloaded after it.
+    return ExperimentCreated(
+        id=experiment.id,
+        status=experiment.status,
+        runs=[RunBrief(id=r.id, seed=r.seed, status=r.status) for r in experiment.runs],  # type: ignore[arg-type]
+    )
+
+
+@router.get("", name="list", response_model=ExperimentPageRead, responses=error_responses(422))
+def list_(
+    session: SessionDep,
+    status: RunStatusName | None = None,
+    name: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=store.MAX_PAGE_SIZE)] = 50,
+    cursor: str | None = None,
+) -> ExperimentPageRead:
+    """Experiments, newest first; pass ``next_cursor`` back as ``cursor`` for the next page."""
+    try:
+        page = store.list_experiments(session, status=status, name=name, limit=limit, cursor=cursor)
+    except store.InvalidCursorError as exc:
+        raise InvalidParameterError("cursor", str(exc)) from exc
+    return ExperimentPageRead(
+        items=[ExperimentListItem.model_validate(e) for e in page.items],
+        next_cursor=page.next_cursor,
+    )
+
+
+@router.get("/{experiment_id}", response_model=ExperimentRead, responses=error_responses(404))
+def read(experiment_id: str, session: SessionDep) -> ExperimentRead:
+    """Spec, status, runs (seed, status, epochs done, last error) and the final-metrics summary."""
+    return _experiment_read(session, _get_or_404(session, experiment_id))
+
+
+@router.post(
+    "/{experiment_id}/cancel", response_model=ExperimentRead, responses=error_responses(404)
+)
+def cancel(experiment_id: str, session: SessionDep) -> ExperimentRead:
+    """Stop an experiment: queued runs are cancelled now, running ones after their epoch."""
+    experiment = store.request_cancel(session, experiment_id)
+    if experiment is None:
+        raise NotFoundError(f"experiment {experiment_id} not found")
+    return _experiment_read(session, experiment)
+
+
+async def _cached_view(
+    cache: ResponseCache,
+    key: tuple[Any, ...],
+    factory: sessionmaker[Session],
+    experiment_id: str,
+    render: Callable[[Session, Experiment], RenderedView],
+) -> Response:
+    """A rendered view from the cache, else rendered in a worker thread.
+
+    A finished experiment's views never change: they are cached under ``key`` and a hit
+    touches neither the database nor a thread. A running experiment's views change only when
+    a run records an epoch, changes status or restarts (the worker writes an epoch's rows and
+    the run's progress in one transaction), so they are cached under ``key`` plus that version:
+    a dashboard polling between epochs costs one small read of the runs.
+    """
+    hit = cache.get(key)
+    if hit is None:
+
+        def build() -> CachedResponse:
+            with factory() as session:
+                experiment = _get_or_404(session, experiment_id)
+                # read before the data, so the data is at least as new as the version
+                version = tuple((r.id, r.status, r.epochs_done, r.attempt) for r in experiment.runs)
+                versioned = (*key, version)
+                entry = cache.get(versioned)
+                if entry is None:
+                    view = render(session, experiment)
+                    entry = view.response
+                    cache.put(key if view.final else versioned, entry)
+                return entry
+
+        hit = await run_in_threadpool(build)
+    return _response(hit)
+
+
+def _response(entry: CachedResponse) -> Response:
+    return Response(entry.body, media_type=entry.media_type, headers=dict(entry.headers))
+
+
+@router.get(
+    "/{experiment_id}/metrics",
+    response_model=MetricsRead,
+    responses=error_responses(404, 422),
+)
+async def metrics(
+    experiment_id: str,
+    factory: SessionFactoryDep,
+    cache: ResponseCacheDep,
+    max_points: Annotated[
+        int | None,
+        Query(ge=2, description="at most this many epochs per series (first and last kept)"),
+    ] = None,
+) -> Response:
+    """Per run and epoch: losses, accuracies, lr and seconds; mean/std across seeds; test result."""
+    return await _cached_view(
+        cache,
+        metrics_cache_key(experiment_id, max_points),
+        factory,
+        experiment_id,
+        lambda session, experiment: render_metrics(session, experiment, max_points),
+    )
+
+
+@router.get(
+    "/{experiment_id}/gradflow",
+    response_model=GradflowRead,
+    responses={
+        **error_responses(404, 422),
+        200: {
+            "content": {
+                "application/json": {},
+                "text/csv": {"schema": {"type": "string"}},
+                "image/png": {"schema": {"type": "string", "format": "binary"}},
+            },
+            "description": "JSON (below), a tidy CSV table of the same numbers, or the figure",
+        },
+    },
+)
+async def gradflow(
+    experiment_id: str,
+    factory: SessionFactoryDep,
+    cache: ResponseCacheDep,
+    stat: GradflowStat = "mean_abs",
+    window: GradflowWindow = "last_batch",
+    seed: int | None = None,
+    epoch_from: Annotated[int | None, Query(ge=0)] = None,
+    epoch_to: Annotated[int | None, Query(ge=0)] = None,
+    format: GradflowFormat = "json",
+    log_scale: Annotated[bool, Query(description="png only: logarithmic value axis")] = False,
+) -> Response:
+    """Per-layer gradient statistics per epoch, layers in depth order; available while running.
+
+    ``values[i][j]`` is layer ``j`` at ``epochs[i]``; ``across_seeds`` averages the runs shown.
+    """
+    query = GradflowQuery(stat, window, seed, epoch_from, epoch_to, format, log_scale)
+    return await _cached_view(
+        cache,
+        query.cache_key(experiment_id),
+        factory,
+        experiment_id,
+        lambda session, experiment: render_gradflow(session, experiment, query),
+    )

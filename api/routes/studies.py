@@ -1,0 +1,155 @@
+"""``/studies``: submit a study (expanded into experiments, existing cells reused), read its
+cell x seed completion matrix, and its report as JSON or one self-contained HTML page."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from fastapi import APIRouter, status
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, Field
+from sqlalchemy.orm import Session
+
+from gradlab.api.deps import ResponseCacheDep, RunsToDispatchDep, SessionDep
+from gradlab.api.errors import NotFoundError, error_responses
+from gradlab.api.response_cache import CachedResponse
+from gradlab.science.study import StudySpec
+from gradlab.store import studies as store
+from gradlab.store.models import Study
+
+router = APIRouter(prefix="/studies", tags=["studies"])
+
+
+class StudyCreated(BaseModel):
+    id: str
+    name: str
+    scale: str
+    created: bool = Field(description="false when this exact study was submitted before")
+    cells: int
+    runs_queued: int = Field(description="runs sent to the workers by this request")
+    reused_experiment_ids: list[str] = Field(
+        description="existing experiments (same spec) that became cells instead of new ones"
+    )
+
+
+class SeedCompletion(BaseModel):
+    seed: int
+    run_id: str | None
+    status: str = Field(description="run status, or 'missing' when no run exists")
+    epochs_done: int
+    epochs_planned: int | None
+
+
+class CellCompletion(BaseModel):
+    position: int
+    name: str
+    experiment_id: str
+    coordinates: dict[str, Any]
+    seeds: list[SeedCompletion]
+
+
+class StudyRead(BaseModel):
+    id: str
+    name: str
+    scale: str
+    spec: dict[str, Any]
+    runs_planned: int
+    runs_finished: int
+    cells: list[CellCompletion]
+
+
+FINISHED = ("succeeded", "failed", "cancelled", "diverged")
+
+
+def _get_or_404(session: Session, study_id: str) -> Study:
+    study = store.get_study(session, study_id)
+    if study is None:
+        raise NotFoundError(f"study {study_id} not found")
+    return study
+
+
+@router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    response_model=StudyCreated,
+    responses=error_responses(422),
+)
+def create(study: StudySpec, session: SessionDep, pending: RunsToDispatchDep) -> StudyCreated:
+    """Expand the study into experiments (one per cell, one run per seed) and queue its runs.
+
+    A cell whose spec matches an existing experiment reuses it (missing seeds get new runs);
+    submitting the same study again returns it and re-queues nothing new.
+    """
+    submitted = store.submit_study(session, study)
+    pending.add(submitted.queued_run_ids)
+    return StudyCreated(
+        id=submitted.study.id,
+        name=submitted.study.name,
+        scale=str(submitted.study.spec["scale"]),
+        created=submitted.created,
+        cells=len(submitted.study.cells),
+        runs_queued=len(submitted.queued_run_ids),
+        reused_experiment_ids=submitted.reused_experiment_ids,
+    )
+
+
+@router.get("/{study_id}", response_model=StudyRead, responses=error_responses(404))
+def read(study_id: str, session: SessionDep) -> StudyRead:
+    """The study's spec and its cell x seed completion matrix (status, epochs done)."""
+    study = _get_or_404(session, study_id)
+    cells = store.completion(session, study)
+    seeds = [s for c in cells for s in c["seeds"]]
+    return StudyRead(
+        id=study.id,
+        name=study.name,
+        scale=str(study.spec["scale"]),
+        spec=study.spec["study"],
+        runs_planned=len(seeds),
+        runs_finished=sum(1 for s in seeds if s["status"] in FINISHED),
+        cells=[CellCompletion.model_validate(c) for c in cells],
+    )
+
+
+@router.get(
+    "/{study_id}/report",
+    responses={**error_responses(404, 422), 200: {"content": {"text/html": {}}}},
+)
+def report(
+    study_id: str,
+    session: SessionDep,
+    cache: ResponseCacheDep,
+    format: Literal["json", "html"] = "json",
+) -> Response:
+    """The study's report so far: table, findings, completion (JSON), or the whole HTML page
+    with its figures embedded. Works while runs are still going (numbers say how many seeds)."""
+    study = _get_or_404(session, study_id)
+    # Rendering a large study's HTML takes seconds; the report changes only when one of its
+    # runs moves, so it is cached under the runs' version (a finished study's never changes).
+    key = ("study-report", study.id, format, store.runs_version(session, study))
+    entry = cache.get(key)
+    if entry is None:
+        entry = _render_report(session, study, format)
+        cache.put(key, entry)
+    return Response(entry.body, media_type=entry.media_type)
+
+
+def _render_report(session: Session, study: Study, format: str) -> CachedResponse:
+    from gradlab.science.report import build_report, render_html
+    from gradlab.science.report.writer import json_safe
+
+    spec, scale = store.study_spec_of(study)
+    results = store.study_results(session, study)
+    built = build_report(
+        spec.name,
+        results,
+        scale=scale,
+        description=spec.description,
+        with_figures=format == "html",
+    )
+    if format == "html":
+        page = render_html(built)
+        for fig in built.figures:
+            fig.figure.clear()
+        return CachedResponse(page.encode(), "text/html; charset=utf-8")
+    body = JSONResponse({"id": study.id, **json_safe(built.to_json_dict())}).body
+    return CachedResponse(bytes(body), "application/json")

@@ -1,0 +1,29 @@
+"""The `gradlab` command: the top floor, whose local verbs may start core, api and worker.
+
+Each group of verbs lives in its own module and registers itself on the one Typer app here.
+"""
+
+from __future__ import annotations
+
+import typer
+
+app = typer.Typer(
+    name="gradlab",
+    help="Deep-network optimisation studies with per-layer gradient flow.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+
+
+def main() -> None:
+    _register_commands()
+    app()
+
+
+def _register_commands() -> None:
+    # Imported here so `gradlab --help` stays fast and a module's heavy imports load on use.
+    from gradlab.cli import core_commands, service_commands, study_commands
+
+    core_commands.register(app)
+    service_commands.register(app)
+    study_commands.register(app)

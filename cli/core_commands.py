@@ -1,0 +1,346 @@
+"""Local verbs on the core engine: `gradlab model`, `gradlab train`, `gradlab bench`,
+`gradlab data download`.
+
+Problems a user can fix (invalid spec, missing data, unknown device, foreign checkpoint) are
+printed as one ``error:`` line with exit code 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+data_app = typer.Typer(help="The CIFAR data sets.", no_args_is_help=True)
+DATA_DIR_HELP = "CIFAR folder (else GRADLAB_DATA_DIR, else ./data)"
+
+
+class UserError(Exception):
+    """Something the user can fix; printed without a traceback."""
+
+
+def register(app: typer.Typer) -> None:
+    app.command("model")(model_command)
+    app.command("train")(train_command)
+    app.command("bench")(bench_command)
+    app.add_typer(data_app, name="data")
+
+
+def _fail(message: str) -> typer.Exit:
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    return typer.Exit(2)
+
+
+def _validation_message(exc: Exception) -> str:
+    from pydantic import ValidationError
+
+    if isinstance(exc, ValidationError):
+        parts = []
+        for err in exc.errors():
+            where = ".".join(str(p) for p in err["loc"]) or "spec"
+            parts.append(f"{where}: {err['msg'].removeprefix('Value error, ')}")
+        return "invalid spec: " + "; ".join(parts)
+    return str(exc)
+
+
+def _spec_from(spec_file: Path | None, overrides: dict[str, Any]) -> Any:
+    """The spec file (or the defaults), with every flag that was given laid over it."""
+    from pydantic import ValidationError
+
+    from gradlab.science.spec import ExperimentSpec
+
+    base: dict[str, Any] = {}
+    if spec_file is not None:
+        base = _read_spec_file(spec_file)
+    merged = json.loads(json.dumps(base))
+    for path, value in overrides.items():
+        if value is None:
+            continue
+        node = merged
+        *parents, leaf = path.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+        if leaf == "depth":
+            merged.pop("blocks_per_stage", None)
+        if leaf == "blocks_per_stage":
+            merged.pop("depth", None)
+    try:
+        return ExperimentSpec.model_validate(merged)
+    except ValidationError as exc:
+        raise UserError(_validation_message(exc)) from None
+
+
+def _read_spec_file(path: Path) -> dict[str, Any]:
+    import yaml
+
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise UserError(f"cannot read spec file {path}: {exc.strerror}") from None
+    try:
+        loaded = yaml.safe_load(text)  # YAML is a superset of JSON: one parser for both
+    except yaml.YAMLError as exc:
+        raise UserError(f"{path} is not valid YAML/JSON: {exc}") from None
+    if not isinstance(loaded, dict):
+        raise UserError(f"{path} must hold a mapping (the experiment spec)")
+    return loaded
+
+
+def model_command(
+    depth: Annotated[int | None, typer.Option(help="6k+2: 8, 14, ..., 38")] = None,
+    blocks_per_stage: Annotated[int | None, typer.Option(help="instead of --depth")] = None,
+    width: Annotated[int | None, typer.Option(help="filters per conv (default 32)")] = None,
+    batch_norm: Annotated[bool, typer.Option("--batch-norm", help="BN after every conv")] = False,
+    residual: Annotated[bool, typer.Option("--residual", help="identity skips")] = False,
+    reduction_skip: Annotated[
+        str | None, typer.Option(help="skip over reduction blocks: none or avgpool")
+    ] = None,
+    dataset: Annotated[str | None, typer.Option(help="cifar100 or cifar10")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
+) -> None:
+    """Build a model and print its parameter count and gradient-flow layers in depth order."""
+    from gradlab.core.architectures import build_model, count_parameters
+
+    try:
+        spec = _spec_from(None, {
+            "depth": depth, "blocks_per_stage": blocks_per_stage, "width": width,
+            "batch_norm": batch_norm, "residual": residual, "reduction_skip": reduction_skip,
+            "data.dataset": dataset,
+        })
+    except UserError as exc:
+        raise _fail(str(exc)) from None
+    model = build_model(spec)
+    info = {"depth": spec.depth, "parameters": count_parameters(model),
+            "layers": model.gradflow_layer_names()}
+    if as_json:
+        typer.echo(json.dumps(info))
+        return
+    typer.echo(f"VGG depth {spec.depth} (blocks per stage {spec.num_blocks}, width {spec.width}, "
+               f"BN {'on' if spec.batch_norm else 'off'}, residual "
+               f"{'on' if spec.residual else 'off'}): {info['parameters']:,} parameters")
+    for i, name in enumerate(info["layers"]):
+        typer.echo(f"{i:4d}  {name}")
+
+
+def train_command(
+    spec_file: Annotated[Path | None, typer.Option("--spec", help="spec file (YAML or JSON); "
+                                                  "flags given override it")] = None,
+    depth: Annotated[int | None, typer.Option(help="6k+2: 8, 14, ..., 38")] = None,
+    width: Annotated[int | None, typer.Option()] = None,
+    batch_norm: Annotated[bool | None, typer.Option("--batch-norm/--no-batch-norm")] = None,
+    residual: Annotated[bool | None, typer.Option("--residual/--no-residual")] = None,
+    reduction_skip: Annotated[str | None, typer.Option(help="none or avgpool")] = None,
+    optimizer: Annotated[str | None, typer.Option(help="adam or sgd")] = None,
+    epochs: Annotated[int | None, typer.Option()] = None,
+    batch_size: Annotated[int | None, typer.Option()] = None,
+    lr: Annotated[float | None, typer.Option("--lr", help="(maximum) learning rate")] = None,
+    min_lr: Annotated[float | None, typer.Option("--min-lr", help="cosine floor")] = None,
+    schedule: Annotated[str | None, typer.Option(help="cosine or constant")] = None,
+    weight_decay: Annotated[float | None, typer.Option(help="coupled L2")] = None,
+    momentum: Annotated[float | None, typer.Option(help="SGD only")] = None,
+    nesterov: Annotated[bool | None, typer.Option("--nesterov/--no-nesterov")] = None,
+    dataset: Annotated[str | None, typer.Option(help="cifar100 or cifar10")] = None,
+    train_limit: Annotated[int | None, typer.Option(help="first N training images")] = None,
+    val_limit: Annotated[int | None, typer.Option(help="first N validation images")] = None,
+    test_limit: Annotated[int | None, typer.Option(help="first N test images")] = None,
+    augment: Annotated[bool | None, typer.Option("--augment/--no-augment")] = None,
+    seed: Annotated[int | None, typer.Option(help="default: the spec's first seed")] = None,
+    data_dir: Annotated[Path | None, typer.Option(help=DATA_DIR_HELP)] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N")] = "auto",
+    out: Annotated[Path, typer.Option(help="folder for result.json and the figures")] = Path(
+        "runs/train"),
+    resume: Annotated[bool, typer.Option("--resume", help="go on from OUT/checkpoint.pt")] = False,
+    compile_model: Annotated[bool, typer.Option("--compile", help="torch.compile (CUDA)")] = False,
+) -> None:
+    """Train one run locally; writes OUT/result.json, OUT/gradflow.png and OUT/checkpoint.pt.
+
+    Exit code 0 when it finished, 1 when it diverged, 2 on a usage or data error.
+    """
+    try:
+        spec = _spec_from(spec_file, {
+            "depth": depth, "width": width, "batch_norm": batch_norm, "residual": residual,
+            "reduction_skip": reduction_skip,
+            "hyperparameters.optimizer": optimizer, "hyperparameters.epochs": epochs,
+            "hyperparameters.batch_size": batch_size, "hyperparameters.learning_rate": lr,
+            "hyperparameters.min_learning_rate": min_lr, "hyperparameters.lr_schedule": schedule,
+            "hyperparameters.weight_decay": weight_decay, "hyperparameters.momentum": momentum,
+            "hyperparameters.nesterov": nesterov, "data.dataset": dataset,
+            "data.train_limit": train_limit, "data.val_limit": val_limit,
+            "data.test_limit": test_limit, "data.augment": augment,
+            "seeds": None if seed is None else [seed],
+        })
+        _train(spec, spec.seeds[0], data_dir, device, out, resume, compile_model)
+    except UserError as exc:
+        raise _fail(str(exc)) from None
+
+
+def _train(spec: Any, seed: int, data_dir: Path | None, device: str, out: Path, resume: bool,
+           compile_model: bool) -> None:
+    from rich.console import Console
+
+    from gradlab.core.checkpoints import CheckpointError
+    from gradlab.core.data import DataFormatError, DataNotFoundError, load_cifar, resolve_data_dir
+    from gradlab.core.training_loop import train_run
+
+    console = Console()
+    checkpoint_path = out / "checkpoint.pt"
+    blob = None
+    if resume:
+        if not checkpoint_path.is_file():
+            raise UserError(f"--resume: no checkpoint at {checkpoint_path}")
+        blob = checkpoint_path.read_bytes()
+    try:
+        data = load_cifar(resolve_data_dir(data_dir), spec.data.dataset)
+    except (DataNotFoundError, DataFormatError) as exc:
+        raise UserError(str(exc)) from None
+    out.mkdir(parents=True, exist_ok=True)
+
+    def save_epoch(_metrics: Any, _gradflow: Any, checkpoint: Any) -> bool:
+        _write_atomic(checkpoint_path, checkpoint())
+        return True
+
+    console.print(f"training [bold]{spec.name}[/bold]: depth {spec.depth}, BN "
+                  f"{'on' if spec.batch_norm else 'off'}, residual "
+                  f"{'on' if spec.residual else 'off'}, seed {seed}, {spec.hyperparameters.epochs}"
+                  f" epochs on {data.source}")
+    try:
+        result = train_run(spec, seed, data, device=device, on_epoch_end=save_epoch,
+                           resume_from=blob, show_progress=True, compile_model=compile_model)
+    except (CheckpointError, ValueError) as exc:
+        raise UserError(str(exc)) from None
+    except KeyboardInterrupt:
+        note = "go on with --resume" if checkpoint_path.is_file() else "no epoch finished"
+        console.print(f"[yellow]interrupted[/yellow]; the last finished epoch is in "
+                      f"{checkpoint_path} ({note})")
+        raise typer.Exit(130) from None
+    document = {"spec": spec.model_dump(mode="json"), "seed": seed, **result.to_json_dict()}
+    _write_atomic(out / "result.json", json.dumps(_finite(document), indent=1).encode())
+    _write_figures(result, out, f"{spec.name} (depth {spec.depth}, seed {seed})")
+    _print_summary(console, result, out)
+    if result.status == "diverged":
+        raise typer.Exit(1)
+
+
+def _finite(value: Any) -> Any:
+    """JSON has no NaN/inf: write them as strings (a diverged run's loss is one)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
+
+
+def _write_atomic(path: Path, payload: bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(payload)
+    os.replace(tmp, path)
+
+
+def _write_figures(result: Any, out: Path, title: str) -> None:
+    from gradlab.science.gradflow_figure import plot_gradflow
+
+    if not result.gradflow:
+        return
+    epochs = [g.epoch for g in result.gradflow]
+    values = result.gradflow_matrix("last_batch", "mean_abs")
+    for name, log_scale in (("gradflow.png", False), ("gradflow_log.png", True)):
+        figure = plot_gradflow(list(result.layers), epochs, values,
+                               title=f"Gradient flow, {title}", log_scale=log_scale)
+        figure.savefig(out / name, dpi=120)
+
+
+def _print_summary(console: Any, result: Any, out: Path) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"status: {result.status}")
+    for column in ("epoch", "train loss", "train acc", "val loss", "val acc", "lr", "seconds"):
+        table.add_column(column, justify="right")
+    for e in result.epochs:
+        table.add_row(str(e.epoch), f"{e.train_loss:.4f}", f"{e.train_acc:.4f}",
+                      f"{e.val_loss:.4f}", f"{e.val_acc:.4f}", f"{e.lr:.2e}", f"{e.seconds:.1f}")
+    console.print(table)
+    if result.test is not None:
+        console.print(f"test (best validation epoch {result.test.best_epoch}): loss "
+                      f"{result.test.loss:.4f}, acc {result.test.acc:.4f}")
+    if result.divergence is not None:
+        d = result.divergence
+        console.print(f"[red]diverged[/red] at epoch {d.epoch}, step {d.step} (loss {d.loss})")
+    console.print(f"wrote {out / 'result.json'}, {out / 'gradflow.png'}")
+
+
+def bench_command(
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON only")] = False,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N")] = "auto",
+    models: Annotated[str, typer.Option(help="comma-separated: vgg08,vgg38")] = "vgg08,vgg38",
+    steps: Annotated[int | None, typer.Option(min=1, help="steps per timing (default: by "
+                                                          "device and model)")] = None,
+    quick: Annotated[bool, typer.Option("--quick", help="one repeat each (a smoke check)")] = False,
+    threads: Annotated[int | None, typer.Option(min=1, help="torch CPU threads (default: "
+                                                            "torch's choice)")] = None,
+) -> None:
+    """Measure matmul peak, VGG08/VGG38 step and epoch rates and gradient-flow overhead."""
+    from gradlab.core.benchmark import FORWARD_MFLOP, run_benchmark
+
+    chosen = tuple(m.strip() for m in models.split(",") if m.strip())
+    unknown = [m for m in chosen if m not in FORWARD_MFLOP]
+    if unknown or not chosen:
+        raise _fail(f"--models takes {', '.join(FORWARD_MFLOP)}; got {models!r}")
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
+    try:
+        report = run_benchmark(
+            device, models=chosen, steps=None if steps is None else dict.fromkeys(chosen, steps),
+            quick=quick,
+            progress=None if as_json else lambda m: typer.echo(f"measuring {m} ...", err=True))
+    except ValueError as exc:
+        raise _fail(str(exc)) from None
+    if as_json:
+        typer.echo(json.dumps(report, indent=1))
+        return
+    env = report["environment"]
+    typer.echo(f"{report['measured_at']}  {env['device']} ({env['processor']}, "
+               f"{env['cpu_count']} CPUs, {env['torch_threads']} torch threads), torch "
+               f"{env['torch']}, batch {report['batch_size']}")
+    typer.echo(f"matmul {report['matmul_dtype']} peak: {report['matmul_gflops']:.1f} GFLOP/s "
+               f"({report['matmul_backend']})")
+    typer.echo(f"{'model':6}  {'step img/s':>10}  {'of peak':>7}  {'epoch img/s':>11}  "
+               f"{'epoch/step':>10}  {'gradflow':>8}  {'(A/B)':>7}  {'convs alone':>11}")
+    for name in chosen:
+        r = report[name]
+        typer.echo(f"{name:6}  {r['step_images_per_s']:10.1f}  {r['step_fraction_of_peak']:7.1%}"
+                   f"  {r['epoch_images_per_s']:11.1f}  {r['epoch_fraction_of_step']:10.1%}  "
+                   f"{r['gradflow_overhead']:+8.2%}  {r['gradflow_overhead_ab']:+7.2%}  "
+                   f"{r['conv_fraction_of_peak']:11.1%}")
+
+
+@data_app.command("download")
+def download_command(
+    dataset: Annotated[str, typer.Option(help="cifar100 or cifar10")] = "cifar100",
+    data_dir: Annotated[Path | None, typer.Option(help=DATA_DIR_HELP)] = None,
+) -> None:
+    """Fetch the official archive (Python pickles), check its MD5 and extract it."""
+    from gradlab.core.data import resolve_data_dir
+    from gradlab.core.data_download import ARCHIVES, DownloadError, download_cifar
+
+    if dataset not in ARCHIVES:
+        raise _fail(f"--dataset must be one of {', '.join(ARCHIVES)}; got {dataset!r}")
+    target = resolve_data_dir(data_dir, must_exist=False)
+    folder = target / ARCHIVES[dataset].folder
+    if folder.is_dir():
+        typer.echo(f"{dataset} is already at {folder}")
+        return
+    typer.echo(f"downloading {ARCHIVES[dataset].url} into {target} ...")
+    try:
+        folder = download_cifar(target, dataset)
+    except (DownloadError, OSError) as exc:
+        raise _fail(str(exc)) from None
+    typer.echo(f"{dataset} ready at {folder}")

@@ -1,0 +1,292 @@
+"""`gradlab study run FILE --scale smoke|full --out DIR`: a whole study on this machine.
+
+The embedded default, no servers: the study is submitted into a SQLite store (``DIR/gradlab.db``
+unless ``--database-url``) exactly as ``POST /studies`` does (existing cells reused), and each
+queued run is trained in this process through the worker's own ``execute_run`` (lease, per-epoch
+writes of metrics, gradient flow and checkpoint). Running the command again skips finished runs
+and resumes unfinished ones from their last checkpoint. At the end (or on Ctrl-C) the report is
+read back from the store, written to ``DIR``, and the table, findings and report path printed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from gradlab.science.study import SCALES, StudySpec, expand, load_study
+from gradlab.science.study_results import CellResult
+
+study_app = typer.Typer(help="Studies: grids of experiments with one report.", no_args_is_help=True)
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(study_app, name="study")
+
+
+class StudyRunError(Exception):
+    """A problem the user can fix (bad file, missing data); printed without a traceback."""
+
+
+@study_app.command("run")
+def run_command(
+    file: Annotated[Path, typer.Argument(help="study spec (YAML or JSON)")],
+    out: Annotated[Path, typer.Option("--out", help="folder for the database, figures, report")],
+    scale: Annotated[str, typer.Option(help="full (as specified) or smoke (CPU-sized)")] = "full",
+    data_dir: Annotated[
+        Path | None, typer.Option(help="CIFAR folder (else GRADLAB_DATA_DIR, else ./data)")
+    ] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N")] = "auto",
+    database_url: Annotated[
+        str | None, typer.Option(help="store to use (default: SQLite file OUT/gradlab.db)")
+    ] = None,
+) -> None:
+    """Run every cell and seed of a study (resuming what a previous call left), then report."""
+    from rich.console import Console
+
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=180)  # piped to a log: keep the table on one line per cell
+    url = database_url or _default_database_url(out)
+    try:
+        study = _load(file, scale)
+        out.mkdir(parents=True, exist_ok=True)
+        factory, study_id, queued = _submit(study, scale, url)
+    except StudyRunError as exc:
+        console.print(f"[red]error:[/red] {exc}", soft_wrap=True, highlight=False)
+        raise typer.Exit(2) from None
+    started = time.perf_counter()
+    elapsed: float | None = None
+    try:
+        _run_all(factory, study_id, queued, data_dir, device, url, console)
+        elapsed = time.perf_counter() - started if queued else None
+    except StudyRunError as exc:
+        console.print(f"[red]error:[/red] {exc}", soft_wrap=True, highlight=False)
+        raise typer.Exit(2) from None
+    except KeyboardInterrupt:
+        console.print(
+            "[yellow]interrupted: reporting what has finished; run again to resume[/yellow]"
+        )
+    _report(
+        study.name, study.description, scale, _results(factory, study_id), out, console, elapsed
+    )
+
+
+def _load(file: Path, scale: str) -> StudySpec:
+    if scale not in SCALES:
+        raise StudyRunError(f"--scale must be one of {', '.join(SCALES)}, got {scale!r}")
+    try:
+        text = file.read_text()
+    except OSError as exc:
+        raise StudyRunError(f"cannot read study file {file}: {exc.strerror}") from None
+    try:
+        study = load_study(text, source=str(file))
+        expand(study, scale=scale)  # every cell valid at this scale before anything is stored
+        return study
+    except ValueError as exc:
+        raise StudyRunError(str(exc)) from None
+
+
+# --- the store path: submit into SQLite, train through the worker's execute_run ----------------
+
+
+def _default_database_url(out: Path) -> str:
+    return f"sqlite:///{(out / 'gradlab.db').resolve()}"
+
+
+def _submit(study: StudySpec, scale: str, url: str) -> tuple[Any, str, list[str]]:
+    """Migrate the database, submit the study (reusing cells), return unfinished run ids."""
+    from gradlab.store.migrate import upgrade
+    from gradlab.store.session import make_engine, make_session_factory, session_scope
+    from gradlab.store.studies import submit_study
+    from gradlab.worker.embedded import requeue_orphans
+
+    upgrade(url)
+    factory = make_session_factory(make_engine(url))
+    with session_scope(factory) as session:
+        # Runs left "running" by a killed earlier call of this command go back to the queue.
+        requeue_orphans(session)
+        submitted = submit_study(session, study, scale)
+        study_id = submitted.study.id
+        queued = list(submitted.queued_run_ids)
+    return factory, study_id, queued
+
+
+def _run_all(
+    factory: Any,
+    study_id: str,
+    queued: list[str],
+    data_dir: Path | None,
+    device: str,
+    url: str,
+    console: Any,
+) -> None:
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    from gradlab.core.data import DataNotFoundError, load_cifar, resolve_data_dir
+    from gradlab.settings import Settings
+    from gradlab.store.studies import completion, get_study
+    from gradlab.worker.runner import execute_run
+
+    with factory() as session:
+        matrix = completion(session, get_study(session, study_id))
+    entries = [(cell["name"], s) for cell in matrix for s in cell["seeds"]]
+    total = sum(s["epochs_planned"] or 0 for _, s in entries)
+    console.print(
+        f"{len(matrix)} cells, {len(entries)} runs: "
+        f"{sum(1 for _, s in entries if s['status'] == 'succeeded')} already succeeded, "
+        f"{len(queued)} to run (database {url})"
+    )
+    if not queued:
+        return
+    try:
+        root = resolve_data_dir(data_dir)
+    except DataNotFoundError as exc:
+        raise StudyRunError(str(exc)) from None
+    settings = Settings(database_url=url, data_dir=root, device=device)
+
+    def load_data(dataset: str) -> Any:
+        return load_cifar(root, dataset)
+
+    names = {s["run_id"]: (name, s) for name, s in entries if s["run_id"]}
+    columns = (
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, console=console) as progress:
+        overall = progress.add_task("study (epochs)", total=total)
+        watcher = _ProgressWatcher(factory, study_id, progress, overall)
+        watcher.start()
+        try:
+            for run_id in queued:
+                name, seed = names[run_id][0], names[run_id][1]["seed"]
+                watcher.follow(run_id, f"{name} seed {seed}", names[run_id][1]["epochs_planned"])
+                status = execute_run(run_id, factory, load_data, device, settings=settings)
+                watcher.finish(run_id)
+                if status == "failed":
+                    console.print(f"[red]{name} seed {seed} failed[/red] (see the report)")
+        finally:
+            watcher.stop()
+
+
+class _ProgressWatcher(threading.Thread):
+    """Reads epochs done from the database twice a second and moves the bars (the training
+    itself runs in the main thread, so Ctrl-C reaches it and the run is handed back)."""
+
+    def __init__(self, factory: Any, study_id: str, progress: Any, overall: Any) -> None:
+        super().__init__(daemon=True)
+        self.factory, self.study_id = factory, study_id
+        self.progress, self.overall = progress, overall
+        self.tasks: dict[str, Any] = {}
+        self.halt = threading.Event()
+        self.lock = threading.Lock()
+
+    def follow(self, run_id: str, label: str, epochs: int) -> None:
+        with self.lock:
+            self.tasks[run_id] = self.progress.add_task(label, total=epochs)
+        self.poll()
+
+    def finish(self, run_id: str) -> None:
+        self.poll()
+        with self.lock:
+            task = self.tasks.pop(run_id, None)
+        if task is not None:
+            self.progress.update(task, visible=False)
+
+    def poll(self) -> None:
+        from sqlalchemy import func, select
+
+        from gradlab.store.models import Run, StudyCell
+
+        with self.factory() as session:
+            done = session.scalar(
+                select(func.coalesce(func.sum(Run.epochs_done), 0))
+                .join(StudyCell, StudyCell.experiment_id == Run.experiment_id)
+                .where(StudyCell.study_id == self.study_id)
+            )
+            with self.lock:
+                following = dict(self.tasks)
+            for run_id, task in following.items():
+                epochs = session.scalar(select(Run.epochs_done).where(Run.id == run_id))
+                self.progress.update(task, completed=epochs or 0)
+        self.progress.update(self.overall, completed=done or 0)
+
+    def run(self) -> None:
+        while not self.halt.wait(0.5):
+            try:
+                self.poll()
+            except Exception:  # a busy database must not kill the bars' thread
+                continue
+
+    def stop(self) -> None:
+        self.halt.set()
+        self.join(timeout=5)
+        with contextlib.suppress(Exception):
+            self.poll()
+
+
+def _results(factory: Any, study_id: str) -> list[CellResult]:
+    from gradlab.store.studies import get_study, study_results
+
+    with factory() as session:
+        return study_results(session, get_study(session, study_id))
+
+
+# --- the report -------------------------------------------------------------------------------
+
+
+def _report(
+    study_name: str,
+    description: str,
+    scale: str,
+    results: list[CellResult],
+    out: Path,
+    console: Any,
+    elapsed: float | None,
+) -> None:
+    from rich.table import Table
+
+    from gradlab.science.report import build_report, write_report
+    from gradlab.science.report.tables import TEXT_HEADER, row_cells_text
+
+    report = build_report(study_name, results, scale=scale, description=description)
+    html_path = write_report(report, out)
+    for fig in report.figures:
+        fig.figure.clear()
+    table = Table(title=f"{study_name} ({scale})", show_lines=False)
+    longest = max((len(row.name) for row in report.rows), default=4)
+    for column in TEXT_HEADER:
+        if column == "cell":  # the name is what the findings refer to: never truncate it
+            table.add_column(column, justify="left", no_wrap=True, min_width=longest)
+        else:
+            table.add_column(column, justify="right")
+    for row in report.rows:
+        table.add_row(*row_cells_text(row))
+    console.print(table)
+    console.print("[bold]Findings[/bold]")
+    if not report.findings:
+        console.print("  none")
+    for finding in report.findings:
+        console.print(
+            f"  - [cyan]{finding.kind}[/cyan]: {finding.sentence}", highlight=False, soft_wrap=True
+        )
+    if elapsed is not None:
+        console.print(f"Trained in {elapsed / 60:.1f} min.")
+    console.print(
+        f"{report.runs_finished}/{len(report.completion)} runs finished. "
+        f"Report: {html_path.resolve()}"
+    )

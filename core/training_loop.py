@@ -1,0 +1,225 @@
+"""Train one run (one seed of one experiment) the seed study's way, resumable bit for bit.
+
+Per epoch: set the closed-form learning rate, train over shuffled augmented batches (train
+loss/acc = mean over batches, train mode), evaluate on the validation set (eval mode), record
+gradient flow, keep the best-validation weights, call ``on_epoch_end``. At the end the best
+weights are evaluated on the test set.
+
+Hot loop: no host synchronisation per step. Batch losses and accuracies go into device
+buffers; gradient statistics accumulate on the device; the host reads them once per epoch
+(and checks the losses for NaN/inf every ``DIVERGENCE_CHECK_STEPS`` steps, so a diverged run
+stops early without a sync per step).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from gradlab.core.allocator import keep_freed_memory
+from gradlab.core.architectures import build_model
+from gradlab.core.augment import EvalBatches, TrainBatches
+from gradlab.core.checkpoints import (
+    TrainingState,
+    check_identity,
+    load_checkpoint,
+    save_checkpoint,
+    training_state_from,
+)
+from gradlab.core.data import CifarArrays, split
+from gradlab.core.environment import describe_environment, resolve_device
+from gradlab.core.gradflow import GradFlowRecorder
+from gradlab.core.optimization import learning_rate_at, make_optimizer, set_learning_rate
+from gradlab.core.progress import EpochProgress
+from gradlab.core.reproducibility import (
+    capture_rng_state,
+    data_generator,
+    restore_rng_state,
+    seed_everything,
+)
+from gradlab.science.records import (
+    Divergence,
+    EpochCallback,
+    EpochMetrics,
+    TestResult,
+    TrainingResult,
+)
+from gradlab.science.spec import ExperimentSpec
+
+DIVERGENCE_CHECK_STEPS = 25
+EVAL_BATCH_SIZE = 500  # evaluation has no gradients; larger batches are faster, same numbers
+
+
+@dataclass
+class Engine:
+    """The objects one run trains with."""
+
+    model: nn.Module
+    forward: Callable[[torch.Tensor], torch.Tensor]
+    optimizer: torch.optim.Optimizer
+    recorder: GradFlowRecorder
+    device: torch.device
+    autocast: Callable[[], contextlib.AbstractContextManager[None]]
+
+
+def run_identity(spec: ExperimentSpec, seed: int) -> dict[str, object]:
+    """What a checkpoint must agree on to be resumed by this run (the name may differ)."""
+    dump = spec.model_dump(mode="json", exclude={"name", "seeds"})
+    return {"seed": seed, **dump}
+
+
+def train_run(
+    spec: ExperimentSpec,
+    seed: int,
+    data: CifarArrays,
+    *,
+    device: str = "cpu",
+    on_epoch_end: EpochCallback | None = None,
+    resume_from: bytes | None = None,
+    show_progress: bool = False,
+    compile_model: bool = False,
+) -> TrainingResult:
+    """Train ``spec`` with ``seed`` on ``data``; see the module docstring and CONTRACTS.md."""
+    if data.dataset != spec.data.dataset:
+        raise ValueError(f"spec wants {spec.data.dataset} but the data is {data.dataset}")
+    hp = spec.hyperparameters
+    dev = resolve_device(device)
+    seed_everything(seed)
+    engine = make_engine(spec, dev, compile_model)
+    generator = data_generator(seed)
+    parts = split(data, spec.data)
+    train_batches = TrainBatches(parts.train_images, parts.train_labels, batch_size=hp.batch_size,
+                                 device=dev, augment=spec.data.augment, generator=generator)
+    eval_size = max(hp.batch_size, EVAL_BATCH_SIZE)
+    val_batches = EvalBatches(parts.val_images, parts.val_labels, batch_size=eval_size, device=dev)
+    test_batches = EvalBatches(parts.test_images, parts.test_labels, batch_size=eval_size,
+                               device=dev)
+
+    identity = run_identity(spec, seed)
+    state = TrainingState()
+    if resume_from is not None:
+        payload = load_checkpoint(resume_from)
+        check_identity(payload, identity)
+        engine.model.load_state_dict(payload["model"])
+        engine.optimizer.load_state_dict(payload["optimizer"])
+        restore_rng_state(payload["rng"], generator)
+        state = training_state_from(payload, dev)
+
+    result = TrainingResult(status="running", layers=engine.recorder.layers,
+                            environment=describe_environment(dev))
+
+    def checkpoint() -> bytes:
+        return save_checkpoint(model=engine.model, optimizer=engine.optimizer, state=state,
+                               rng=capture_rng_state(generator), identity=identity)
+
+    status = "succeeded"
+    with EpochProgress(show_progress, hp.epochs) as progress:
+        for epoch in range(state.last_epoch + 1, hp.epochs):
+            started = time.perf_counter()
+            lr = learning_rate_at(hp, epoch)
+            set_learning_rate(engine.optimizer, lr)
+            progress.start_epoch(epoch, len(train_batches))
+            outcome = train_epoch(engine, train_batches, epoch, progress.step)
+            if isinstance(outcome, Divergence):
+                result.divergence = outcome
+                status = "diverged"
+                break
+            train_loss, train_acc = outcome
+            val_loss, val_acc = evaluate(engine, val_batches)
+            gradflow = engine.recorder.finish_epoch(epoch)
+            metrics = EpochMetrics(epoch=epoch, train_loss=train_loss, train_acc=train_acc,
+                                   val_loss=val_loss, val_acc=val_acc, lr=lr,
+                                   seconds=time.perf_counter() - started)
+            state.offer(epoch, val_acc, engine.model)
+            state.history.append(metrics)
+            state.gradflow.append(gradflow)
+            state.last_epoch = epoch
+            progress.end_epoch(metrics)
+            if on_epoch_end is not None and on_epoch_end(metrics, gradflow, checkpoint) is False:
+                status = "cancelled"
+                break
+
+    result.epochs = list(state.history)
+    result.gradflow = list(state.gradflow)
+    if status == "succeeded" and state.best_weights is not None:
+        engine.model.load_state_dict(state.best_weights)
+        test_loss, test_acc = evaluate(engine, test_batches)
+        result.test = TestResult(loss=test_loss, acc=test_acc, best_epoch=state.best_epoch)
+    result.status = status
+    return result
+
+
+def make_engine(spec: ExperimentSpec, dev: torch.device, compile_model: bool) -> Engine:
+    # channels_last helps both oneDNN on the CPU and cuDNN; batches arrive in that layout.
+    model = build_model(spec).to(dev, memory_format=torch.channels_last)
+    optimizer = make_optimizer(model.parameters(), spec.hyperparameters)
+    recorder = GradFlowRecorder(list(model.gradflow_parameters()))
+    forward: Callable[[torch.Tensor], torch.Tensor] = model
+    if dev.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+
+        def autocast() -> contextlib.AbstractContextManager[None]:
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+
+        if compile_model:
+            forward = torch.compile(model)  # type: ignore[assignment]
+    else:
+        autocast = contextlib.nullcontext  # CPU trains in fp32, as the seed did
+        keep_freed_memory()  # no page faults for activations once warm (see allocator.py)
+    return Engine(model, forward, optimizer, recorder, dev, autocast)
+
+
+def train_epoch(engine: Engine, batches: TrainBatches, epoch: int,
+                 on_step: Callable[[], None]) -> tuple[float, float] | Divergence:
+    """One epoch of training: (mean batch loss, mean batch accuracy), or where it diverged."""
+    engine.model.train()
+    engine.recorder.start_epoch()
+    steps = len(batches)
+    losses = torch.zeros(steps, device=engine.device)
+    accs = torch.zeros(steps, device=engine.device)
+    checked = 0
+    for step, (x, y) in enumerate(batches.epoch()):
+        with engine.autocast():
+            logits = engine.forward(x)
+            loss = F.cross_entropy(logits.float(), y)
+        engine.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        engine.recorder.after_backward()
+        engine.optimizer.step()
+        losses[step] = loss.detach()
+        accs[step] = (logits.argmax(1) == y).float().mean()
+        on_step()
+        if (step + 1) % DIVERGENCE_CHECK_STEPS == 0 or step + 1 == steps:
+            bad = _first_non_finite(losses[checked : step + 1])
+            if bad is not None:
+                return Divergence(epoch=epoch, step=checked + bad,
+                                  loss=float(losses[checked + bad]))
+            checked = step + 1
+    both = torch.stack([losses.mean(), accs.mean()]).tolist()
+    return float(both[0]), float(both[1])
+
+
+def _first_non_finite(values: torch.Tensor) -> int | None:
+    bad = (~torch.isfinite(values)).nonzero()
+    return None if bad.numel() == 0 else int(bad[0, 0])
+
+
+@torch.inference_mode()
+def evaluate(engine: Engine, batches: EvalBatches) -> tuple[float, float]:
+    """(mean loss, accuracy) per image, eval mode."""
+    engine.model.eval()
+    totals = torch.zeros(2, dtype=torch.float64, device=engine.device)
+    for x, y in batches:
+        with engine.autocast():
+            logits = engine.forward(x)
+        loss_sum = F.cross_entropy(logits.float(), y, reduction="sum")
+        correct = (logits.argmax(1) == y).sum()
+        totals += torch.stack([loss_sum.double(), correct.double()])
+    loss, correct = (totals / max(batches.num_images, 1)).tolist()
+    return float(loss), float(correct)

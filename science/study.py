@@ -1,0 +1,282 @@
+"""A study: one base spec, a grid over any of its fields and/or an explicit list of cells.
+
+``expand`` turns a :class:`StudySpec` into validated :class:`StudyCell` s (one experiment
+each); ``apply_scale`` shrinks a spec to the ``smoke`` scale so a whole study fits on a CPU.
+
+Field paths are the spec's own names, dotted for nested ones: ``depth``, ``batch_norm``,
+``residual``, ``hyperparameters.learning_rate``, ``hyperparameters.weight_decay``,
+``data.train_limit``... An explicit cell is a partial spec (nested mappings or dotted keys)
+laid over the base.
+"""
+
+from __future__ import annotations
+
+import itertools
+import string
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from gradlab.science.spec import ExperimentSpec
+
+Scale = Literal["full", "smoke"]
+SCALES: tuple[str, ...] = ("full", "smoke")
+
+
+class SmokeScale(BaseModel):
+    """What ``--scale smoke`` keeps of every cell: a few epochs on a slice of the data.
+
+    Sized so that ``examples/seed-study.yaml`` at smoke scale (11 runs: 9 VGG38, 2 VGG08; 90
+    training steps each) runs in well under 15 minutes on a 2-core CPU: measured 5 min 33 s
+    wall on the project's 2-core box when it was nearly idle (about 35 s per VGG38 run), and
+    19 to 36 minutes while other jobs kept both cores busy. Plain VGG38's vanishing gradients,
+    its not training, and BatchNorm's restored gradient flow are already visible at this size
+    (they are properties of the architecture, present from the first epoch).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    epochs: int = Field(3, ge=1, description="at most this many epochs")
+    train_limit: int = Field(3000, ge=1, description="first N of the 47,500 training images")
+    val_limit: int = Field(500, ge=1, description="first N of the 2,500 validation images")
+    test_limit: int = Field(1000, ge=1, description="first N of the 10,000 test images")
+    max_seeds: int | None = Field(
+        None, ge=1, description="keep only the first N seeds of each cell (None: all)"
+    )
+
+
+SMOKE = SmokeScale()
+
+
+def apply_scale(spec: ExperimentSpec, scale: str, smoke: SmokeScale = SMOKE) -> ExperimentSpec:
+    """The spec as run at ``scale``: ``full`` unchanged, ``smoke`` shrunk by ``smoke``."""
+    if scale == "full":
+        return spec
+    if scale != "smoke":
+        raise ValueError(f"scale must be one of {SCALES}, got {scale!r}")
+
+    def shrink(current: int | None, limit: int) -> int:
+        return limit if current is None else min(current, limit)
+
+    updates: dict[str, object] = {
+        "hyperparameters.epochs": min(spec.hyperparameters.epochs, smoke.epochs),
+        "data.train_limit": shrink(spec.data.train_limit, smoke.train_limit),
+        "data.val_limit": shrink(spec.data.val_limit, smoke.val_limit),
+        "data.test_limit": shrink(spec.data.test_limit, smoke.test_limit),
+    }
+    if smoke.max_seeds is not None:
+        updates["seeds"] = spec.seeds[: smoke.max_seeds]
+    return spec.with_updates(updates)
+
+
+# --- the study spec -------------------------------------------------------------------------
+
+
+class StudySpec(BaseModel):
+    """A grid (cartesian product) and/or an explicit list of cells over one base spec.
+
+    - ``grid``: ``{field path: [values]}``; every combination is one cell.
+    - ``experiments``: explicit cells, each a partial spec over the base (may set ``name`` and
+      ``seeds``).
+    - ``seeds``: the seeds of every cell that does not name its own (default: the base's).
+    - ``name_template``: how grid cells are named, ``str.format`` over the coordinates by their
+      last path part; for a boolean the format spec is the text shown when true, so
+      ``"vgg{depth:02d}{batch_norm:-bn}"`` gives ``vgg08``, ``vgg38-bn``.
+    - ``scale``: ``full`` or ``smoke`` (the CLI's ``--scale`` overrides it).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(min_length=1, max_length=200)
+    description: str = ""
+    base: ExperimentSpec = ExperimentSpec()
+    grid: dict[str, list[Any]] = Field(default_factory=dict)
+    name_template: str | None = None
+    experiments: list[dict[str, Any]] = Field(default_factory=list)
+    seeds: list[int] | None = None
+    scale: Scale = "full"
+
+    @model_validator(mode="after")
+    def _cells_are_valid(self) -> StudySpec:
+        # Expanding validates every path, value and cell name, so a bad study fails at load
+        # time with the cell named, not half-way through a run.
+        for path, values in self.grid.items():
+            _check_path(path)
+            if not values:
+                raise ValueError(f"grid.{path}: needs at least one value")
+        expand(self, scale="full")
+        return self
+
+
+@dataclass(frozen=True)
+class StudyCell:
+    """One experiment of a study: where it sits in the grid and its validated spec."""
+
+    coordinates: dict[str, Any]
+    spec: ExperimentSpec
+    position: int = 0
+    source: Literal["grid", "explicit", "base"] = field(default="grid")
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+
+def expand(study: StudySpec, scale: str | None = None) -> list[StudyCell]:
+    """Every cell of ``study`` (grid cells first, then explicit ones) at ``scale``.
+
+    Raises ``ValueError`` naming the cell when a combination is not a valid spec or two cells
+    share a name or a configuration.
+    """
+    scale = study.scale if scale is None else scale
+    cells: list[StudyCell] = []
+    if study.grid:
+        paths = list(study.grid)
+        for values in itertools.product(*(study.grid[p] for p in paths)):
+            coordinates = dict(zip(paths, values, strict=True))
+            name = _grid_cell_name(study, coordinates)
+            spec = _build(study, {**coordinates, "name": name}, where=f"grid cell {coordinates}")
+            cells.append(StudyCell(coordinates, spec, len(cells), "grid"))
+    for index, raw in enumerate(study.experiments):
+        where = f"experiments[{index}]"
+        overrides = _flatten(raw, where)
+        if "name" not in overrides:
+            raise ValueError(f"{where}: an explicit experiment needs a name")
+        spec = _build(study, overrides, where=f"{where} ({overrides['name']})")
+        coordinates = {k: v for k, v in overrides.items() if k not in ("name", "seeds")}
+        cells.append(StudyCell(coordinates, spec, len(cells), "explicit"))
+    if not cells:
+        spec = _build(study, {}, where="base")
+        cells.append(StudyCell({}, spec, 0, "base"))
+    _check_distinct(cells)
+    return [
+        StudyCell(c.coordinates, apply_scale(c.spec, scale), c.position, c.source) for c in cells
+    ]
+
+
+def load_study(text: str, *, source: str = "study") -> StudySpec:
+    """Parse a YAML or JSON study; raises ``ValueError`` with every problem and its place."""
+    import yaml
+
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ValueError(f"{source}: not valid YAML/JSON: {exc}") from exc
+    if not isinstance(data, Mapping):
+        raise ValueError(f"{source}: a study must be a mapping with name, base, grid/experiments")
+    try:
+        return StudySpec.model_validate(data)
+    except ValidationError as exc:
+        raise ValueError(f"{source}: {_problems(exc, 'study')}") from None
+
+
+# --- helpers --------------------------------------------------------------------------------
+
+
+def _problems(exc: ValidationError, top: str) -> str:
+    """Every error as 'field.path: reason', without pydantic's 'Value error, ' prefix."""
+    return "; ".join(
+        f"{'.'.join(str(p) for p in err['loc']) or top}: {err['msg'].removeprefix('Value error, ')}"
+        for err in exc.errors()
+    )
+
+
+def _check_path(path: str) -> None:
+    """Refuse a field path that is not in the spec, naming the valid ones at that level."""
+    model: type[BaseModel] = ExperimentSpec
+    parts = path.split(".")
+    for depth, part in enumerate(parts):
+        fields = model.model_fields
+        if part not in fields:
+            here = ".".join(parts[:depth]) or "the spec"
+            known = ", ".join(fields)
+            raise ValueError(f"{path!r}: {here} has no field {part!r} (fields: {known})")
+        annotation = fields[part].annotation
+        if depth < len(parts) - 1:
+            if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+                raise ValueError(f"{path!r}: {part!r} is not a nested section")
+            model = annotation
+
+
+def _flatten(raw: Mapping[str, Any], where: str, prefix: str = "") -> dict[str, Any]:
+    """Nested partial spec -> dotted paths (``{"hyperparameters": {"weight_decay": x}}``)."""
+    if not isinstance(raw, Mapping):
+        raise ValueError(f"{where}: must be a mapping of spec fields")
+    flat: dict[str, Any] = {}
+    for key, value in raw.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(_flatten(value, where, prefix=f"{path}."))
+        else:
+            try:
+                _check_path(path)
+            except ValueError as exc:
+                raise ValueError(f"{where}: {exc}") from None
+            flat[path] = value
+    return flat
+
+
+def _build(study: StudySpec, overrides: Mapping[str, Any], *, where: str) -> ExperimentSpec:
+    updates = dict(overrides)
+    if "seeds" not in updates and study.seeds is not None:
+        updates["seeds"] = list(study.seeds)
+    try:
+        return study.base.with_updates(updates)
+    except ValidationError as exc:
+        raise ValueError(f"{where}: {_problems(exc, 'spec')}") from None
+
+
+class _CellNameFormatter(string.Formatter):
+    """``{flag:text}`` renders ``text`` when the flag is true and nothing when false."""
+
+    def format_field(self, value: Any, format_spec: str) -> str:
+        if isinstance(value, bool):
+            return format_spec if value else ""
+        return super().format_field(value, format_spec)
+
+
+def _grid_cell_name(study: StudySpec, coordinates: Mapping[str, Any]) -> str:
+    by_leaf: dict[str, Any] = {}
+    for path, value in coordinates.items():
+        leaf = path.rsplit(".", 1)[-1]
+        if leaf in by_leaf:
+            raise ValueError(f"grid paths share the last part {leaf!r}; rename via experiments")
+        by_leaf[leaf] = value
+    if study.name_template is not None:
+        try:
+            return _CellNameFormatter().format(study.name_template, **by_leaf)
+        except (KeyError, IndexError, ValueError) as exc:
+            raise ValueError(
+                f"name_template {study.name_template!r}: {exc!s} "
+                f"(coordinates: {', '.join(by_leaf)})"
+            ) from None
+    tokens = []
+    for leaf, value in by_leaf.items():
+        if isinstance(value, bool):
+            tokens.append(leaf if value else f"no_{leaf}")
+        else:
+            tokens.append(f"{leaf}{value}")
+    return "-".join([study.base.name, *tokens])
+
+
+def _config_key(spec: ExperimentSpec) -> str:
+    data = spec.model_dump(mode="json", exclude={"name", "seeds"})
+    return repr(sorted(data.items()))
+
+
+def _check_distinct(cells: list[StudyCell]) -> None:
+    names: dict[str, int] = {}
+    configs: dict[str, str] = {}
+    for cell in cells:
+        if cell.name in names:
+            raise ValueError(f"two cells are named {cell.name!r}; give each cell its own name")
+        names[cell.name] = cell.position
+        key = _config_key(cell.spec)
+        if key in configs:
+            raise ValueError(
+                f"cells {configs[key]!r} and {cell.name!r} have the same configuration; "
+                "list it once (with all its seeds)"
+            )
+        configs[key] = cell.name

@@ -1,0 +1,124 @@
+"""What a study has produced so far: a CellResult per cell and a SeedRun per seed.
+
+Plain typed records built from :mod:`gradlab.science.records`, by the store (reading rows back) or
+by the CLI (from ``train_run`` results); aggregation, diagnostics and reports read only these.
+A run still in progress simply has fewer epochs; a seed not started yet has no ``SeedRun``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from gradlab.science.records import (
+    GRADFLOW_STATS,
+    GRADFLOW_WINDOWS,
+    EpochMetrics,
+    GradFlowEpoch,
+    RunStatus,
+    TestResult,
+    TrainingResult,
+)
+from gradlab.science.spec import ExperimentSpec
+
+FINISHED_STATUSES: tuple[str, ...] = ("succeeded", "failed", "cancelled", "diverged")
+
+
+@dataclass(frozen=True)
+class SeedRun:
+    """One seed of one cell: its status and every finished epoch's metrics and gradient flow."""
+
+    seed: int
+    status: RunStatus
+    layers: tuple[str, ...]
+    epochs: list[EpochMetrics] = field(default_factory=list)
+    gradflow: list[GradFlowEpoch] = field(default_factory=list)
+    test: TestResult | None = None
+
+    @property
+    def epochs_done(self) -> int:
+        return len(self.epochs)
+
+    @property
+    def finished(self) -> bool:
+        return self.status in FINISHED_STATUSES
+
+    @classmethod
+    def from_training_result(cls, seed: int, result: TrainingResult) -> SeedRun:
+        return cls(
+            seed=seed,
+            status=result.status,
+            layers=tuple(result.layers),
+            epochs=list(result.epochs),
+            gradflow=list(result.gradflow),
+            test=result.test,
+        )
+
+    def to_json_dict(self) -> dict[str, Any]:
+        return {
+            "seed": self.seed,
+            "status": self.status,
+            "layers": list(self.layers),
+            "epochs": [e.to_dict() for e in self.epochs],
+            "gradflow": [
+                {"epoch": g.epoch, "last_batch": g.last_batch, "epoch_mean": g.epoch_mean}
+                for g in self.gradflow
+            ],
+            "test": None if self.test is None else asdict(self.test),
+        }
+
+    @classmethod
+    def from_json_dict(cls, data: dict[str, Any]) -> SeedRun:
+        layers = tuple(data["layers"])
+        return cls(
+            seed=int(data["seed"]),
+            status=data["status"],
+            layers=layers,
+            epochs=[EpochMetrics(**e) for e in data["epochs"]],
+            gradflow=[
+                GradFlowEpoch(
+                    epoch=int(g["epoch"]),
+                    layers=layers,
+                    last_batch={s: list(g["last_batch"][s]) for s in GRADFLOW_STATS},
+                    epoch_mean={s: list(g["epoch_mean"][s]) for s in GRADFLOW_STATS},
+                )
+                for g in data["gradflow"]
+            ],
+            test=None if data.get("test") is None else TestResult(**data["test"]),
+        )
+
+
+@dataclass(frozen=True)
+class CellResult:
+    """One study cell (an experiment) and the runs of its seeds that exist so far."""
+
+    name: str
+    coordinates: dict[str, Any]
+    spec: ExperimentSpec
+    runs: list[SeedRun] = field(default_factory=list)
+    parameters: int | None = None
+
+    @property
+    def seeds_planned(self) -> list[int]:
+        return list(self.spec.seeds)
+
+    def run_for(self, seed: int) -> SeedRun | None:
+        return next((r for r in self.runs if r.seed == seed), None)
+
+    @property
+    def layers(self) -> tuple[str, ...]:
+        """Layer names in depth order (every seed of a cell has the same model)."""
+        return next((r.layers for r in self.runs if r.layers), ())
+
+    @property
+    def complete(self) -> bool:
+        return all(
+            (run := self.run_for(s)) is not None and run.finished for s in self.seeds_planned
+        )
+
+
+def check_window_and_stat(window: str, stat: str) -> None:
+    if window not in GRADFLOW_WINDOWS:
+        raise ValueError(f"window must be one of {GRADFLOW_WINDOWS}, got {window!r}")
+    if stat not in GRADFLOW_STATS:
+        raise ValueError(f"stat must be one of {GRADFLOW_STATS}, got {stat!r}")

@@ -1,0 +1,303 @@
+"""Submission and read side of the store: experiments and what their runs produced.
+
+Functions here take a ``Session``, flush and never commit: the caller (the API's session
+dependency) owns the transaction. Reads of per-epoch tables are one query per table for all the
+runs of an experiment, so a response never costs one query per run or per epoch.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import func, select, tuple_, update
+from sqlalchemy.orm import Session, selectinload
+
+from gradlab.science.records import GRADFLOW_STATS, GRADFLOW_WINDOWS, EpochMetrics
+from gradlab.science.spec import ExperimentSpec
+from gradlab.store.base import new_id, utcnow
+from gradlab.store.models import (
+    TERMINAL_RUN_STATUSES,
+    EpochMetricsRow,
+    Experiment,
+    GradFlowRow,
+    Run,
+)
+
+MAX_PAGE_SIZE = 200
+
+
+class InvalidCursorError(ValueError):
+    """A pagination cursor that this store did not hand out (or that was altered)."""
+
+
+@dataclass(frozen=True)
+class ExperimentPage:
+    items: list[Experiment]
+    next_cursor: str | None
+
+
+@dataclass(frozen=True)
+class GradflowSeries:
+    """One run's gradient-flow statistic: ``values[i][j]`` is layer ``j`` at ``epochs[i]``."""
+
+    epochs: list[int]
+    values: list[list[float]]
+
+
+def spec_hash(spec: ExperimentSpec) -> str:
+    """sha256 of the canonical spec JSON without seeds (same configuration -> same hash)."""
+    data = spec.model_dump(mode="json", exclude={"seeds"})
+    canonical = json.dumps(data, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def new_queued_run(seed: int, now: datetime) -> Run:
+    """A run not yet attempted, as both experiment creation and study reuse add them."""
+    return Run(
+        id=new_id(),
+        seed=seed,
+        status="queued",
+        attempt=0,
+        epochs_done=0,
+        queued_at=now,
+        created_at=now,
+        updated_at=now,
+    )
+
+
+def create_experiment(session: Session, spec: ExperimentSpec) -> Experiment:
+    """Add an experiment and one queued run per seed; flushed, so ids and timestamps are set."""
+    now = utcnow()
+    experiment = Experiment(
+        id=new_id(),
+        name=spec.name,
+        spec=spec.model_dump(mode="json"),
+        spec_hash=spec_hash(spec),
+        status="queued",
+        created_at=now,
+        updated_at=now,
+        runs=[new_queued_run(seed, now) for seed in sorted(spec.seeds)],
+    )
+    session.add(experiment)
+    session.flush()
+    return experiment
+
+
+def _encode_cursor(created_at: datetime, experiment_id: str) -> str:
+    raw = json.dumps([created_at.isoformat(), experiment_id]).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str) -> tuple[datetime, str]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        created_at, experiment_id = json.loads(raw)
+        return datetime.fromisoformat(created_at), str(experiment_id)
+    except (binascii.Error, ValueError, TypeError) as exc:
+        raise InvalidCursorError("cursor is not one this server handed out") from exc
+
+
+def list_experiments(
+    session: Session,
+    *,
+    status: str | None = None,
+    name: str | None = None,
+    limit: int = 50,
+    cursor: str | None = None,
+) -> ExperimentPage:
+    """Newest first, keyset-paginated on (created_at, id) so pages never skip or repeat rows."""
+    limit = max(1, min(limit, MAX_PAGE_SIZE))
+    query = select(Experiment)
+    if status is not None:
+        query = query.where(Experiment.status == status)
+    if name is not None:
+        query = query.where(Experiment.name == name)
+    if cursor is not None:
+        created_at, experiment_id = _decode_cursor(cursor)
+        query = query.where(
+            tuple_(Experiment.created_at, Experiment.id) < tuple_(created_at, experiment_id)
+        )
+    query = query.order_by(Experiment.created_at.desc(), Experiment.id.desc()).limit(limit + 1)
+    rows = list(session.scalars(query))
+    items = rows[:limit]
+    next_cursor = None
+    if len(rows) > limit:
+        last = items[-1]
+        next_cursor = _encode_cursor(last.created_at, last.id)
+    return ExperimentPage(items, next_cursor)
+
+
+def get_experiment(session: Session, experiment_id: str) -> Experiment | None:
+    """The experiment with its runs (ordered by seed), or None."""
+    query = (
+        select(Experiment)
+        .options(selectinload(Experiment.runs))
+        .where(Experiment.id == experiment_id)
+        .execution_options(populate_existing=True)
+    )
+    return session.scalars(query).one_or_none()
+
+
+def derive_experiment_status(run_statuses: Iterable[str]) -> str:
+    """An experiment's status from its runs' statuses.
+
+    Not all finished: queued while every run is queued, else running. All finished: succeeded
+    when every run did; otherwise the most telling outcome, failed > cancelled > diverged.
+    """
+    statuses = set(run_statuses)
+    if not statuses or statuses == {"queued"}:
+        return "queued"
+    if not statuses <= set(TERMINAL_RUN_STATUSES):
+        return "running"
+    for outcome in ("failed", "cancelled", "diverged"):
+        if outcome in statuses:
+            return outcome
+    return "succeeded"
+
+
+def refresh_experiment_status(session: Session, experiment_id: str) -> str:
+    """Recompute and store an experiment's status from its runs (call after a run changes)."""
+    statuses = session.scalars(select(Run.status).where(Run.experiment_id == experiment_id))
+    status = derive_experiment_status(statuses)
+    session.execute(
+        update(Experiment)
+        .where(Experiment.id == experiment_id, Experiment.status != status)
+        .values(status=status, updated_at=utcnow())
+    )
+    return status
+
+
+def request_cancel(session: Session, experiment_id: str) -> Experiment | None:
+    """Ask an experiment to stop: queued runs are cancelled now, running ones at their next epoch.
+
+    Idempotent; an experiment whose runs have all finished is returned unchanged. None if absent.
+    """
+    experiment = session.get(Experiment, experiment_id)
+    if experiment is None:
+        return None
+    now = utcnow()
+    # Conditional on status, so a run a worker claims at the same moment is left to the worker,
+    # which sees cancel_requested_at at its next epoch.
+    cancelled = session.execute(
+        update(Run)
+        .where(Run.experiment_id == experiment_id, Run.status == "queued")
+        .values(status="cancelled", finished_at=now, updated_at=now)
+    )
+    unfinished = session.scalar(
+        select(func.count())
+        .select_from(Run)
+        .where(Run.experiment_id == experiment_id, Run.status.not_in(TERMINAL_RUN_STATUSES))
+    )
+    if experiment.cancel_requested_at is None and (cancelled.rowcount or unfinished):
+        experiment.cancel_requested_at = now
+    session.flush()
+    refresh_experiment_status(session, experiment_id)
+    return get_experiment(session, experiment_id)
+
+
+def _metrics(row: Sequence[float | int]) -> EpochMetrics:
+    return EpochMetrics(
+        epoch=int(row[0]),
+        train_loss=float(row[1]),
+        train_acc=float(row[2]),
+        val_loss=float(row[3]),
+        val_acc=float(row[4]),
+        lr=float(row[5]),
+        seconds=float(row[6]),
+    )
+
+
+_METRIC_COLUMNS = (
+    EpochMetricsRow.epoch,
+    EpochMetricsRow.train_loss,
+    EpochMetricsRow.train_acc,
+    EpochMetricsRow.val_loss,
+    EpochMetricsRow.val_acc,
+    EpochMetricsRow.lr,
+    EpochMetricsRow.seconds,
+)
+
+
+def read_metrics(session: Session, run_ids: Sequence[str]) -> dict[str, list[EpochMetrics]]:
+    """Every epoch's metrics of these runs, in epoch order (one query)."""
+    result: dict[str, list[EpochMetrics]] = {run_id: [] for run_id in run_ids}
+    if not run_ids:
+        return result
+    query = (
+        select(EpochMetricsRow.run_id, *_METRIC_COLUMNS)
+        .where(EpochMetricsRow.run_id.in_(run_ids))
+        .order_by(EpochMetricsRow.run_id, EpochMetricsRow.epoch)
+    )
+    for run_id, *row in session.execute(query):
+        result[run_id].append(_metrics(row))
+    return result
+
+
+def read_final_metrics(session: Session, run_ids: Sequence[str]) -> dict[str, EpochMetrics]:
+    """The last recorded epoch's metrics of each run that has one (one query)."""
+    if not run_ids:
+        return {}
+    last = (
+        select(EpochMetricsRow.run_id, func.max(EpochMetricsRow.epoch).label("epoch"))
+        .where(EpochMetricsRow.run_id.in_(run_ids))
+        .group_by(EpochMetricsRow.run_id)
+        .subquery()
+    )
+    query = select(EpochMetricsRow.run_id, *_METRIC_COLUMNS).join(
+        last,
+        (EpochMetricsRow.run_id == last.c.run_id) & (EpochMetricsRow.epoch == last.c.epoch),
+    )
+    return {run_id: _metrics(row) for run_id, *row in session.execute(query)}
+
+
+def read_gradflow(
+    session: Session,
+    run_ids: Sequence[str],
+    *,
+    stat: str,
+    window: str,
+    layer_count: int,
+    epoch_from: int | None = None,
+    epoch_to: int | None = None,
+) -> dict[str, GradflowSeries]:
+    """One statistic in one window for these runs, epochs in order (one query).
+
+    A layer missing from an epoch (never written by the worker, which writes an epoch's layers
+    in one transaction) reads as NaN rather than shifting the others.
+    """
+    if stat not in GRADFLOW_STATS:
+        raise ValueError(f"stat must be one of {GRADFLOW_STATS}, got {stat!r}")
+    if window not in GRADFLOW_WINDOWS:
+        raise ValueError(f"window must be one of {GRADFLOW_WINDOWS}, got {window!r}")
+    result = {run_id: GradflowSeries([], []) for run_id in run_ids}
+    if not run_ids:
+        return result
+    column = getattr(GradFlowRow, f"{window}_{stat}")
+    query = select(GradFlowRow.run_id, GradFlowRow.epoch, GradFlowRow.layer_index, column).where(
+        GradFlowRow.run_id.in_(run_ids)
+    )
+    if epoch_from is not None:
+        query = query.where(GradFlowRow.epoch >= epoch_from)
+    if epoch_to is not None:
+        query = query.where(GradFlowRow.epoch <= epoch_to)
+    query = query.order_by(GradFlowRow.run_id, GradFlowRow.epoch, GradFlowRow.layer_index)
+    current: GradflowSeries | None = None
+    row_values: list[float] = []
+    last_key: tuple[str, int] | None = None
+    for run_id, epoch, layer_index, value in session.execute(query):
+        if (run_id, epoch) != last_key:
+            current = result[run_id]
+            row_values = [math.nan] * layer_count
+            current.epochs.append(epoch)
+            current.values.append(row_values)
+            last_key = (run_id, epoch)
+        if 0 <= layer_index < layer_count:
+            row_values[layer_index] = value
+    return result

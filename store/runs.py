@@ -1,0 +1,436 @@
+"""Worker side of the store: run leases, per-epoch writes, outcomes.
+
+A run is owned through a database lease, never through the broker: ``claim_run`` is one
+conditional UPDATE (queued, or running with an expired lease -> running, attempt + 1) so two
+workers handed the same run id (a Redis redelivery, a reaper re-enqueue) can never both train
+it. Every later write is fenced on the owner token the claim wrote, so a worker that lost its
+lease (it stalled past the lease, another took over) cannot overwrite the new owner's progress.
+
+Functions take a ``Session``, execute and flush, and never commit: the worker wraps each
+step in ``session_scope``. On SQLite every write transaction here starts with a write, so it
+takes the write lock first and waits on ``busy_timeout`` instead of failing on a stale read.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from gradlab.science.records import (
+    GRADFLOW_STATS,
+    GRADFLOW_WINDOWS,
+    Divergence,
+    EpochMetrics,
+    GradFlowEpoch,
+    TestResult,
+)
+from gradlab.store.base import utcnow
+from gradlab.store.experiments import refresh_experiment_status
+from gradlab.store.models import (
+    Checkpoint,
+    EpochMetricsRow,
+    Experiment,
+    GradFlowRow,
+    Run,
+)
+
+FINISH_STATUSES = ("succeeded", "failed", "cancelled", "diverged")
+
+
+class LeaseLostError(RuntimeError):
+    """This worker no longer owns the run (its lease expired and another worker claimed it)."""
+
+
+@dataclass(frozen=True)
+class ClaimedRun:
+    """What a worker needs after winning a run's lease."""
+
+    run_id: str
+    experiment_id: str
+    seed: int
+    attempt: int
+    owner: str
+    spec: dict[str, Any]
+    epochs_done: int
+
+
+@dataclass(frozen=True)
+class StoredCheckpoint:
+    epoch: int
+    data: bytes
+
+
+def owner_token(worker: str, attempt: int) -> str:
+    """The lease owner written by a claim: the worker's name plus the attempt it started."""
+    return f"{worker}#{attempt}"
+
+
+def _claimable(now: datetime) -> Any:
+    return or_(
+        Run.status == "queued",
+        and_(Run.status == "running", Run.lease_expires_at < now),
+    )
+
+
+def claim_run(
+    session: Session,
+    run_id: str,
+    worker: str,
+    *,
+    lease_seconds: int,
+    max_attempts: int,
+    now: datetime | None = None,
+) -> ClaimedRun | None:
+    """Take the run's lease, or return None when it is not this worker's to train.
+
+    None when the run is missing, finished, or leased by a live worker. A claimable run that
+    already used ``max_attempts`` attempts is marked ``failed`` instead (a task that kills its
+    worker every time must not loop forever through ``task_reject_on_worker_lost``).
+    """
+    now = now or utcnow()
+    row = session.execute(select(Run.attempt).where(Run.id == run_id)).first()
+    if row is None:
+        return None
+    attempt = row.attempt + 1
+    owner = owner_token(worker, attempt)
+    # The attempt read above is part of the condition: if another worker claimed in between,
+    # attempt moved on and this UPDATE matches nothing (compare-and-swap).
+    claimed = session.execute(
+        update(Run)
+        .where(Run.id == run_id, Run.attempt == row.attempt, Run.attempt < max_attempts)
+        .where(_claimable(now))
+        .values(
+            status="running",
+            attempt=attempt,
+            worker=owner,
+            lease_expires_at=now + timedelta(seconds=lease_seconds),
+            heartbeat_at=now,
+            started_at=now,
+            finished_at=None,
+            updated_at=now,
+        )
+        .execution_options(synchronize_session=False)
+    )
+    if claimed.rowcount != 1:
+        _fail_if_out_of_attempts(session, run_id, max_attempts, now)
+        return None
+    run = session.execute(
+        select(Run.experiment_id, Run.seed, Run.epochs_done, Experiment.spec)
+        .join(Experiment, Experiment.id == Run.experiment_id)
+        .where(Run.id == run_id)
+    ).one()
+    refresh_experiment_status(session, run.experiment_id)
+    session.flush()
+    return ClaimedRun(
+        run_id=run_id,
+        experiment_id=run.experiment_id,
+        seed=run.seed,
+        attempt=attempt,
+        owner=owner,
+        spec=dict(run.spec),
+        epochs_done=run.epochs_done,
+    )
+
+
+def _fail_if_out_of_attempts(
+    session: Session, run_id: str, max_attempts: int, now: datetime
+) -> None:
+    failed = session.execute(
+        update(Run)
+        .where(Run.id == run_id, Run.attempt >= max_attempts)
+        .where(_claimable(now))
+        .values(
+            status="failed",
+            error=f"gave up after {max_attempts} attempts: the run's worker was lost each time "
+            "(killed, out of memory, or the node went away)",
+            finished_at=now,
+            lease_expires_at=None,
+            updated_at=now,
+        )
+        .execution_options(synchronize_session=False)
+    )
+    if failed.rowcount:
+        experiment_id = session.scalar(select(Run.experiment_id).where(Run.id == run_id))
+        if experiment_id is not None:
+            refresh_experiment_status(session, experiment_id)
+
+
+def heartbeat(
+    session: Session,
+    run_id: str,
+    owner: str,
+    *,
+    lease_seconds: int,
+    now: datetime | None = None,
+) -> bool:
+    """Extend the lease; False when this owner has lost the run (stop training it)."""
+    now = now or utcnow()
+    result = session.execute(
+        update(Run)
+        .where(Run.id == run_id, Run.worker == owner, Run.status == "running")
+        .values(heartbeat_at=now, lease_expires_at=now + timedelta(seconds=lease_seconds))
+        .execution_options(synchronize_session=False)
+    )
+    return result.rowcount == 1
+
+
+def _gradflow_rows(run_id: str, gradflow: GradFlowEpoch) -> list[dict[str, Any]]:
+    n_layers = len(gradflow.layers)
+    columns: dict[str, list[float]] = {}
+    for window in GRADFLOW_WINDOWS:
+        stats = gradflow.window(window)
+        for stat in GRADFLOW_STATS:
+            values = stats.get(stat)
+            if values is None or len(values) != n_layers:
+                got = "missing" if values is None else f"{len(values)} values"
+                raise ValueError(
+                    f"gradflow {window}.{stat} of epoch {gradflow.epoch} must have one value per "
+                    f"layer ({n_layers}); got {got}"
+                )
+            columns[f"{window}_{stat}"] = values
+    return [
+        {
+            "run_id": run_id,
+            "epoch": gradflow.epoch,
+            "layer_index": j,
+            **{name: float(values[j]) for name, values in columns.items()},
+        }
+        for j in range(n_layers)
+    ]
+
+
+def _upsert(
+    session: Session,
+    model: type[Any],
+    rows: list[dict[str, Any]],
+    keys: list[str],
+    *,
+    only_forward: Any | None = None,
+) -> None:
+    """INSERT ... ON CONFLICT (keys) DO UPDATE for every row, in one round trip.
+
+    Executed as an executemany of one parameterless statement (batched by SQLAlchemy's
+    insertmanyvalues), so the SQL compiles once and is cached; a multi-row ``.values(rows)``
+    would be recompiled on every call, which costs more than the write itself.
+    """
+    dialect = session.get_bind().dialect.name
+    if dialect == "postgresql":
+        stmt: Any = postgresql.insert(model)
+    elif dialect == "sqlite":
+        stmt = sqlite.insert(model)
+    else:  # pragma: no cover - only the two supported backends
+        raise RuntimeError(f"unsupported database backend {dialect!r}")
+    updates = {name: stmt.excluded[name] for name in rows[0] if name not in keys}
+    where = None if only_forward is None else only_forward(stmt.excluded)
+    stmt = stmt.on_conflict_do_update(index_elements=keys, set_=updates, where=where)
+    session.execute(stmt, rows)
+
+
+def record_epoch(
+    session: Session,
+    run_id: str,
+    metrics: EpochMetrics,
+    gradflow: GradFlowEpoch,
+    checkpoint_bytes: bytes | None,
+    *,
+    owner: str | None = None,
+    lease_seconds: int | None = None,
+) -> None:
+    """Write one finished epoch: metrics row, one gradflow row per layer, the checkpoint, and
+    the run's progress, in the caller's transaction.
+
+    Idempotent on (run_id, epoch): a re-delivered epoch replaces its rows, never duplicates
+    them. With ``owner`` the write is fenced on the lease (``LeaseLostError`` if lost) and, with
+    ``lease_seconds``, also renews it.
+    """
+    if gradflow.epoch != metrics.epoch:
+        raise ValueError(
+            f"metrics are for epoch {metrics.epoch} but gradflow for epoch {gradflow.epoch}"
+        )
+    epoch = metrics.epoch
+    rows = _gradflow_rows(run_id, gradflow)
+    now = utcnow()
+
+    # Progress first: on SQLite this takes the write lock before anything else, and with an
+    # owner it is the fence (nothing else is written when the lease is gone).
+    progress = update(Run).where(Run.id == run_id)
+    if owner is not None:
+        progress = progress.where(Run.worker == owner, Run.status == "running")
+    values: dict[str, Any] = {
+        "epochs_done": _greatest(Run.epochs_done, epoch + 1, session),
+        "layers": list(gradflow.layers),
+        "updated_at": now,
+    }
+    if lease_seconds is not None:
+        values["heartbeat_at"] = now
+        values["lease_expires_at"] = now + timedelta(seconds=lease_seconds)
+    result = session.execute(progress.values(**values).execution_options(synchronize_session=False))
+    if result.rowcount != 1:
+        if owner is not None:
+            raise LeaseLostError(f"run {run_id} is no longer leased to {owner}")
+        raise LookupError(f"run {run_id} does not exist")
+
+    # Upserts keyed on (run_id, epoch[, layer]): a re-delivered epoch replaces its rows.
+    metrics_row = {"run_id": run_id, **metrics.to_dict()}
+    _upsert(session, EpochMetricsRow, [metrics_row], ["run_id", "epoch"])
+    if rows:
+        _upsert(session, GradFlowRow, rows, ["run_id", "epoch", "layer_index"])
+    if checkpoint_bytes is not None:
+        checkpoint_row = {
+            "run_id": run_id,
+            "epoch": epoch,
+            "data": checkpoint_bytes,
+            "size_bytes": len(checkpoint_bytes),
+            "created_at": now,
+        }
+        # Only move forward: a re-delivered older epoch never replaces a newer checkpoint.
+        _upsert(
+            session,
+            Checkpoint,
+            [checkpoint_row],
+            ["run_id"],
+            only_forward=lambda excluded: Checkpoint.epoch <= excluded.epoch,
+        )
+    session.flush()
+
+
+def _greatest(column: Any, value: int, session: Session) -> Any:
+    # GREATEST on Postgres, the two-argument MAX on SQLite: epochs_done never moves backwards.
+    if session.get_bind().dialect.name == "sqlite":
+        return func.max(column, value)
+    return func.greatest(column, value)
+
+
+def finish_run(
+    session: Session,
+    run_id: str,
+    status: str,
+    *,
+    owner: str | None = None,
+    test: TestResult | None = None,
+    divergence: Divergence | None = None,
+    error: str | None = None,
+    environment: dict[str, Any] | None = None,
+    now: datetime | None = None,
+) -> bool:
+    """Record the run's outcome and release its lease; roll the status up to the experiment.
+
+    Fenced on ``owner`` when given: False (nothing written) if this worker lost the run.
+    """
+    if status not in FINISH_STATUSES:
+        raise ValueError(f"status must be one of {FINISH_STATUSES}, got {status!r}")
+    now = now or utcnow()
+    values: dict[str, Any] = {
+        "status": status,
+        "finished_at": now,
+        "lease_expires_at": None,
+        "updated_at": now,
+        "error": error,
+    }
+    if test is not None:
+        values.update(test_loss=test.loss, test_acc=test.acc, best_epoch=test.best_epoch)
+    if divergence is not None:
+        values.update(diverged_epoch=divergence.epoch, diverged_step=divergence.step)
+    if environment is not None:
+        values["environment"] = environment
+    stmt = update(Run).where(Run.id == run_id)
+    if owner is not None:
+        stmt = stmt.where(Run.worker == owner, Run.status == "running")
+    result = session.execute(stmt.values(**values).execution_options(synchronize_session=False))
+    if result.rowcount != 1:
+        return False
+    experiment_id = session.scalar(select(Run.experiment_id).where(Run.id == run_id))
+    if experiment_id is not None:
+        refresh_experiment_status(session, experiment_id)
+    session.flush()
+    return True
+
+
+def set_environment(session: Session, run_id: str, environment: dict[str, Any]) -> None:
+    session.execute(
+        update(Run)
+        .where(Run.id == run_id)
+        .values(environment=environment)
+        .execution_options(synchronize_session=False)
+    )
+
+
+def latest_checkpoint(session: Session, run_id: str) -> StoredCheckpoint | None:
+    row = session.execute(
+        select(Checkpoint.epoch, Checkpoint.data).where(Checkpoint.run_id == run_id)
+    ).first()
+    return None if row is None else StoredCheckpoint(epoch=row.epoch, data=bytes(row.data))
+
+
+def cancel_requested(session: Session, run_id: str) -> bool:
+    """Whether the run's experiment was asked to stop (checked once per epoch)."""
+    requested = session.execute(
+        select(Experiment.cancel_requested_at)
+        .join(Run, Run.experiment_id == Experiment.id)
+        .where(Run.id == run_id)
+    ).first()
+    return requested is not None and requested.cancel_requested_at is not None
+
+
+def find_lost_runs(session: Session, *, now: datetime | None = None, limit: int = 100) -> list[str]:
+    """Runs marked running whose lease expired: their worker died or was cut off."""
+    now = now or utcnow()
+    return list(
+        session.scalars(
+            select(Run.id)
+            .where(Run.status == "running", Run.lease_expires_at < now)
+            .order_by(Run.lease_expires_at)
+            .limit(limit)
+        )
+    )
+
+
+def find_queued_runs(
+    session: Session,
+    *,
+    queued_before: datetime | None = None,
+    limit: int = 100,
+) -> list[str]:
+    """Queued runs, oldest first (optionally only those queued before a moment)."""
+    query = select(Run.id).where(Run.status == "queued")
+    if queued_before is not None:
+        query = query.where(Run.queued_at < queued_before)
+    # Seeds of one experiment share queued_at: take them in seed order.
+    order = (Run.queued_at, Run.experiment_id, Run.seed)
+    return list(session.scalars(query.order_by(*order).limit(limit)))
+
+
+def requeue_running(session: Session, run_id: str, *conditions: Any,
+                    now: datetime | None = None) -> bool:
+    """Hand a running run back to the queue if it still matches ``conditions`` (checked in the
+    same UPDATE, since its worker may have heartbeated or finished since the caller looked).
+    Returns whether it was requeued; the experiment's status follows."""
+    now = now or utcnow()
+    row = session.execute(
+        update(Run)
+        .where(Run.id == run_id, Run.status == "running", *conditions)
+        .values(status="queued", worker=None, lease_expires_at=None, queued_at=now,
+                updated_at=now)
+        .returning(Run.experiment_id)
+    ).first()
+    if row is not None:
+        refresh_experiment_status(session, row.experiment_id)
+    return row is not None
+
+
+def mark_requeued(session: Session, run_ids: list[str], *, now: datetime | None = None) -> None:
+    """Note that these queued runs were sent to the broker again (so a reaper resends each at
+    most once per period instead of flooding the queue)."""
+    if not run_ids:
+        return
+    session.execute(
+        update(Run)
+        .where(Run.id.in_(run_ids), Run.status == "queued")
+        .values(queued_at=now or utcnow())
+        .execution_options(synchronize_session=False)
+    )

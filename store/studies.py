@@ -1,0 +1,309 @@
+"""Studies in the store: expand a study into experiments (reusing existing ones) and read back
+what their runs produced as :class:`~gradlab.science.study_results.CellResult` s.
+
+Like every repository here: takes a ``Session``, flushes, never commits.
+
+Reuse: a cell whose spec has the same ``spec_hash`` as an existing experiment (the canonical
+spec without seeds, :func:`gradlab.store.experiments.spec_hash`) is that experiment; seeds the
+cell asks for that it lacks get new queued runs. Submitting the same study (same name, spec and
+scale) again returns the existing study, so a re-run resumes instead of duplicating.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session, selectinload
+
+from gradlab.science.records import GRADFLOW_STATS, GradFlowEpoch, TestResult
+from gradlab.science.spec import ExperimentSpec
+from gradlab.science.study import StudySpec, expand
+from gradlab.science.study_results import CellResult, SeedRun
+from gradlab.store.base import new_id, utcnow
+from gradlab.store.experiments import (
+    create_experiment,
+    new_queued_run,
+    read_metrics,
+    refresh_experiment_status,
+    spec_hash,
+)
+from gradlab.store.models import Experiment, GradFlowRow, Run, Study, StudyCell
+
+
+@dataclass
+class SubmittedStudy:
+    """The study row, and which of its runs need a worker (queued, new or not)."""
+
+    study: Study
+    created: bool
+    queued_run_ids: list[str] = field(default_factory=list)
+    reused_experiment_ids: list[str] = field(default_factory=list)
+
+
+def _stored_spec(study: StudySpec, scale: str) -> dict[str, Any]:
+    return {"study": study.model_dump(mode="json"), "scale": scale}
+
+
+def find_study(session: Session, study: StudySpec, scale: str) -> Study | None:
+    """An earlier submission of exactly this study at this scale, if any."""
+    wanted = _stored_spec(study, scale)
+    for row in session.scalars(select(Study).where(Study.name == study.name)):
+        if row.spec == wanted:
+            return row
+    return None
+
+
+def _find_experiment(session: Session, spec: ExperimentSpec) -> Experiment | None:
+    query = (
+        select(Experiment)
+        .options(selectinload(Experiment.runs))
+        .where(Experiment.spec_hash == spec_hash(spec))
+        .order_by(Experiment.created_at, Experiment.id)
+        .limit(1)
+    )
+    return session.scalars(query).first()
+
+
+def _add_missing_seeds(session: Session, experiment: Experiment, seeds: Sequence[int]) -> None:
+    have = {run.seed for run in experiment.runs}
+    missing = sorted(set(seeds) - have)
+    if not missing:
+        return
+    now = utcnow()
+    for seed in missing:
+        experiment.runs.append(new_queued_run(seed, now))
+    # The stored spec lists every seed the experiment has runs for.
+    experiment.spec = {**experiment.spec, "seeds": sorted(have | set(missing))}
+    experiment.updated_at = now
+    session.flush()
+    refresh_experiment_status(session, experiment.id)
+
+
+def submit_study(session: Session, study: StudySpec, scale: str | None = None) -> SubmittedStudy:
+    """Expand ``study`` into experiments and runs (reusing what exists); flushed, not committed."""
+    scale = study.scale if scale is None else scale
+    cells = expand(study, scale=scale)
+    existing = find_study(session, study, scale)
+    created = existing is None
+    reused: list[str] = []
+    if existing is None:
+        existing = Study(id=new_id(), name=study.name, spec=_stored_spec(study, scale))
+        session.add(existing)
+        session.flush()
+        for cell in cells:
+            experiment = _find_experiment(session, cell.spec)
+            if experiment is None:
+                experiment = create_experiment(session, cell.spec)
+            else:
+                reused.append(experiment.id)
+                _add_missing_seeds(session, experiment, cell.spec.seeds)
+            session.add(
+                StudyCell(
+                    study_id=existing.id,
+                    position=cell.position,
+                    experiment_id=experiment.id,
+                    coordinates=_json_coordinates(cell.coordinates),
+                )
+            )
+        session.flush()
+    _requeue_failed(session, existing)
+    queued = _queued_runs(session, existing)
+    return SubmittedStudy(existing, created, queued, reused)
+
+
+def _requeue_failed(session: Session, study: Study) -> None:
+    """Resubmitting a study completes it: its failed runs go back to the queue with a fresh
+    attempt budget and resume from their last checkpoint (a code failure after a fix, or an
+    infrastructure failure past the attempt cap). Diverged runs stay: divergence is
+    deterministic. Cancelled runs stay: that was someone's decision."""
+    now = utcnow()
+    touched: set[str] = set()
+    for runs in cell_runs(session, study).values():
+        for run in runs:
+            if run.status == "failed":
+                run.status, run.attempt, run.queued_at = "queued", 0, now
+                run.worker = run.lease_expires_at = run.finished_at = None
+                touched.add(run.experiment_id)
+    session.flush()
+    for experiment_id in touched:
+        refresh_experiment_status(session, experiment_id)
+
+
+def _json_coordinates(coordinates: dict[str, Any]) -> dict[str, Any]:
+    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in coordinates.items()}
+
+
+def get_study(session: Session, study_id: str) -> Study | None:
+    query = (
+        select(Study)
+        .options(selectinload(Study.cells).selectinload(StudyCell.experiment))
+        .where(Study.id == study_id)
+        .execution_options(populate_existing=True)
+    )
+    return session.scalars(query).one_or_none()
+
+
+def study_spec_of(study: Study) -> tuple[StudySpec, str]:
+    """The submitted study spec and scale of a stored study."""
+    return StudySpec.model_validate(study.spec["study"]), str(study.spec["scale"])
+
+
+def cell_runs(session: Session, study: Study) -> dict[int, list[Run]]:
+    """Position -> the runs of that cell's seeds (only the seeds the cell asked for)."""
+    cells = list(study.cells)
+    experiment_ids = [c.experiment_id for c in cells]
+    runs = session.scalars(
+        select(Run)
+        .where(Run.experiment_id.in_(experiment_ids))
+        .order_by(Run.seed)
+        .execution_options(populate_existing=True)
+    ).all()
+    by_experiment: dict[str, list[Run]] = {}
+    for run in runs:
+        by_experiment.setdefault(run.experiment_id, []).append(run)
+    spec, scale = study_spec_of(study)
+    planned = {c.position: set(c.spec.seeds) for c in expand(spec, scale=scale)}
+    result: dict[int, list[Run]] = {}
+    for cell in cells:
+        wanted = planned.get(cell.position)
+        result[cell.position] = [
+            r
+            for r in by_experiment.get(cell.experiment_id, [])
+            if wanted is None or r.seed in wanted
+        ]
+    return result
+
+
+def runs_version(session: Session, study: Study) -> tuple[tuple[str, str, int, int], ...]:
+    """What a study's report depends on, in one small query: a run changes its numbers only
+    when it records an epoch, changes status or restarts (all three move this tuple)."""
+    rows = session.execute(
+        select(Run.id, Run.status, Run.epochs_done, Run.attempt)
+        .join(StudyCell, StudyCell.experiment_id == Run.experiment_id)
+        .where(StudyCell.study_id == study.id)
+        .order_by(Run.id)
+    ).all()
+    return tuple((r.id, r.status, r.epochs_done, r.attempt) for r in rows)
+
+
+def _queued_runs(session: Session, study: Study) -> list[str]:
+    session.refresh(study)
+    ids: list[str] = []
+    for runs in cell_runs(session, study).values():
+        ids += [r.id for r in runs if r.status == "queued"]
+    return ids
+
+
+def _read_gradflow_all(session: Session, run_ids: Sequence[str]) -> dict[str, dict[int, Any]]:
+    """run id -> epoch -> (last_batch, epoch_mean) rows of every layer (one query)."""
+    result: dict[str, dict[int, Any]] = {r: {} for r in run_ids}
+    if not run_ids:
+        return result
+    columns = [
+        getattr(GradFlowRow, f"{w}_{s}")
+        for w in ("last_batch", "epoch_mean")
+        for s in GRADFLOW_STATS
+    ]
+    query = (
+        select(GradFlowRow.run_id, GradFlowRow.epoch, GradFlowRow.layer_index, *columns)
+        .where(GradFlowRow.run_id.in_(run_ids))
+        .order_by(GradFlowRow.run_id, GradFlowRow.epoch, GradFlowRow.layer_index)
+    )
+    for run_id, epoch, layer_index, *values in session.execute(query):
+        result[run_id].setdefault(epoch, []).append((layer_index, values))
+    return result
+
+
+def _gradflow_epochs(layers: tuple[str, ...], rows_by_epoch: dict[int, Any]) -> list[GradFlowEpoch]:
+    epochs = []
+    count = len(GRADFLOW_STATS)
+    for epoch in sorted(rows_by_epoch):
+        last: dict[str, list[float]] = {s: [float("nan")] * len(layers) for s in GRADFLOW_STATS}
+        mean: dict[str, list[float]] = {s: [float("nan")] * len(layers) for s in GRADFLOW_STATS}
+        for layer_index, values in rows_by_epoch[epoch]:
+            if not 0 <= layer_index < len(layers):
+                continue
+            for k, stat in enumerate(GRADFLOW_STATS):
+                last[stat][layer_index] = float(values[k])
+                mean[stat][layer_index] = float(values[count + k])
+        epochs.append(GradFlowEpoch(epoch=epoch, layers=layers, last_batch=last, epoch_mean=mean))
+    return epochs
+
+
+def study_results(session: Session, study: Study) -> list[CellResult]:
+    """What every cell's runs have produced so far, cells in study order."""
+    spec, scale = study_spec_of(study)
+    expanded = {c.position: c for c in expand(spec, scale=scale)}
+    by_cell = cell_runs(session, study)
+    run_ids = [r.id for runs in by_cell.values() for r in runs]
+    metrics = read_metrics(session, run_ids)
+    flows = _read_gradflow_all(session, run_ids)
+    results = []
+    for cell in study.cells:
+        experiment_spec = ExperimentSpec.model_validate(cell.experiment.spec)
+        planned = expanded.get(cell.position)
+        cell_spec = planned.spec if planned is not None else experiment_spec
+        seed_runs = []
+        for run in by_cell.get(cell.position, []):
+            layers = tuple(run.layers or ())
+            test = None
+            if run.test_acc is not None and run.test_loss is not None:
+                test = TestResult(
+                    loss=run.test_loss,
+                    acc=run.test_acc,
+                    best_epoch=run.best_epoch if run.best_epoch is not None else -1,
+                )
+            seed_runs.append(
+                SeedRun(
+                    seed=run.seed,
+                    status=run.status,  # type: ignore[arg-type]
+                    layers=layers,
+                    epochs=metrics.get(run.id, []),
+                    gradflow=_gradflow_epochs(layers, flows.get(run.id, {})),
+                    test=test,
+                )
+            )
+        results.append(
+            CellResult(
+                name=cell_spec.name,
+                coordinates=dict(cell.coordinates),
+                spec=cell_spec,
+                runs=seed_runs,
+            )
+        )
+    return results
+
+
+def completion(session: Session, study: Study) -> list[dict[str, Any]]:
+    """The cell x seed completion matrix: per cell, per planned seed, status and epochs done."""
+    spec, scale = study_spec_of(study)
+    expanded = {c.position: c for c in expand(spec, scale=scale)}
+    by_cell = cell_runs(session, study)
+    cells = []
+    for cell in study.cells:
+        planned = expanded.get(cell.position)
+        seeds = list(planned.spec.seeds) if planned else [r.seed for r in by_cell[cell.position]]
+        epochs = planned.spec.hyperparameters.epochs if planned else None
+        runs = {r.seed: r for r in by_cell.get(cell.position, [])}
+        cells.append(
+            {
+                "position": cell.position,
+                "name": planned.name if planned else cell.experiment.name,
+                "experiment_id": cell.experiment_id,
+                "coordinates": cell.coordinates,
+                "seeds": [
+                    {
+                        "seed": seed,
+                        "run_id": runs[seed].id if seed in runs else None,
+                        "status": runs[seed].status if seed in runs else "missing",
+                        "epochs_done": runs[seed].epochs_done if seed in runs else 0,
+                        "epochs_planned": epochs,
+                    }
+                    for seed in seeds
+                ],
+            }
+        )
+    return cells
