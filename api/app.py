@@ -19,9 +19,9 @@ from gradlab.api.errors import install_error_handlers
 from gradlab.api.request_metrics import RequestMetrics, RequestMetricsMiddleware
 from gradlab.api.response_cache import ResponseCache
 from gradlab.api.routes import experiments, health, studies
+from gradlab.dispatch.dispatchers import RunDispatcher, make_dispatcher
 from gradlab.settings import Settings, get_settings
 from gradlab.store.session import make_engine, make_session_factory
-from gradlab.worker.dispatch import RunDispatcher
 
 log = logging.getLogger(__name__)
 
@@ -55,8 +55,6 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         made_here = False
         if getattr(app.state, "dispatcher", None) is None:
-            from gradlab.worker.dispatch import make_dispatcher
-
             app.state.dispatcher = make_dispatcher(settings)
             made_here = True
         try:

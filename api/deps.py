@@ -17,9 +17,9 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from gradlab.api.request_metrics import RequestMetrics
 from gradlab.api.response_cache import ResponseCache
+from gradlab.dispatch.dispatchers import RunDispatcher
 from gradlab.settings import Settings
 from gradlab.store.session import session_scope
-from gradlab.worker.dispatch import RunDispatcher
 
 log = logging.getLogger(__name__)
 

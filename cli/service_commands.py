@@ -1,4 +1,5 @@
-"""Service verbs: ``gradlab serve`` (API + local worker, SQLite), ``gradlab worker`` (Celery),
+"""Service verbs: ``gradlab serve`` (API + local worker, SQLite, one command), and the
+cluster's parts: ``gradlab api``, ``gradlab worker`` (Celery), ``gradlab reaper``,
 ``gradlab migrate``."""
 
 from __future__ import annotations
@@ -109,28 +110,50 @@ def serve_command(
         worker.stop()
 
 
+def _broker_url_or_exit(settings: Settings, command: str) -> str:
+    if not settings.broker_url:
+        typer.secho(
+            f"error: `gradlab {command}` needs GRADLAB_BROKER_URL (e.g. redis://localhost:6379/0);"
+            " `gradlab serve` runs everything on one machine without a broker.",
+            fg="red",
+            err=True,
+        )
+        raise typer.Exit(2)
+    return settings.broker_url
+
+
+def api_command(
+    host: str = typer.Option("127.0.0.1", help="Interface to listen on."),
+    port: int = typer.Option(8000, help="Port to listen on."),
+    workers: int = typer.Option(1, min=1, max=64, help="API processes."),
+) -> None:
+    """The API alone, as a container runs it: a database and a broker configured, no worker."""
+    import uvicorn
+
+    _broker_url_or_exit(get_settings(), "api")
+    uvicorn.run(
+        "gradlab.api.app:create_app",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        log_level="info",
+    )
+
+
 def worker_command(
     concurrency: int | None = typer.Option(
         None, help="Runs trained at once (default: one per visible GPU, else 1)."
     ),
     queues: str | None = typer.Option(
-        None, help="Comma-separated queues to consume (default: GRADLAB_CELERY_QUEUE, gradlab)."
-    ),
-    beat: bool = typer.Option(
-        False, help="Also run the lost-run reaper schedule (enable on exactly one worker)."
+        None, help="Comma-separated queues to consume (default: GRADLAB_CELERY_QUEUE)."
     ),
     loglevel: str = typer.Option("info", help="Celery log level."),
 ) -> None:
-    """A Celery worker against the configured broker and database (one child per GPU)."""
+    """A Celery training worker against the configured broker and database (one child per
+    GPU). Run `gradlab reaper` once per deployment beside the workers."""
     settings = get_settings()
-    if not settings.broker_url:
-        typer.secho(
-            "error: GRADLAB_BROKER_URL is not set (e.g. redis://localhost:6379/0); "
-            "`gradlab serve` needs no broker.",
-            fg="red",
-            err=True,
-        )
-        raise typer.Exit(2)
+    _broker_url_or_exit(settings, "worker")
     from gradlab.worker import devices
     from gradlab.worker.celery_app import app as celery_app
 
@@ -139,23 +162,37 @@ def worker_command(
     except ValueError as exc:
         typer.secho(f"error: {exc}", fg="red", err=True)
         raise typer.Exit(2) from None
-    argv = [
-        "worker",
-        "--pool",
-        "prefork",
-        "--concurrency",
-        str(children),
-        "--queues",
-        queues,
-        "--loglevel",
-        loglevel,
-    ]
-    if beat:
-        argv.append("--beat")
+    argv = ["worker", "--pool", "prefork", "--concurrency", str(children)]
+    argv += ["--queues", queues or settings.celery_queue, "--loglevel", loglevel]
+    argv += ["--hostname", f"worker-{os.getpid()}@%h"]
+    sys.exit(celery_app.worker_main(argv))
+
+
+def reaper_command(
+    schedule: Path | None = typer.Option(
+        None, help="Celery beat's schedule file (default: in the temporary folder)."
+    ),
+    loglevel: str = typer.Option("info", help="Celery log level."),
+) -> None:
+    """The lost-run reaper: its schedule and the one consumer of its queue (run exactly one per
+    deployment). It never trains, so it answers while every worker is busy."""
+    import tempfile
+
+    settings = get_settings()
+    _broker_url_or_exit(settings, "reaper")
+    from gradlab.dispatch.queues import reaper_queue
+    from gradlab.worker.celery_app import app as celery_app
+
+    schedule = schedule or Path(tempfile.gettempdir()) / "gradlab-reaper-schedule"
+    argv = ["worker", "--pool", "solo", "--queues", reaper_queue(settings), "--beat"]
+    argv += ["--schedule", str(schedule), "--loglevel", loglevel]
+    argv += ["--hostname", f"reaper-{os.getpid()}@%h"]
     sys.exit(celery_app.worker_main(argv))
 
 
 def register(app: typer.Typer) -> None:
     app.command("serve")(serve_command)
+    app.command("api")(api_command)
     app.command("worker")(worker_command)
+    app.command("reaper")(reaper_command)
     app.command("migrate")(migrate_command)

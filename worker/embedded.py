@@ -21,12 +21,12 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from gradlab.dispatch.dispatchers import EmbeddedDispatcher
 from gradlab.settings import Settings
 from gradlab.store import runs
 from gradlab.store.base import utcnow
 from gradlab.store.models import Run
 from gradlab.store.session import make_engine, make_session_factory, session_scope
-from gradlab.worker.dispatch import EmbeddedDispatcher
 from gradlab.worker.reaper import reap
 
 log = logging.getLogger(__name__)

@@ -14,12 +14,12 @@ from datetime import datetime, timedelta
 
 from sqlalchemy.orm import Session, sessionmaker
 
+from gradlab.dispatch.dispatchers import RunDispatcher
 from gradlab.settings import Settings
 from gradlab.store import runs
 from gradlab.store.base import utcnow
 from gradlab.store.models import Run
 from gradlab.store.session import session_scope
-from gradlab.worker.dispatch import RunDispatcher
 
 log = logging.getLogger(__name__)
 

@@ -84,22 +84,29 @@ def service_env(service_postgres_url: str, data_dir: Path) -> Iterator[dict[str,
 def celery_worker(
     service_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[ServiceProcess]:
+    """One training worker (one prefork child) and the reaper beside it, as deployed."""
     logs = tmp_path_factory.mktemp("celery")
+    reaper = ServiceProcess(
+        "reaper",
+        [str(VENV_BIN / "gradlab"), "reaper", "--schedule", str(logs / "beat-schedule")],
+        service_env,
+        tmp_path_factory.mktemp("reaper"),
+    )
     worker = ServiceProcess(
         "celery-worker",
-        [str(VENV_BIN / "celery"), "-A", "gradlab.worker.celery_app", "worker",
-         "--pool", "prefork", "--concurrency", "1", "--queues", service_env["GRADLAB_CELERY_QUEUE"],
-         "--loglevel", "info", "--beat", "--schedule", str(logs / "beat-schedule"),
-         "--hostname", f"test-{uuid.uuid4().hex[:6]}@%h"],
+        [str(VENV_BIN / "gradlab"), "worker", "--concurrency", "1"],
         service_env,
         logs,
     )
     try:
-        wait_for("the Celery worker to be ready", lambda: "ready." in worker.log_tail(20_000),
-                 timeout=90, service=worker)
+        for process in (reaper, worker):
+            wait_for(f"the {process.name} to be ready",
+                     lambda p=process: "ready." in p.log_tail(20_000), timeout=90,
+                     service=process)
         yield worker
     finally:
         worker.stop()
+        reaper.stop()
 
 
 @pytest.fixture(scope="module")

@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
+from gradlab.dispatch.dispatchers import CeleryDispatcher, EmbeddedDispatcher, make_dispatcher
+from gradlab.dispatch.queues import REAP_TASK, TRAIN_TASK, producer_app
 from gradlab.settings import Settings
-from gradlab.worker.celery_app import REAP_TASK, make_celery
-from gradlab.worker.dispatch import (
-    TRAIN_TASK,
-    CeleryDispatcher,
-    EmbeddedDispatcher,
-    make_dispatcher,
-)
+from gradlab.worker.celery_app import make_celery
 
 
 def test_long_task_settings_follow_the_configured_broker_queue_and_timeouts() -> None:
@@ -19,6 +15,8 @@ def test_long_task_settings_follow_the_configured_broker_queue_and_timeouts() ->
     assert conf.broker_url == "redis://127.0.0.1:6379/3"
     assert conf.broker_transport_options["visibility_timeout"] == 86_400
     assert conf.task_routes[TRAIN_TASK] == {"queue": "gpu-a100"}
+    # The reaper's messages never wait behind runs: a queue of their own.
+    assert conf.task_routes[REAP_TASK] == {"queue": "gpu-a100.reaper"}
     assert conf.task_default_queue == "gpu-a100"
     assert conf.beat_schedule["reap-lost-runs"]["task"] == REAP_TASK
     assert conf.beat_schedule["reap-lost-runs"]["schedule"] == 60
@@ -41,7 +39,7 @@ def test_backlog_counts_the_messages_waiting_in_the_real_redis_queue() -> None:
     from tests.worker.conftest import REDIS_URL, delete_queue_keys
 
     queue = f"gradlab-backlog-{uuid.uuid4().hex[:8]}"
-    dispatcher = CeleryDispatcher(make_celery(Settings(broker_url=REDIS_URL, celery_queue=queue)))
+    dispatcher = CeleryDispatcher(producer_app(Settings(broker_url=REDIS_URL, celery_queue=queue)))
     try:
         dispatcher.dispatch(["run-a", "run-b"])
         assert dispatcher.backlog() == 2

@@ -76,8 +76,8 @@ import torch
 calls = []
 for name in ("is_available", "device_count", "init", "current_device", "set_device"):
     setattr(torch.cuda, name, lambda *a, _n=name, **k: calls.append(_n))
-import gradlab.worker.celery_app as c, gradlab.worker.tasks
-c._parent_publishes_gpus()
+import gradlab.worker.celery_app, gradlab.worker.lifecycle as c
+c.parent_publishes_gpus()
 print(calls)
 """
     out = subprocess.run(

@@ -11,14 +11,13 @@ import logging
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
+from gradlab.dispatch.queues import TRAIN_TASK, producer_app
 from gradlab.settings import Settings
 
 if TYPE_CHECKING:
     from celery import Celery
 
 log = logging.getLogger(__name__)
-
-TRAIN_TASK = "gradlab.train_run"
 
 
 class RunDispatcher(Protocol):
@@ -74,7 +73,5 @@ class EmbeddedDispatcher:
 def make_dispatcher(settings: Settings, *, wake: Any | None = None) -> RunDispatcher:
     """Celery when ``GRADLAB_BROKER_URL`` is set, else the embedded local worker."""
     if settings.broker_url:
-        from gradlab.worker.celery_app import make_celery
-
-        return CeleryDispatcher(make_celery(settings))
+        return CeleryDispatcher(producer_app(settings))
     return EmbeddedDispatcher(wake)

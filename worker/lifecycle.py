@@ -1,0 +1,44 @@
+"""Worker process start-up: share the GPUs out before fork, pin each child to one after.
+
+The parent never touches CUDA (see ``devices``); each child narrows ``CUDA_VISIBLE_DEVICES``
+to its own GPU and drops the database connections it inherited.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from celery.signals import worker_init, worker_process_init
+
+from gradlab.settings import get_settings
+from gradlab.worker import devices, process_state
+
+log = logging.getLogger(__name__)
+
+
+def parent_publishes_gpus(**_: object) -> None:
+    # In the parent, before the pool forks: record the GPUs to share out, without CUDA.
+    gpus = devices.publish_gpus_to_children()
+    log.info("gradlab worker: %s", f"GPUs {gpus}" if gpus else "CPU mode")
+
+
+def child_pins_gpu_and_drops_inherited_connections(**_: object) -> None:
+    from billiard.process import current_process
+
+    index = getattr(current_process(), "index", None) or 0
+    pinned = devices.pin_child(index)
+    process_state.reset(device=devices.child_device(get_settings().device, pinned))
+    log.info(
+        "child %d pid %d: device %s (CUDA_VISIBLE_DEVICES=%s)",
+        index,
+        os.getpid(),
+        pinned,
+        os.environ.get("CUDA_VISIBLE_DEVICES"),
+    )
+
+
+def connect() -> None:
+    """Connect the handlers (weakly held by Celery; these are module functions, kept alive)."""
+    worker_init.connect(parent_publishes_gpus)
+    worker_process_init.connect(child_pins_gpu_and_drops_inherited_connections)
