@@ -27,6 +27,7 @@ services:
 
 test: setup services
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest
 
 bench: setup services
