@@ -31,6 +31,13 @@ def _settings_with(db: str | None) -> Settings:
     return get_settings()
 
 
+def _without_password(url: str) -> str:
+    """The URL as logs may show it: these lines end up in container and Kubernetes Job logs."""
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
+
+
 def _migrate_or_exit(url: str, revision: str = "head") -> None:
     from sqlalchemy.exc import SQLAlchemyError
 
@@ -42,7 +49,8 @@ def _migrate_or_exit(url: str, revision: str = "head") -> None:
         else:
             migrate.upgrade(url, revision)
     except (SQLAlchemyError, OSError) as exc:
-        typer.secho(f"error: cannot migrate the database {url}: {exc}", fg="red", err=True)
+        typer.secho(f"error: cannot migrate the database {_without_password(url)}: {exc}",
+                    fg="red", err=True)
         raise typer.Exit(2) from None
 
 
@@ -57,7 +65,8 @@ def migrate_command(
 
     settings = _settings_with(db)
     _migrate_or_exit(settings.database_url, revision)
-    typer.echo(f"{settings.database_url}: at {migrate.current_revision(settings.database_url)}")
+    revision_now = migrate.current_revision(settings.database_url)
+    typer.echo(f"{_without_password(settings.database_url)}: at {revision_now}")
 
 
 def _exit_on_sigterm(_signum: int, _frame: object) -> None:

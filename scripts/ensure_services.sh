@@ -18,3 +18,6 @@ if ! redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1; then
 fi
 pg_isready -h 127.0.0.1 -p 5432
 redis-cli -h 127.0.0.1 -p 6379 ping
+
+# Docker for the deployment tests (tests/deploy); never fatal.
+bash "$(dirname "$0")/ensure_docker.sh"
