@@ -7,7 +7,7 @@ PYTHON ?= python3
 GRADLAB_DATA_DIR ?= $(if $(wildcard ../shared/data/cifar100/train.npz),$(abspath ../shared/data/cifar100),$(abspath data))
 export GRADLAB_DATA_DIR
 
-.PHONY: setup demo test lint services bench clean
+.PHONY: setup demo test test-deploy lint services bench clean images compose-up compose-down
 
 setup: $(VENV)/.installed
 
@@ -29,6 +29,23 @@ test: setup services
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports
 	$(BIN)/python -m pytest
+
+# The deployment's tests alone (tests/deploy): Helm chart, compose file, Dockerfiles, and the
+# images built and run with Docker (minutes on a first build, reused afterwards).
+test-deploy: setup services
+	$(BIN)/python -m pytest tests/deploy
+
+# docker-compose.yml on this machine (no image registry): images built here, the stack up
+# with the API on localhost:8000 (port in .env, written on first use with the data folder
+# above). docs/deploy.md.
+images:
+	python3 scripts/build_images.py --prune
+
+compose-up:
+	bash scripts/compose.sh up
+
+compose-down:
+	bash scripts/compose.sh down
 
 bench: setup services
 	$(BIN)/gradlab bench
