@@ -185,7 +185,7 @@ def _train(spec: Any, seed: int, data_dir: Path | None, device: str, out: Path, 
 
     from gradlab.core.checkpoints import CheckpointError
     from gradlab.core.data import DataFormatError, DataNotFoundError, load_cifar, resolve_data_dir
-    from gradlab.core.training_loop import train_run
+    from gradlab.core.training_loop import fit
 
     console = Console()
     checkpoint_path = out / "checkpoint.pt"
@@ -209,7 +209,7 @@ def _train(spec: Any, seed: int, data_dir: Path | None, device: str, out: Path, 
                   f"{'on' if spec.residual else 'off'}, seed {seed}, {spec.hyperparameters.epochs}"
                   f" epochs on {data.source}")
     try:
-        result = train_run(spec, seed, data, device=device, on_epoch_end=save_epoch,
+        result = fit(spec, seed, data, device=device, on_epoch_end=save_epoch,
                            resume_from=blob, show_progress=True, compile_model=compile_model)
     except (CheckpointError, ValueError) as exc:
         raise UserError(str(exc)) from None

@@ -1,7 +1,7 @@
 """What a study has produced so far: a CellResult per cell and a SeedRun per seed.
 
 Plain typed records built from :mod:`gradlab.science.records`, by the store (reading rows back) or
-by the CLI (from ``train_run`` results); aggregation, diagnostics and reports read only these.
+by the CLI (from ``fit`` results); aggregation, diagnostics and reports read only these.
 A run still in progress simply has fewer epochs; a seed not started yet has no ``SeedRun``.
 """
 

@@ -135,7 +135,7 @@ def execute_run(
     ``data(dataset)`` returns the arrays (loaded once per process by the caller's cache).
     """
     from gradlab.core.environment import describe_environment, resolve_device
-    from gradlab.core.training_loop import train_run
+    from gradlab.core.training_loop import fit
 
     settings = settings or get_settings()
     lease = settings.lease_seconds
@@ -200,7 +200,7 @@ def execute_run(
 
     beat.start()
     try:
-        result = train_run(
+        result = fit(
             spec,
             claimed.seed,
             arrays,
