@@ -51,24 +51,13 @@ def _spec_from(spec_file: Path | None, overrides: dict[str, Any]) -> Any:
     """The spec file (or the defaults), with every flag that was given laid over it."""
     from pydantic import ValidationError
 
-    from gradlab.science.spec import ExperimentSpec
+    from gradlab.science.spec import ExperimentSpec, apply_dotted_updates
 
     base: dict[str, Any] = {}
     if spec_file is not None:
         base = _read_spec_file(spec_file)
-    merged = json.loads(json.dumps(base))
-    for path, value in overrides.items():
-        if value is None:
-            continue
-        node = merged
-        *parents, leaf = path.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = value
-        if leaf == "depth":
-            merged.pop("blocks_per_stage", None)
-        if leaf == "blocks_per_stage":
-            merged.pop("depth", None)
+    given = {path: value for path, value in overrides.items() if value is not None}
+    merged = apply_dotted_updates(base, given)
     try:
         return ExperimentSpec.model_validate(merged)
     except ValidationError as exc:

@@ -97,11 +97,6 @@ def load_checkpoint(blob: bytes) -> dict[str, Any]:
     return payload
 
 
-def checkpoint_epoch(blob: bytes) -> int:
-    """The last finished epoch stored in a checkpoint."""
-    return int(load_checkpoint(blob)["epoch"])
-
-
 def training_state_from(payload: dict[str, Any], device: torch.device) -> TrainingState:
     best = payload["best_weights"]
     return TrainingState(
@@ -134,7 +129,6 @@ __all__ = [
     "CheckpointError",
     "TrainingState",
     "check_identity",
-    "checkpoint_epoch",
     "load_checkpoint",
     "save_checkpoint",
     "training_state_from",

@@ -24,6 +24,7 @@ from sqlalchemy.orm import Session
 from gradlab.science.records import (
     GRADFLOW_STATS,
     GRADFLOW_WINDOWS,
+    TERMINAL_RUN_STATUSES,
     Divergence,
     EpochMetrics,
     GradFlowEpoch,
@@ -38,8 +39,6 @@ from gradlab.store.models import (
     GradFlowRow,
     Run,
 )
-
-FINISH_STATUSES = ("succeeded", "failed", "cancelled", "diverged")
 
 
 class LeaseLostError(RuntimeError):
@@ -322,8 +321,8 @@ def finish_run(
 
     Fenced on ``owner`` when given: False (nothing written) if this worker lost the run.
     """
-    if status not in FINISH_STATUSES:
-        raise ValueError(f"status must be one of {FINISH_STATUSES}, got {status!r}")
+    if status not in TERMINAL_RUN_STATUSES:
+        raise ValueError(f"status must be one of {TERMINAL_RUN_STATUSES}, got {status!r}")
     now = now or utcnow()
     values: dict[str, Any] = {
         "status": status,
