@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session, selectinload
 
 from gradlab.science.records import TestResult
@@ -274,3 +274,16 @@ def completion(session: Session, study: Study) -> list[dict[str, Any]]:
             }
         )
     return cells
+
+
+def epochs_done(
+    session: Session, study_id: str, run_ids: Sequence[str]
+) -> tuple[int, dict[str, int]]:
+    """Epochs finished by all of a study's runs, and by each of ``run_ids`` (progress bars)."""
+    total = session.scalar(
+        select(func.coalesce(func.sum(Run.epochs_done), 0))
+        .join(StudyCell, StudyCell.experiment_id == Run.experiment_id)
+        .where(StudyCell.study_id == study_id)
+    )
+    by_run = dict(session.execute(select(Run.id, Run.epochs_done).where(Run.id.in_(run_ids))).all())
+    return int(total or 0), {run_id: int(done or 0) for run_id, done in by_run.items()}
