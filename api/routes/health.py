@@ -5,14 +5,14 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, PlainTextResponse
-from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from gradlab.api.request_metrics import RequestMetrics
 from gradlab.api.response_cache import ResponseCache
 from gradlab.api.schemas import HealthRead, ReadinessRead
 from gradlab.settings import Settings
-from gradlab.store.models import EXPERIMENT_STATUSES, RUN_STATUSES, Experiment, Run
+from gradlab.store import health as store_health
+from gradlab.store.models import EXPERIMENT_STATUSES, RUN_STATUSES
 
 router = APIRouter(tags=["health"])
 
@@ -28,7 +28,7 @@ async def healthz() -> HealthRead:
 def _check_database(factory: sessionmaker[Session]) -> str:
     try:
         with factory() as session:
-            session.execute(text("SELECT 1"))
+            store_health.ping(session)
     except Exception as exc:
         return f"error: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
     return "ok"
@@ -66,13 +66,7 @@ async def readyz(request: Request) -> JSONResponse:
 
 def _counts(factory: sessionmaker[Session]) -> tuple[dict[str, int], dict[str, int]]:
     with factory() as session:
-        runs = dict(session.execute(select(Run.status, func.count()).group_by(Run.status)).all())
-        experiments = dict(
-            session.execute(
-                select(Experiment.status, func.count()).group_by(Experiment.status)
-            ).all()
-        )
-    return runs, experiments
+        return store_health.count_by_status(session)
 
 
 def _label(value: str) -> str:

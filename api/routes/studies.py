@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session
 from gradlab.api.deps import ResponseCacheDep, RunsToDispatchDep, SessionDep
 from gradlab.api.errors import NotFoundError, error_responses
 from gradlab.api.response_cache import CachedResponse
+from gradlab.science.records import TERMINAL_RUN_STATUSES
 from gradlab.science.study import StudySpec
 from gradlab.store import studies as store
 from gradlab.store.models import Study
@@ -58,7 +59,6 @@ class StudyRead(BaseModel):
     cells: list[CellCompletion]
 
 
-FINISHED = ("succeeded", "failed", "cancelled", "diverged")
 
 
 def _get_or_404(session: Session, study_id: str) -> Study:
@@ -105,7 +105,7 @@ def read(study_id: str, session: SessionDep) -> StudyRead:
         scale=str(study.spec["scale"]),
         spec=study.spec["study"],
         runs_planned=len(seeds),
-        runs_finished=sum(1 for s in seeds if s["status"] in FINISHED),
+        runs_finished=sum(1 for s in seeds if s["status"] in TERMINAL_RUN_STATUSES),
         cells=[CellCompletion.model_validate(c) for c in cells],
     )
 
