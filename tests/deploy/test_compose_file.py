@@ -4,6 +4,8 @@ start-up; GPU and CPU profiles; one reaper; read-only, unprivileged gradlab cont
 
 from __future__ import annotations
 
+import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -27,6 +29,19 @@ def test_the_file_follows_the_compose_specification() -> None:
     done = subprocess.run([str(checker), "--builtin-schema", "vendor.compose-spec",
                            str(COMPOSE_FILE)], capture_output=True, text=True, check=False)
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_debians_docker_compose_1_29_reads_it_with_both_profiles() -> None:
+    compose = shutil.which("docker-compose")
+    if compose is None:
+        pytest.skip("docker-compose is not installed (scripts/ensure_docker.sh installs it)")
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("GRADLAB_")}
+    done = subprocess.run(
+        [compose, "--env-file", ".env.example", "--profile", "gpu", "--profile", "cpu",
+         "config", "--quiet"],
+        env={**environ, "GRADLAB_ENV_FILE": ".env.example"}, cwd=REPO,
+        capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
 
 
 def test_only_the_api_is_published_and_on_127_0_0_1(services: dict[str, Any]) -> None:
@@ -67,6 +82,7 @@ def test_gradlab_containers_are_read_only_and_unprivileged(services: dict[str, A
         assert service["cap_drop"] == ["ALL"], name
         assert service["env_file"] == "${GRADLAB_ENV_FILE:-.env}", name
         assert service["environment"]["GRADLAB_BROKER_URL"] == "redis://redis:6379/0", name
+        assert service["environment"]["GRADLAB_AUTH_REQUIRED"] == "${GRADLAB_AUTH_REQUIRED:-true}"
 
 
 def test_every_image_can_be_swapped_by_a_variable(services: dict[str, Any]) -> None:
