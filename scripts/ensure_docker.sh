@@ -11,8 +11,10 @@ command -v docker-compose >/dev/null || docker compose version >/dev/null 2>&1 \
 command -v debootstrap >/dev/null || missing+=(debootstrap)
 if ((${#missing[@]})) && [ "$(id -u)" = 0 ]; then
   echo "installing ${missing[*]}"
-  apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
-    "${missing[@]}" >/dev/null || echo "could not install ${missing[*]}"
+  apt-get update -q -o DPkg::Lock::Timeout=300 >/dev/null \
+    && DEBIAN_FRONTEND=noninteractive apt-get install -y -q -o DPkg::Lock::Timeout=300 \
+      "${missing[@]}" >/dev/null \
+    || echo "could not install ${missing[*]}"
 fi
 
 if ! docker info >/dev/null 2>&1 && command -v dockerd >/dev/null && [ "$(id -u)" = 0 ]; then
