@@ -247,6 +247,21 @@ class GradflowRead(BaseModel):
     across_seeds: GradflowAcrossSeedsRead
 
 
+class FindingRead(BaseModel):
+    kind: str = Field(examples=["vanishing_gradients"])
+    experiments: list[dict[str, Any]]
+    sentence: str = Field(
+        examples=["vgg38: gradients vanish: 37 of 39 layers below 1e-08 (entry conv 1.8e-18)"]
+    )
+    evidence: dict[str, Any]
+
+
+class DiagnosticsRead(BaseModel):
+    experiment_id: str
+    epochs_read: int = Field(description="the most epochs any seed has recorded")
+    findings: list[FindingRead]
+
+
 class HealthRead(BaseModel):
     status: Literal["ok"] = "ok"
 

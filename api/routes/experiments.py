@@ -16,11 +16,13 @@ from gradlab.api.deps import (
     SessionDep,
     SessionFactoryDep,
 )
+from gradlab.api.diagnostics_view import render_diagnostics
 from gradlab.api.errors import InvalidParameterError, NotFoundError, error_responses
 from gradlab.api.gradflow_views import GradflowFormat, GradflowQuery, render_gradflow
 from gradlab.api.metrics_views import metrics_cache_key, render_metrics, summarize_experiment
 from gradlab.api.response_cache import CachedResponse, RenderedView, ResponseCache
 from gradlab.api.schemas import (
+    DiagnosticsRead,
     ExperimentCreated,
     ExperimentListItem,
     ExperimentPageRead,
@@ -225,4 +227,19 @@ async def gradflow(
         factory,
         experiment_id,
         lambda session, experiment: render_gradflow(session, experiment, query),
+    )
+
+
+@router.get(
+    "/{experiment_id}/diagnostics",
+    response_model=DiagnosticsRead,
+    responses=error_responses(404),
+)
+async def diagnostics(
+    experiment_id: str, factory: SessionFactoryDep, cache: ResponseCacheDep
+) -> Response:
+    """What went wrong so far, in words: vanishing or exploding gradients, not training,
+    overfitting (the study diagnostics on this experiment's seeds), with their evidence."""
+    return await _cached_view(
+        cache, ("diagnostics", experiment_id), factory, experiment_id, render_diagnostics
     )

@@ -1,0 +1,70 @@
+"""Prometheus exposition for processes that share counters through files.
+
+prometheus-client keeps a counter in process memory, so with several API processes (uvicorn
+``--workers``) or Celery's prefork children a scrape would see one process's share. In
+multiprocess mode (``PROMETHEUS_MULTIPROC_DIR`` set before the first import of
+prometheus_client) every process writes its values to files there and a scrape sums them. The
+launchers (``gradlab api``, ``gradlab serve``, ``gradlab worker``) prepare the folder.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
+from prometheus_client.metrics_core import Metric
+from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.registry import Collector
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+
+def prepare_multiprocess_dir(purpose: str) -> Path:
+    """Point ``PROMETHEUS_MULTIPROC_DIR`` at an empty folder (made here unless already set) for
+    this process and its children; call before anything imports prometheus_client's metrics."""
+    configured = os.environ.get(MULTIPROC_ENV)
+    if configured:
+        path = Path(configured)
+        # values of an earlier run would be summed into this one's
+        if path.is_dir():
+            shutil.rmtree(path)
+    else:
+        path = Path(tempfile.mkdtemp(prefix=f"gradlab-{purpose}-metrics-"))
+    path.mkdir(parents=True, exist_ok=True)
+    os.environ[MULTIPROC_ENV] = str(path)
+    return path
+
+
+def multiprocess_mode() -> bool:
+    return bool(os.environ.get(MULTIPROC_ENV))
+
+
+class _ThisProcess(Collector):
+    """The default registry's metrics (this process only), as one collector among others."""
+
+    def collect(self) -> Iterator[Metric]:
+        yield from REGISTRY.collect()
+
+
+def exposition(extra: Iterable[Collector] = ()) -> tuple[bytes, str]:
+    """The text format of every process's metrics (or this one's) plus ``extra`` collectors."""
+    registry = CollectorRegistry(auto_describe=False)
+    if multiprocess_mode():
+        MultiProcessCollector(registry)
+    else:
+        registry.register(_ThisProcess())
+    for collector in extra:
+        registry.register(collector)
+    return generate_latest(registry), CONTENT_TYPE_LATEST
+
+
+def mark_process_dead(pid: int) -> None:
+    """Drop a finished process's live gauges (its counters and histograms stay summed)."""
+    if multiprocess_mode():
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(pid)
