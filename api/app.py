@@ -21,6 +21,7 @@ from gradlab.api.request_metrics import RequestMetricsMiddleware
 from gradlab.api.response_cache import ResponseCache
 from gradlab.api.routes import dashboard, events, experiments, health, studies
 from gradlab.dispatch.dispatchers import RunDispatcher, make_dispatcher
+from gradlab.observability.logs import configure_logging
 from gradlab.settings import Settings, get_settings
 from gradlab.store.session import make_engine, make_session_factory
 
@@ -94,3 +95,11 @@ def create_app(
     app.include_router(dashboard.router)
     app.mount(dashboard.STATIC_PATH, dashboard.static_files(), name="dashboard-static")
     return app
+
+
+def create_service_app() -> FastAPI:
+    """The app as an API process serves it (``gradlab api``, one call per uvicorn worker
+    process): logs configured from the settings first (JSON lines or text)."""
+    settings = get_settings()
+    configure_logging(settings.log_format, settings.log_level)
+    return create_app(settings)

@@ -62,9 +62,13 @@ def exposition(extra: Iterable[Collector] = ()) -> tuple[bytes, str]:
     return generate_latest(registry), CONTENT_TYPE_LATEST
 
 
-def mark_process_dead(pid: int) -> None:
-    """Drop a finished process's live gauges (its counters and histograms stay summed)."""
-    if multiprocess_mode():
-        from prometheus_client import multiprocess
+def serve_metrics(port: int, addr: str = "0.0.0.0") -> None:
+    """Serve ``/metrics`` on ``port`` from a daemon thread (every process's, in multiprocess
+    mode): for processes without an HTTP server of their own, such as a Celery worker."""
+    from prometheus_client import start_http_server
 
-        multiprocess.mark_process_dead(pid)
+    registry = REGISTRY
+    if multiprocess_mode():
+        registry = CollectorRegistry(auto_describe=False)
+        MultiProcessCollector(registry)
+    start_http_server(port, addr=addr, registry=registry)

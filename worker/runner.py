@@ -24,12 +24,14 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from gradlab.core.data import CifarArrays
+from gradlab.observability.logs import bind_log_context
 from gradlab.science.records import EpochMetrics, GradFlowEpoch
 from gradlab.science.spec import ExperimentSpec
 from gradlab.settings import Settings, get_settings
 from gradlab.store import runs
 from gradlab.store.models import Run
 from gradlab.store.session import session_scope
+from gradlab.worker import metrics as worker_metrics
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +80,9 @@ class _Heartbeat(threading.Thread):
                     )
             except Exception as exc:  # a database blip: try again next beat, lease has slack
                 log.warning("heartbeat for run %s failed: %s", self._run_id, exc)
+                worker_metrics.HEARTBEATS.labels("failed").inc()
                 continue
+            worker_metrics.HEARTBEATS.labels("ok" if alive else "lost").inc()
             if not alive:
                 self.lost.set()
                 return
@@ -151,6 +155,7 @@ def execute_run(
         log.info("run %s is not claimable (finished, leased elsewhere, or missing)", run_id)
         return None
     owner = claimed.owner
+    bind_log_context(experiment_id=claimed.experiment_id, run_id=run_id, attempt=claimed.attempt)
     log.info("claimed run %s (attempt %d) as %s", run_id, claimed.attempt, owner)
 
     try:
@@ -196,7 +201,13 @@ def execute_run(
                 )
                 return runs.cancel_requested(session, run_id)
 
-        return not _retrying(write, f"epoch {metrics.epoch} of run {run_id}")
+        started = time.perf_counter()
+        cancelled = _retrying(write, f"epoch {metrics.epoch} of run {run_id}")
+        worker_metrics.EPOCH_WRITE_SECONDS.labels(spec.model_family).observe(
+            time.perf_counter() - started
+        )
+        worker_metrics.EPOCH_SECONDS.labels(spec.model_family).observe(metrics.seconds)
+        return not cancelled
 
     beat.start()
     try:
@@ -239,5 +250,6 @@ def execute_run(
     if not finished:
         log.warning("run %s finished here but its lease had moved on; result dropped", run_id)
         return None
+    worker_metrics.RUNS_FINISHED.labels(spec.model_family, result.status).inc()
     log.info("run %s %s", run_id, result.status)
     return result.status
