@@ -102,6 +102,8 @@ class _Connection:
     sent_epochs: set[tuple[str, int, datetime]] = field(default_factory=set)
     # epochs below this (per run) the client has, from the REST views or earlier events
     epochs_known: dict[str, int] = field(default_factory=dict)
+    # a fresh stream's snapshot covers each run's epochs recorded up to its state's time
+    covered_until: dict[str, datetime] = field(default_factory=dict)
     last_id: datetime | None = None
 
     def advance(self, moment: datetime) -> None:
@@ -115,7 +117,8 @@ class _Connection:
 
     def epoch_frame(self, state: RunState, epoch: RecordedEpoch) -> bytes | None:
         key = (epoch.run_id, epoch.metrics.epoch, epoch.recorded_at)
-        if key in self.sent_epochs:
+        covered = self.covered_until.get(epoch.run_id)
+        if key in self.sent_epochs or (covered is not None and epoch.recorded_at <= covered):
             return None
         self.sent_epochs.add(key)
         self.epochs_known[state.run_id] = max(
@@ -169,6 +172,7 @@ async def _opening(
         for state in states:
             connection.states[state.run_id] = state
             connection.epochs_known[state.run_id] = state.epochs_done
+            connection.covered_until[state.run_id] = state.updated_at
             connection.advance(state.updated_at)
         yield _frame("snapshot", {"runs": [status_payload(s) for s in states]}, connection.last_id)
         return

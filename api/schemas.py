@@ -94,8 +94,19 @@ class ExperimentListItem(_Read):
     cancel_requested_at: datetime | None = None
 
 
+class ProgressRead(BaseModel):
+    runs: int
+    runs_finished: int
+    epochs_done: int = Field(description="epochs recorded, summed over the runs")
+    epochs_planned: int = Field(description="the spec's epochs times the runs")
+
+
+class ExperimentListRow(ExperimentListItem):
+    progress: ProgressRead | None = None
+
+
 class ExperimentPageRead(BaseModel):
-    items: list[ExperimentListItem]
+    items: list[ExperimentListRow]
     next_cursor: str | None = Field(
         None, description="pass as ?cursor= for the next page; null on the last page"
     )

@@ -25,12 +25,14 @@ from gradlab.api.schemas import (
     DiagnosticsRead,
     ExperimentCreated,
     ExperimentListItem,
+    ExperimentListRow,
     ExperimentPageRead,
     ExperimentRead,
     GradflowRead,
     GradflowStat,
     GradflowWindow,
     MetricsRead,
+    ProgressRead,
     RunBrief,
     RunRead,
     RunStatusName,
@@ -103,10 +105,24 @@ def list_(
         page = store.list_experiments(session, status=status, name=name, limit=limit, cursor=cursor)
     except store.InvalidCursorError as exc:
         raise InvalidParameterError("cursor", str(exc)) from exc
+    progress = store.run_progress(session, [e.id for e in page.items])
     return ExperimentPageRead(
-        items=[ExperimentListItem.model_validate(e) for e in page.items],
+        items=[_list_row(e, progress.get(e.id)) for e in page.items],
         next_cursor=page.next_cursor,
     )
+
+
+def _list_row(experiment: Experiment, progress: store.RunProgress | None) -> ExperimentListRow:
+    row = ExperimentListRow.model_validate(experiment)
+    if progress is not None:
+        epochs = int((experiment.spec.get("hyperparameters") or {}).get("epochs") or 0)
+        row.progress = ProgressRead(
+            runs=progress.runs,
+            runs_finished=progress.runs_finished,
+            epochs_done=progress.epochs_done,
+            epochs_planned=epochs * progress.runs,
+        )
+    return row
 
 
 @router.get("/{experiment_id}", response_model=ExperimentRead, responses=error_responses(404))
