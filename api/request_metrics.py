@@ -51,5 +51,11 @@ class RequestMetricsMiddleware:
                 scope["method"],
                 route,
                 status,
-                extra={"status": status, "duration_ms": round(seconds * 1000, 2), **ids},
+                extra={
+                    "method": scope["method"],
+                    "route": route,
+                    "status": status,
+                    "duration_ms": round(seconds * 1000, 2),
+                    **ids,
+                },
             )

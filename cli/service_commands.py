@@ -74,8 +74,7 @@ def serve_command(
     ),
 ) -> None:
     """The whole service on one machine: the API plus a local worker, no broker needed."""
-    from gradlab.observability.logs import configure_logging
-    from gradlab.observability.prometheus import prepare_multiprocess_dir
+    from gradlab.observability.metrics_folder import prepare_multiprocess_dir
 
     # Before anything imports prometheus_client: the local worker (another process) then
     # adds its epoch times to the files this API's /metrics reads.
@@ -83,6 +82,7 @@ def serve_command(
     import uvicorn
 
     from gradlab.api.app import create_app
+    from gradlab.observability.logs import configure_logging
     from gradlab.worker.embedded import LocalWorker
 
     settings = _settings_with(db)
@@ -136,7 +136,7 @@ def api_command(
     workers: int = typer.Option(1, min=1, max=64, help="API processes."),
 ) -> None:
     """The API alone, as a container runs it: a database and a broker configured, no worker."""
-    from gradlab.observability.prometheus import MULTIPROC_ENV, prepare_multiprocess_dir
+    from gradlab.observability.metrics_folder import MULTIPROC_ENV, prepare_multiprocess_dir
 
     if workers > 1 or os.environ.get(MULTIPROC_ENV):
         # Several processes answer /metrics: counters are shared through files, so every
@@ -170,9 +170,11 @@ def worker_command(
     settings = get_settings()
     _broker_url_or_exit(settings, "worker")
     if settings.worker_metrics_port is not None:
-        from gradlab.observability.prometheus import prepare_multiprocess_dir, serve_metrics
+        from gradlab.observability.metrics_folder import prepare_multiprocess_dir
 
         prepare_multiprocess_dir("worker")  # before the tasks' metrics are imported
+        from gradlab.observability.prometheus import serve_metrics
+
         serve_metrics(settings.worker_metrics_port)
     from gradlab.worker import devices
     from gradlab.worker.celery_app import app as celery_app

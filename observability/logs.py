@@ -21,6 +21,8 @@ LogFormat = Literal["json", "text"]
 _CONTEXT: ContextVar[dict[str, Any]] = ContextVar("gradlab_log_context", default={})  # noqa: B039
 # Attributes every LogRecord has; anything else on a record came from ``extra=``.
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
+# uvicorn repeats its message with terminal colours; the plain message is enough
+_STANDARD.add("color_message")
 
 
 @contextmanager
@@ -89,3 +91,5 @@ def configure_logging(
         logger = logging.getLogger(name)
         logger.handlers.clear()
         logger.propagate = True
+    # the API logs each request itself, with its route template and ids (request_metrics)
+    logging.getLogger("uvicorn.access").disabled = True

@@ -4,39 +4,21 @@ prometheus-client keeps a counter in process memory, so with several API process
 ``--workers``) or Celery's prefork children a scrape would see one process's share. In
 multiprocess mode (``PROMETHEUS_MULTIPROC_DIR`` set before the first import of
 prometheus_client) every process writes its values to files there and a scrape sums them. The
-launchers (``gradlab api``, ``gradlab serve``, ``gradlab worker``) prepare the folder.
+launchers (``gradlab api``, ``gradlab serve``, ``gradlab worker``) prepare the folder with
+``metrics_folder``, which must not import prometheus_client itself.
 """
 
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 from collections.abc import Iterable, Iterator
-from pathlib import Path
 
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
 from prometheus_client.metrics_core import Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
-MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
-
-
-def prepare_multiprocess_dir(purpose: str) -> Path:
-    """Point ``PROMETHEUS_MULTIPROC_DIR`` at an empty folder (made here unless already set) for
-    this process and its children; call before anything imports prometheus_client's metrics."""
-    configured = os.environ.get(MULTIPROC_ENV)
-    if configured:
-        path = Path(configured)
-        # values of an earlier run would be summed into this one's
-        if path.is_dir():
-            shutil.rmtree(path)
-    else:
-        path = Path(tempfile.mkdtemp(prefix=f"gradlab-{purpose}-metrics-"))
-    path.mkdir(parents=True, exist_ok=True)
-    os.environ[MULTIPROC_ENV] = str(path)
-    return path
+from gradlab.observability.metrics_folder import MULTIPROC_ENV
 
 
 def multiprocess_mode() -> bool:
