@@ -9,8 +9,9 @@ from sqlalchemy.orm import Session
 
 from gradlab.api.response_cache import CachedResponse, RenderedView
 from gradlab.science.diagnostics import diagnose
+from gradlab.science.records import TERMINAL_RUN_STATUSES
 from gradlab.science.report.writer import json_safe
-from gradlab.store.models import TERMINAL_RUN_STATUSES, Experiment
+from gradlab.store.models import Experiment
 from gradlab.store.studies import experiment_result
 
 

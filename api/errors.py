@@ -54,11 +54,6 @@ class InvalidParameterError(GradlabError):
         return {**super().body(), "errors": [{"field": self.field, "reason": self.reason}]}
 
 
-class ServiceUnavailableError(GradlabError):
-    status_code = 503
-    type = "service_unavailable"
-
-
 # Pydantic prefixes messages of custom validators; the reason reads better without it.
 _PREFIXES = ("Value error, ", "Assertion failed, ")
 _REASONS = {"extra_forbidden": "unknown field", "missing": "field required"}

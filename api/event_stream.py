@@ -32,6 +32,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from gradlab.api.change_feed import ChangeFeed, RunChange
 from gradlab.api.errors import InvalidParameterError
 from gradlab.api.prometheus_metrics import EVENT_STREAMS_CLOSED, EVENT_STREAMS_OPENED, EVENTS_SENT
+from gradlab.science.records import TERMINAL_RUN_STATUSES
 from gradlab.store.events import (
     RecordedEpoch,
     RunState,
@@ -39,7 +40,6 @@ from gradlab.store.events import (
     epochs_recorded_since,
     runs_of_experiments,
 )
-from gradlab.store.models import TERMINAL_RUN_STATUSES
 
 RECONNECT_MILLISECONDS = 3000
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)

@@ -22,11 +22,11 @@ from gradlab.api.json_numbers import finite_matrix
 from gradlab.api.response_cache import CachedResponse, RenderedView
 from gradlab.science.aggregate import GradFlowStats, gradflow_stats
 from gradlab.science.layers import layer_names as spec_layer_names
-from gradlab.science.records import GradFlowEpoch
+from gradlab.science.records import TERMINAL_RUN_STATUSES, GradFlowEpoch
 from gradlab.science.spec import ExperimentSpec
 from gradlab.science.study_results import SeedRun
-from gradlab.store.experiments import GradflowSeries, read_gradflow
-from gradlab.store.models import TERMINAL_RUN_STATUSES, Experiment, Run
+from gradlab.store.gradflow import GradflowSeries, read_gradflow
+from gradlab.store.models import Experiment, Run
 
 GradflowFormat = Literal["json", "csv", "png"]
 

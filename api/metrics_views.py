@@ -10,11 +10,11 @@ from sqlalchemy.orm import Session
 from gradlab.api.json_numbers import finite_list, finite_or_none
 from gradlab.api.response_cache import CachedResponse, RenderedView
 from gradlab.science.aggregate import metric_series, summarize
-from gradlab.science.records import EpochMetrics
+from gradlab.science.records import TERMINAL_RUN_STATUSES, EpochMetrics
 from gradlab.science.sampling import even_indices
 from gradlab.science.study_results import SeedRun
 from gradlab.store.experiments import read_final_metrics, read_metrics
-from gradlab.store.models import TERMINAL_RUN_STATUSES, Experiment, Run
+from gradlab.store.models import Experiment, Run
 
 METRIC_NAMES = ("train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds")
 FINAL_METRIC_NAMES = ("train_loss", "train_acc", "val_loss", "val_acc")

@@ -51,24 +51,13 @@ def _spec_from(spec_file: Path | None, overrides: dict[str, Any]) -> Any:
     """The spec file (or the defaults), with every flag that was given laid over it."""
     from pydantic import ValidationError
 
-    from gradlab.science.spec import ExperimentSpec
+    from gradlab.science.spec import ExperimentSpec, apply_dotted_updates
 
     base: dict[str, Any] = {}
     if spec_file is not None:
         base = _read_spec_file(spec_file)
-    merged = json.loads(json.dumps(base))
-    for path, value in overrides.items():
-        if value is None:
-            continue
-        node = merged
-        *parents, leaf = path.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = value
-        if leaf == "depth":
-            merged.pop("blocks_per_stage", None)
-        if leaf == "blocks_per_stage":
-            merged.pop("depth", None)
+    given = {path: value for path, value in overrides.items() if value is not None}
+    merged = apply_dotted_updates(base, given)
     try:
         return ExperimentSpec.model_validate(merged)
     except ValidationError as exc:
@@ -185,7 +174,7 @@ def _train(spec: Any, seed: int, data_dir: Path | None, device: str, out: Path, 
 
     from gradlab.core.checkpoints import CheckpointError
     from gradlab.core.data import DataFormatError, DataNotFoundError, load_cifar, resolve_data_dir
-    from gradlab.core.training_loop import train_run
+    from gradlab.core.training_loop import fit
 
     console = Console()
     checkpoint_path = out / "checkpoint.pt"
@@ -209,7 +198,7 @@ def _train(spec: Any, seed: int, data_dir: Path | None, device: str, out: Path, 
                   f"{'on' if spec.residual else 'off'}, seed {seed}, {spec.hyperparameters.epochs}"
                   f" epochs on {data.source}")
     try:
-        result = train_run(spec, seed, data, device=device, on_epoch_end=save_epoch,
+        result = fit(spec, seed, data, device=device, on_epoch_end=save_epoch,
                            resume_from=blob, show_progress=True, compile_model=compile_model)
     except (CheckpointError, ValueError) as exc:
         raise UserError(str(exc)) from None

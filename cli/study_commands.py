@@ -125,16 +125,8 @@ def _run_all(
     url: str,
     console: Any,
 ) -> None:
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
     from gradlab.core.data import DataNotFoundError, load_cifar, resolve_data_dir
+    from gradlab.science.progress_bar import progress_bar
     from gradlab.settings import Settings
     from gradlab.store.studies import completion, get_study
     from gradlab.worker.runner import execute_run
@@ -160,14 +152,7 @@ def _run_all(
         return load_cifar(root, dataset)
 
     names = {s["run_id"]: (name, s) for name, s in entries if s["run_id"]}
-    columns = (
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-    )
-    with Progress(*columns, console=console) as progress:
+    with progress_bar(console) as progress:
         overall = progress.add_task("study (epochs)", total=total)
         watcher = _ProgressWatcher(factory, study_id, progress, overall)
         watcher.start()
@@ -208,22 +193,15 @@ class _ProgressWatcher(threading.Thread):
             self.progress.update(task, visible=False)
 
     def poll(self) -> None:
-        from sqlalchemy import func, select
+        from gradlab.store.studies import epochs_done
 
-        from gradlab.store.models import Run, StudyCell
-
+        with self.lock:
+            following = dict(self.tasks)
         with self.factory() as session:
-            done = session.scalar(
-                select(func.coalesce(func.sum(Run.epochs_done), 0))
-                .join(StudyCell, StudyCell.experiment_id == Run.experiment_id)
-                .where(StudyCell.study_id == self.study_id)
-            )
-            with self.lock:
-                following = dict(self.tasks)
-            for run_id, task in following.items():
-                epochs = session.scalar(select(Run.epochs_done).where(Run.id == run_id))
-                self.progress.update(task, completed=epochs or 0)
-        self.progress.update(self.overall, completed=done or 0)
+            total, by_run = epochs_done(session, self.study_id, list(following))
+        for run_id, task in following.items():
+            self.progress.update(task, completed=by_run.get(run_id, 0))
+        self.progress.update(self.overall, completed=total)
 
     def run(self) -> None:
         while not self.halt.wait(0.5):

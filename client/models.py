@@ -11,7 +11,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-TERMINAL_STATUSES = frozenset({"succeeded", "failed", "cancelled", "diverged"})
+from gradlab.science.records import TERMINAL_RUN_STATUSES
 
 
 class _Read(BaseModel):
@@ -32,7 +32,7 @@ class Run(RunBrief):
 
     @property
     def finished(self) -> bool:
-        return self.status in TERMINAL_STATUSES
+        return self.status in TERMINAL_RUN_STATUSES
 
 
 class ExperimentItem(_Read):

@@ -45,7 +45,7 @@ from gradlab.core.augment import EvalBatches, TrainBatches
 from gradlab.core.environment import describe_environment, resolve_device
 from gradlab.core.gradflow import GradFlowRecorder
 from gradlab.core.optimization import make_optimizer
-from gradlab.core.training_loop import Engine, evaluate, make_engine, train_epoch
+from gradlab.core.training_loop import Trainer, build_trainer, evaluate, train_epoch
 from gradlab.science.spec import ExperimentSpec
 
 # Forward MFLOP per 32x32 image (derived in the seed notes); training is ~3x forward.
@@ -141,24 +141,24 @@ class MatmulProbe:
         return self.flop * self.reps / seconds / 1e9
 
 
-def _engine(depth: int, device: torch.device) -> Engine:
+def _trainer(depth: int, device: torch.device) -> Trainer:
     """The model, optimiser, recorder and autocast that ``gradlab train`` would use."""
     torch.manual_seed(0)
-    engine = make_engine(ExperimentSpec(depth=depth), device, compile_model=False)
-    engine.model.train()
-    return engine
+    trainer = build_trainer(ExperimentSpec(depth=depth), device, compile_model=False)
+    trainer.model.train()
+    return trainer
 
 
-def _bare_steps(engine: Engine, x: torch.Tensor, y: torch.Tensor, steps: int,
+def _bare_steps(trainer: Trainer, x: torch.Tensor, y: torch.Tensor, steps: int,
                 capture: bool = False) -> None:
     for _ in range(steps):
-        with engine.autocast():
-            loss = F.cross_entropy(engine.forward(x).float(), y)
-        engine.optimizer.zero_grad(set_to_none=True)
+        with trainer.autocast():
+            loss = F.cross_entropy(trainer.forward(x).float(), y)
+        trainer.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if capture:
-            engine.recorder.after_backward()
-        engine.optimizer.step()
+            trainer.recorder.after_backward()
+        trainer.optimizer.step()
 
 
 @dataclass
@@ -206,8 +206,8 @@ def bench_model(name: str, device: torch.device, steps: int, repeats: int = 3,
     load from other processes, which drifts over seconds, largely cancels out.
     """
     probe = probe or MatmulProbe(device)
-    engine = _engine(DEPTHS[name], device)
-    recorder = engine.recorder
+    trainer = _trainer(DEPTHS[name], device)
+    recorder = trainer.recorder
     generator = torch.Generator().manual_seed(0)
     x = torch.randn(BATCH, 3, 32, 32, device=device).contiguous(
         memory_format=torch.channels_last)
@@ -222,15 +222,15 @@ def bench_model(name: str, device: torch.device, steps: int, repeats: int = 3,
     val = EvalBatches(images[:n_val], labels[:n_val], batch_size=500, device=device)
 
     def epoch() -> None:
-        train_epoch(engine, batches, 0, lambda: None)
-        evaluate(engine, val)
+        train_epoch(trainer, batches, 0, lambda: None)
+        evaluate(trainer, val)
         recorder.finish_epoch(0)
 
     def bare() -> None:
-        _bare_steps(engine, x, y, steps)
+        _bare_steps(trainer, x, y, steps)
 
     def captured() -> None:
-        _bare_steps(engine, x, y, steps, capture=True)
+        _bare_steps(trainer, x, y, steps, capture=True)
 
     epoch()  # warm-up: allocator, oneDNN primitives, both code paths
     bare()
@@ -246,7 +246,7 @@ def bench_model(name: str, device: torch.device, steps: int, repeats: int = 3,
         time.sleep(0.3)
         rounds.append(row)
     capture = _capture_seconds(recorder, device)
-    conv_seconds = _conv_seconds(engine.model, device)
+    conv_seconds = _conv_seconds(trainer.model, device)
     flop_per_step = BATCH * 3 * FORWARD_MFLOP[name] * 1e6
     best_step = min(r["bare"] for r in rounds) / steps
     best_epoch = min(r["epoch"] for r in rounds)

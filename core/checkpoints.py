@@ -35,6 +35,14 @@ class TrainingState:
     best_val_acc: float = float("-inf")
     best_weights: dict[str, torch.Tensor] | None = None
 
+    def record(self, metrics: EpochMetrics, gradflow: GradFlowEpoch,
+               model: torch.nn.Module) -> None:
+        """A finished epoch: its metrics and gradient flow, and the weights if they are best."""
+        self.offer(metrics.epoch, metrics.val_acc, model)
+        self.history.append(metrics)
+        self.gradflow.append(gradflow)
+        self.last_epoch = metrics.epoch
+
     def offer(self, epoch: int, val_acc: float, model: torch.nn.Module) -> None:
         """Keep ``model``'s weights if this epoch's validation accuracy is the best so far."""
         if val_acc > self.best_val_acc:
@@ -89,11 +97,6 @@ def load_checkpoint(blob: bytes) -> dict[str, Any]:
     return payload
 
 
-def checkpoint_epoch(blob: bytes) -> int:
-    """The last finished epoch stored in a checkpoint."""
-    return int(load_checkpoint(blob)["epoch"])
-
-
 def training_state_from(payload: dict[str, Any], device: torch.device) -> TrainingState:
     best = payload["best_weights"]
     return TrainingState(
@@ -126,7 +129,6 @@ __all__ = [
     "CheckpointError",
     "TrainingState",
     "check_identity",
-    "checkpoint_epoch",
     "load_checkpoint",
     "save_checkpoint",
     "training_state_from",

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 from types import TracebackType
-from typing import Self
+from typing import TYPE_CHECKING, Self
 
+from gradlab.science.progress_bar import progress_bar
+
+if TYPE_CHECKING:
+    from rich.progress import Progress
 from gradlab.science.records import EpochMetrics
 
 
@@ -14,25 +18,12 @@ class EpochProgress:
     def __init__(self, enabled: bool, total_epochs: int) -> None:
         self.enabled = enabled
         self.total_epochs = total_epochs
-        self._progress = None
+        self._progress: Progress | None = None
         self._task = None
 
     def __enter__(self) -> Self:
         if self.enabled:
-            from rich.progress import (
-                BarColumn,
-                MofNCompleteColumn,
-                Progress,
-                TextColumn,
-                TimeElapsedColumn,
-                TimeRemainingColumn,
-            )
-
-            self._progress = Progress(
-                TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                TimeElapsedColumn(), TimeRemainingColumn(), transient=False,
-                refresh_per_second=4,  # the refresh thread shares the GIL with training
-            )
+            self._progress = progress_bar()
             self._progress.__enter__()
         return self
 

@@ -17,6 +17,7 @@ import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -57,7 +58,7 @@ EVAL_BATCH_SIZE = 500  # evaluation has no gradients; larger batches are faster,
 
 
 @dataclass
-class Engine:
+class Trainer:
     """The objects one run trains with."""
 
     model: nn.Module
@@ -68,13 +69,22 @@ class Engine:
     autocast: Callable[[], contextlib.AbstractContextManager[None]]
 
 
+@dataclass
+class RunBatches:
+    """One run's data on its device: shuffled augmented training batches, eval batches."""
+
+    train: TrainBatches
+    val: EvalBatches
+    test: EvalBatches
+
+
 def run_identity(spec: ExperimentSpec, seed: int) -> dict[str, object]:
     """What a checkpoint must agree on to be resumed by this run (the name may differ)."""
     dump = spec.model_dump(mode="json", exclude={"name", "seeds"})
     return {"seed": seed, **dump}
 
 
-def train_run(
+def fit(
     spec: ExperimentSpec,
     seed: int,
     data: CifarArrays,
@@ -88,74 +98,93 @@ def train_run(
     """Train ``spec`` with ``seed`` on ``data``; see the module docstring and CONTRACTS.md."""
     if data.dataset != spec.data.dataset:
         raise ValueError(f"spec wants {spec.data.dataset} but the data is {data.dataset}")
-    hp = spec.hyperparameters
     dev = resolve_device(device)
     seed_everything(seed)
-    engine = make_engine(spec, dev, compile_model)
+    trainer = build_trainer(spec, dev, compile_model)
     generator = data_generator(seed)
-    parts = split(data, spec.data)
-    train_batches = TrainBatches(parts.train_images, parts.train_labels, batch_size=hp.batch_size,
-                                 device=dev, augment=spec.data.augment, generator=generator)
-    eval_size = max(hp.batch_size, EVAL_BATCH_SIZE)
-    val_batches = EvalBatches(parts.val_images, parts.val_labels, batch_size=eval_size, device=dev)
-    test_batches = EvalBatches(parts.test_images, parts.test_labels, batch_size=eval_size,
-                               device=dev)
-
+    batches = run_batches(spec, data, dev, generator)
     identity = run_identity(spec, seed)
     state = TrainingState()
     if resume_from is not None:
-        payload = load_checkpoint(resume_from)
-        check_identity(payload, identity)
-        engine.model.load_state_dict(payload["model"])
-        engine.optimizer.load_state_dict(payload["optimizer"])
-        restore_rng_state(payload["rng"], generator)
-        state = training_state_from(payload, dev)
-
-    result = TrainingResult(status="running", layers=engine.recorder.layers,
-                            environment=describe_environment(dev))
+        state = resume(trainer, generator, load_checkpoint(resume_from), identity)
 
     def checkpoint() -> bytes:
-        return save_checkpoint(model=engine.model, optimizer=engine.optimizer, state=state,
+        return save_checkpoint(model=trainer.model, optimizer=trainer.optimizer, state=state,
                                rng=capture_rng_state(generator), identity=identity)
 
-    status = "succeeded"
-    with EpochProgress(show_progress, hp.epochs) as progress:
-        for epoch in range(state.last_epoch + 1, hp.epochs):
-            started = time.perf_counter()
-            lr = learning_rate_at(hp, epoch)
-            set_learning_rate(engine.optimizer, lr)
-            progress.start_epoch(epoch, len(train_batches))
-            outcome = train_epoch(engine, train_batches, epoch, progress.step)
-            if isinstance(outcome, Divergence):
-                result.divergence = outcome
-                status = "diverged"
-                break
-            train_loss, train_acc = outcome
-            val_loss, val_acc = evaluate(engine, val_batches)
-            gradflow = engine.recorder.finish_epoch(epoch)
-            metrics = EpochMetrics(epoch=epoch, train_loss=train_loss, train_acc=train_acc,
-                                   val_loss=val_loss, val_acc=val_acc, lr=lr,
-                                   seconds=time.perf_counter() - started)
-            state.offer(epoch, val_acc, engine.model)
-            state.history.append(metrics)
-            state.gradflow.append(gradflow)
-            state.last_epoch = epoch
-            progress.end_epoch(metrics)
-            if on_epoch_end is not None and on_epoch_end(metrics, gradflow, checkpoint) is False:
-                status = "cancelled"
-                break
-
+    result = TrainingResult(status="running", layers=trainer.recorder.layers,
+                            environment=describe_environment(dev))
+    status, result.divergence = train_epochs(trainer, batches, spec, state, on_epoch_end,
+                                             checkpoint, show_progress)
     result.epochs = list(state.history)
     result.gradflow = list(state.gradflow)
     if status == "succeeded" and state.best_weights is not None:
-        engine.model.load_state_dict(state.best_weights)
-        test_loss, test_acc = evaluate(engine, test_batches)
-        result.test = TestResult(loss=test_loss, acc=test_acc, best_epoch=state.best_epoch)
+        result.test = evaluate_best_weights(trainer, batches.test, state)
     result.status = status
     return result
 
 
-def make_engine(spec: ExperimentSpec, dev: torch.device, compile_model: bool) -> Engine:
+def run_batches(spec: ExperimentSpec, data: CifarArrays, dev: torch.device,
+                generator: torch.Generator) -> RunBatches:
+    """The run's split of ``data`` as batches on ``dev`` (training order from ``generator``)."""
+    hp = spec.hyperparameters
+    parts = split(data, spec.data)
+    eval_size = max(hp.batch_size, EVAL_BATCH_SIZE)
+    return RunBatches(
+        train=TrainBatches(parts.train_images, parts.train_labels, batch_size=hp.batch_size,
+                           device=dev, augment=spec.data.augment, generator=generator),
+        val=EvalBatches(parts.val_images, parts.val_labels, batch_size=eval_size, device=dev),
+        test=EvalBatches(parts.test_images, parts.test_labels, batch_size=eval_size, device=dev),
+    )
+
+
+def resume(trainer: Trainer, generator: torch.Generator, payload: dict[str, Any],
+           identity: dict[str, object]) -> TrainingState:
+    """Load a checkpoint's weights, optimiser, RNG streams and history into this run."""
+    check_identity(payload, identity)
+    trainer.model.load_state_dict(payload["model"])
+    trainer.optimizer.load_state_dict(payload["optimizer"])
+    restore_rng_state(payload["rng"], generator)
+    return training_state_from(payload, trainer.device)
+
+
+def train_epochs(trainer: Trainer, batches: RunBatches, spec: ExperimentSpec,
+                 state: TrainingState, on_epoch_end: EpochCallback | None,
+                 checkpoint: Callable[[], bytes],
+                 show_progress: bool) -> tuple[str, Divergence | None]:
+    """Train from the epoch after ``state.last_epoch`` to the end: (status, divergence)."""
+    hp = spec.hyperparameters
+    with EpochProgress(show_progress, hp.epochs) as progress:
+        for epoch in range(state.last_epoch + 1, hp.epochs):
+            started = time.perf_counter()
+            lr = learning_rate_at(hp, epoch)
+            set_learning_rate(trainer.optimizer, lr)
+            progress.start_epoch(epoch, len(batches.train))
+            outcome = train_epoch(trainer, batches.train, epoch, progress.step)
+            if isinstance(outcome, Divergence):
+                return "diverged", outcome
+            val_loss, val_acc = evaluate(trainer, batches.val)
+            gradflow = trainer.recorder.finish_epoch(epoch)
+            metrics = EpochMetrics(epoch=epoch, train_loss=outcome[0], train_acc=outcome[1],
+                                   val_loss=val_loss, val_acc=val_acc, lr=lr,
+                                   seconds=time.perf_counter() - started)
+            state.record(metrics, gradflow, trainer.model)
+            progress.end_epoch(metrics)
+            if on_epoch_end is not None and on_epoch_end(metrics, gradflow, checkpoint) is False:
+                return "cancelled", None
+    return "succeeded", None
+
+
+def evaluate_best_weights(trainer: Trainer, batches: EvalBatches,
+                          state: TrainingState) -> TestResult:
+    """The test set, evaluated once with the best-validation weights."""
+    assert state.best_weights is not None
+    trainer.model.load_state_dict(state.best_weights)
+    test_loss, test_acc = evaluate(trainer, batches)
+    return TestResult(loss=test_loss, acc=test_acc, best_epoch=state.best_epoch)
+
+
+def build_trainer(spec: ExperimentSpec, dev: torch.device, compile_model: bool) -> Trainer:
     # channels_last helps both oneDNN on the CPU and cuDNN; batches arrive in that layout.
     model = build_model(spec).to(dev, memory_format=torch.channels_last)
     optimizer = make_optimizer(model.parameters(), spec.hyperparameters)
@@ -172,26 +201,26 @@ def make_engine(spec: ExperimentSpec, dev: torch.device, compile_model: bool) ->
     else:
         autocast = contextlib.nullcontext  # CPU trains in fp32, as the seed did
         keep_freed_memory()  # no page faults for activations once warm (see allocator.py)
-    return Engine(model, forward, optimizer, recorder, dev, autocast)
+    return Trainer(model, forward, optimizer, recorder, dev, autocast)
 
 
-def train_epoch(engine: Engine, batches: TrainBatches, epoch: int,
+def train_epoch(trainer: Trainer, batches: TrainBatches, epoch: int,
                  on_step: Callable[[], None]) -> tuple[float, float] | Divergence:
     """One epoch of training: (mean batch loss, mean batch accuracy), or where it diverged."""
-    engine.model.train()
-    engine.recorder.start_epoch()
+    trainer.model.train()
+    trainer.recorder.start_epoch()
     steps = len(batches)
-    losses = torch.zeros(steps, device=engine.device)
-    accs = torch.zeros(steps, device=engine.device)
+    losses = torch.zeros(steps, device=trainer.device)
+    accs = torch.zeros(steps, device=trainer.device)
     checked = 0
     for step, (x, y) in enumerate(batches.epoch()):
-        with engine.autocast():
-            logits = engine.forward(x)
+        with trainer.autocast():
+            logits = trainer.forward(x)
             loss = F.cross_entropy(logits.float(), y)
-        engine.optimizer.zero_grad(set_to_none=True)
+        trainer.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        engine.recorder.after_backward()
-        engine.optimizer.step()
+        trainer.recorder.after_backward()
+        trainer.optimizer.step()
         losses[step] = loss.detach()
         accs[step] = (logits.argmax(1) == y).float().mean()
         on_step()
@@ -211,13 +240,13 @@ def _first_non_finite(values: torch.Tensor) -> int | None:
 
 
 @torch.inference_mode()
-def evaluate(engine: Engine, batches: EvalBatches) -> tuple[float, float]:
+def evaluate(trainer: Trainer, batches: EvalBatches) -> tuple[float, float]:
     """(mean loss, accuracy) per image, eval mode."""
-    engine.model.eval()
-    totals = torch.zeros(2, dtype=torch.float64, device=engine.device)
+    trainer.model.eval()
+    totals = torch.zeros(2, dtype=torch.float64, device=trainer.device)
     for x, y in batches:
-        with engine.autocast():
-            logits = engine.forward(x)
+        with trainer.autocast():
+            logits = trainer.forward(x)
         loss_sum = F.cross_entropy(logits.float(), y, reduction="sum")
         correct = (logits.argmax(1) == y).sum()
         totals += torch.stack([loss_sum.double(), correct.double()])

@@ -13,6 +13,12 @@ from typing import Any, Literal, Protocol
 GRADFLOW_STATS: tuple[str, ...] = ("mean_abs", "max_abs", "l2")
 GRADFLOW_WINDOWS: tuple[str, ...] = ("last_batch", "epoch_mean")
 RunStatus = Literal["queued", "running", "succeeded", "failed", "cancelled", "diverged"]
+# The one definition of the statuses, used by the store's constraints, the API and reports.
+RUN_STATUSES: tuple[RunStatus, ...] = (
+    "queued", "running", "succeeded", "failed", "cancelled", "diverged"
+)
+# A run in one of these never trains again (unless a study resubmission requeues a failure).
+TERMINAL_RUN_STATUSES: tuple[RunStatus, ...] = ("succeeded", "failed", "cancelled", "diverged")
 
 
 @dataclass(frozen=True)

@@ -6,14 +6,16 @@ Unknown fields are rejected so that a typo never silently trains the default.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping
-from typing import Literal, Self
+from typing import Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 STAGES = 3
-LAYERS_PER_STAGE_BLOCK = 2  # two convs per processing block, two per reduction block
 MIN_DEPTH = 2 + 2 * STAGES  # entry conv + head + one reduction block per stage = 8
+# depth and blocks_per_stage describe the same thing: setting one clears the other.
+DEPTH_FIELDS = {"depth": "blocks_per_stage", "blocks_per_stage": "depth"}
 
 
 def depth_for_blocks(blocks_per_stage: int) -> int:
@@ -162,15 +164,20 @@ class ExperimentSpec(_Strict):
 
         Example: ``spec.with_updates({"hyperparameters.weight_decay": 1e-3})``.
         """
-        data = self.model_dump()
-        for path, value in updates.items():
-            node = data
-            *parents, leaf = path.split(".")
-            for part in parents:
-                node = node[part]
-            node[leaf] = value
-            if leaf == "depth":
-                data["blocks_per_stage"] = None
-            if leaf == "blocks_per_stage":
-                data["depth"] = None
-        return ExperimentSpec.model_validate(data)
+        return ExperimentSpec.model_validate(apply_dotted_updates(self.model_dump(), updates))
+
+
+def apply_dotted_updates(data: Mapping[str, Any], updates: Mapping[str, object]) -> dict[str, Any]:
+    """A copy of a (partial) spec mapping with dotted-path fields set, e.g.
+    ``{"hyperparameters.weight_decay": 1e-3}``; missing sections are created. Setting ``depth``
+    or ``blocks_per_stage`` clears the other, since they describe the same thing."""
+    result = copy.deepcopy(dict(data))
+    for path, value in updates.items():
+        node = result
+        *parents, leaf = path.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+        if leaf in DEPTH_FIELDS:
+            result.pop(DEPTH_FIELDS[leaf], None)
+    return result

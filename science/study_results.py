@@ -1,18 +1,19 @@
 """What a study has produced so far: a CellResult per cell and a SeedRun per seed.
 
 Plain typed records built from :mod:`gradlab.science.records`, by the store (reading rows back) or
-by the CLI (from ``train_run`` results); aggregation, diagnostics and reports read only these.
+by the CLI (from ``fit`` results); aggregation, diagnostics and reports read only these.
 A run still in progress simply has fewer epochs; a seed not started yet has no ``SeedRun``.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 from gradlab.science.records import (
     GRADFLOW_STATS,
     GRADFLOW_WINDOWS,
+    TERMINAL_RUN_STATUSES,
     EpochMetrics,
     GradFlowEpoch,
     RunStatus,
@@ -20,8 +21,6 @@ from gradlab.science.records import (
     TrainingResult,
 )
 from gradlab.science.spec import ExperimentSpec
-
-FINISHED_STATUSES: tuple[str, ...] = ("succeeded", "failed", "cancelled", "diverged")
 
 
 @dataclass(frozen=True)
@@ -41,7 +40,7 @@ class SeedRun:
 
     @property
     def finished(self) -> bool:
-        return self.status in FINISHED_STATUSES
+        return self.status in TERMINAL_RUN_STATUSES
 
     @classmethod
     def from_training_result(cls, seed: int, result: TrainingResult) -> SeedRun:
@@ -52,39 +51,6 @@ class SeedRun:
             epochs=list(result.epochs),
             gradflow=list(result.gradflow),
             test=result.test,
-        )
-
-    def to_json_dict(self) -> dict[str, Any]:
-        return {
-            "seed": self.seed,
-            "status": self.status,
-            "layers": list(self.layers),
-            "epochs": [e.to_dict() for e in self.epochs],
-            "gradflow": [
-                {"epoch": g.epoch, "last_batch": g.last_batch, "epoch_mean": g.epoch_mean}
-                for g in self.gradflow
-            ],
-            "test": None if self.test is None else asdict(self.test),
-        }
-
-    @classmethod
-    def from_json_dict(cls, data: dict[str, Any]) -> SeedRun:
-        layers = tuple(data["layers"])
-        return cls(
-            seed=int(data["seed"]),
-            status=data["status"],
-            layers=layers,
-            epochs=[EpochMetrics(**e) for e in data["epochs"]],
-            gradflow=[
-                GradFlowEpoch(
-                    epoch=int(g["epoch"]),
-                    layers=layers,
-                    last_batch={s: list(g["last_batch"][s]) for s in GRADFLOW_STATS},
-                    epoch_mean={s: list(g["epoch_mean"][s]) for s in GRADFLOW_STATS},
-                )
-                for g in data["gradflow"]
-            ],
-            test=None if data.get("test") is None else TestResult(**data["test"]),
         )
 
 

@@ -11,7 +11,6 @@ import base64
 import binascii
 import hashlib
 import json
-import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -19,14 +18,15 @@ from datetime import datetime
 from sqlalchemy import case, func, select, tuple_, update
 from sqlalchemy.orm import Session, selectinload
 
-from gradlab.science.records import GRADFLOW_STATS, GRADFLOW_WINDOWS, EpochMetrics
+from gradlab.science.records import (
+    TERMINAL_RUN_STATUSES,
+    EpochMetrics,
+)
 from gradlab.science.spec import ExperimentSpec
 from gradlab.store.base import new_id, utcnow
 from gradlab.store.models import (
-    TERMINAL_RUN_STATUSES,
     EpochMetricsRow,
     Experiment,
-    GradFlowRow,
     Run,
 )
 
@@ -41,14 +41,6 @@ class InvalidCursorError(ValueError):
 class ExperimentPage:
     items: list[Experiment]
     next_cursor: str | None
-
-
-@dataclass(frozen=True)
-class GradflowSeries:
-    """One run's gradient-flow statistic: ``values[i][j]`` is layer ``j`` at ``epochs[i]``."""
-
-    epochs: list[int]
-    values: list[list[float]]
 
 
 def spec_hash(spec: ExperimentSpec) -> str:
@@ -278,49 +270,3 @@ def read_final_metrics(session: Session, run_ids: Sequence[str]) -> dict[str, Ep
         (EpochMetricsRow.run_id == last.c.run_id) & (EpochMetricsRow.epoch == last.c.epoch),
     )
     return {run_id: _metrics(row) for run_id, *row in session.execute(query)}
-
-
-def read_gradflow(
-    session: Session,
-    run_ids: Sequence[str],
-    *,
-    stat: str,
-    window: str,
-    layer_count: int,
-    epoch_from: int | None = None,
-    epoch_to: int | None = None,
-) -> dict[str, GradflowSeries]:
-    """One statistic in one window for these runs, epochs in order (one query).
-
-    A layer missing from an epoch (never written by the worker, which writes an epoch's layers
-    in one transaction) reads as NaN rather than shifting the others.
-    """
-    if stat not in GRADFLOW_STATS:
-        raise ValueError(f"stat must be one of {GRADFLOW_STATS}, got {stat!r}")
-    if window not in GRADFLOW_WINDOWS:
-        raise ValueError(f"window must be one of {GRADFLOW_WINDOWS}, got {window!r}")
-    result = {run_id: GradflowSeries([], []) for run_id in run_ids}
-    if not run_ids:
-        return result
-    column = getattr(GradFlowRow, f"{window}_{stat}")
-    query = select(GradFlowRow.run_id, GradFlowRow.epoch, GradFlowRow.layer_index, column).where(
-        GradFlowRow.run_id.in_(run_ids)
-    )
-    if epoch_from is not None:
-        query = query.where(GradFlowRow.epoch >= epoch_from)
-    if epoch_to is not None:
-        query = query.where(GradFlowRow.epoch <= epoch_to)
-    query = query.order_by(GradFlowRow.run_id, GradFlowRow.epoch, GradFlowRow.layer_index)
-    current: GradflowSeries | None = None
-    row_values: list[float] = []
-    last_key: tuple[str, int] | None = None
-    for run_id, epoch, layer_index, value in session.execute(query):
-        if (run_id, epoch) != last_key:
-            current = result[run_id]
-            row_values = [math.nan] * layer_count
-            current.epochs.append(epoch)
-            current.values.append(row_values)
-            last_key = (run_id, epoch)
-        if 0 <= layer_index < layer_count:
-            row_values[layer_index] = value
-    return result

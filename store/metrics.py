@@ -2,7 +2,7 @@
 
 The database is shared by every API process and every worker, so gauges computed from it
 answer the same on whichever process Prometheus scrapes, and need no cross-process state.
-Three small grouped queries; none scans the per-epoch tables.
+Four small grouped queries; none scans the per-epoch tables.
 """
 
 from __future__ import annotations
@@ -14,7 +14,8 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from gradlab.store.base import utcnow
-from gradlab.store.models import EXPERIMENT_STATUSES, RUN_STATUSES, Experiment, Run
+from gradlab.store.health import count_by_status
+from gradlab.store.models import EXPERIMENT_STATUSES, RUN_STATUSES, Run
 
 
 @dataclass(frozen=True)
@@ -25,11 +26,6 @@ class ServiceGauges:
     oldest_queued_seconds: float
     # per training worker (host:pid): seconds since its oldest running run's last heartbeat
     heartbeat_age_by_worker: dict[str, float]
-
-
-def _by_status(session: Session, column: object, statuses: tuple[str, ...]) -> dict[str, int]:
-    counts = dict(session.execute(select(column, func.count()).group_by(column)).all())  # type: ignore[call-overload]
-    return {status: int(counts.get(status, 0)) for status in statuses}
 
 
 def _age(now: datetime, moment: datetime | None) -> float:
@@ -53,9 +49,11 @@ def read_service_gauges(session: Session, now: datetime | None = None) -> Servic
         # the lease owner is "host:pid#attempt"; the worker is the process, not the attempt
         worker = str(owner).rsplit("#", 1)[0]
         heartbeats[worker] = max(heartbeats.get(worker, 0.0), _age(now, beat))
+    runs, experiments = count_by_status(session)
     return ServiceGauges(
-        runs_by_status=_by_status(session, Run.status, RUN_STATUSES),
-        experiments_by_status=_by_status(session, Experiment.status, EXPERIMENT_STATUSES),
+        # every status, zero included: a series that vanishes reads as "no data", not 0
+        runs_by_status={s: int(runs.get(s, 0)) for s in RUN_STATUSES},
+        experiments_by_status={s: int(experiments.get(s, 0)) for s in EXPERIMENT_STATUSES},
         oldest_queued_seconds=_age(now, oldest),
         heartbeat_age_by_worker=heartbeats,
     )

@@ -49,6 +49,3 @@ def current_revision(url: str) -> str | None:
 def head_revision() -> str | None:
     return ScriptDirectory.from_config(alembic_config("sqlite://")).get_current_head()
 
-
-def is_up_to_date(url: str) -> bool:
-    return current_revision(url) == head_revision()

@@ -25,11 +25,11 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
+from gradlab.science.records import RUN_STATUSES
 from gradlab.store.base import Base, TimestampedMixin, new_id, utcnow
 
-RUN_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled", "diverged")
-TERMINAL_RUN_STATUSES = ("succeeded", "failed", "cancelled", "diverged")
-EXPERIMENT_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled", "diverged")
+# An experiment's status is derived from its runs' (store.experiments.derive_experiment_status).
+EXPERIMENT_STATUSES = RUN_STATUSES
 
 
 class Study(TimestampedMixin, Base):

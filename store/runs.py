@@ -24,6 +24,7 @@ from sqlalchemy.orm import Session
 from gradlab.science.records import (
     GRADFLOW_STATS,
     GRADFLOW_WINDOWS,
+    TERMINAL_RUN_STATUSES,
     Divergence,
     EpochMetrics,
     GradFlowEpoch,
@@ -38,8 +39,6 @@ from gradlab.store.models import (
     GradFlowRow,
     Run,
 )
-
-FINISH_STATUSES = ("succeeded", "failed", "cancelled", "diverged")
 
 
 class LeaseLostError(RuntimeError):
@@ -322,8 +321,8 @@ def finish_run(
 
     Fenced on ``owner`` when given: False (nothing written) if this worker lost the run.
     """
-    if status not in FINISH_STATUSES:
-        raise ValueError(f"status must be one of {FINISH_STATUSES}, got {status!r}")
+    if status not in TERMINAL_RUN_STATUSES:
+        raise ValueError(f"status must be one of {TERMINAL_RUN_STATUSES}, got {status!r}")
     now = now or utcnow()
     values: dict[str, Any] = {
         "status": status,
@@ -377,6 +376,16 @@ def cancel_requested(session: Session, run_id: str) -> bool:
     return requested is not None and requested.cancel_requested_at is not None
 
 
+def running_runs_with_owners(session: Session) -> list[tuple[str, str | None]]:
+    """(run id, lease owner) of every running run."""
+    return [
+        (run_id, owner)
+        for run_id, owner in session.execute(
+            select(Run.id, Run.worker).where(Run.status == "running")
+        )
+    ]
+
+
 def find_lost_runs(session: Session, *, now: datetime | None = None, limit: int = 100) -> list[str]:
     """Runs marked running whose lease expired: their worker died or was cut off."""
     now = now or utcnow()
@@ -405,26 +414,42 @@ def find_queued_runs(
     return list(session.scalars(query.order_by(*order).limit(limit)))
 
 
-def requeue_running(session: Session, run_id: str, *conditions: Any,
-                    now: datetime | None = None) -> bool:
-    """Hand a running run back to the queue if it still matches ``conditions`` (checked in the
-    same UPDATE, since its worker may have heartbeated or finished since the caller looked).
-    Returns whether it was requeued; the experiment's status follows."""
+def requeue_running(
+    session: Session,
+    run_id: str,
+    *,
+    owner: str | None = None,
+    lease_expired_before: datetime | None = None,
+    refund_attempt: bool = False,
+    now: datetime | None = None,
+) -> bool:
+    """Put a running run back in the queue: the one way a run is requeued.
+
+    Only if it is still held by ``owner`` and/or its lease expired before the given moment
+    (checked in the same UPDATE: its worker may have heartbeated or finished since the caller
+    looked). ``refund_attempt``: the attempt does not count (a worker told to stop hands its
+    run back; it did not fail). Returns whether it was requeued; the experiment follows.
+    """
     now = now or utcnow()
+    conditions = [Run.id == run_id, Run.status == "running"]
+    if owner is not None:
+        conditions.append(Run.worker == owner)
+    if lease_expired_before is not None:
+        conditions.append(Run.lease_expires_at < lease_expired_before)
+    values: dict[str, Any] = {"status": "queued", "worker": None, "lease_expires_at": None,
+                              "queued_at": now, "updated_at": now}
+    if refund_attempt:
+        values["attempt"] = Run.attempt - 1
     row = session.execute(
-        update(Run)
-        .where(Run.id == run_id, Run.status == "running", *conditions)
-        .values(status="queued", worker=None, lease_expires_at=None, queued_at=now,
-                updated_at=now)
-        .returning(Run.experiment_id)
+        update(Run).where(*conditions).values(**values).returning(Run.experiment_id)
     ).first()
     if row is not None:
         refresh_experiment_status(session, row.experiment_id)
     return row is not None
 
 
-def mark_requeued(session: Session, run_ids: list[str], *, now: datetime | None = None) -> None:
-    """Note that these queued runs were sent to the broker again (so a reaper resends each at
+def mark_dispatched(session: Session, run_ids: list[str], *, now: datetime | None = None) -> None:
+    """Note that these queued runs were sent to the broker again (so a reaper sends each at
     most once per period instead of flooding the queue)."""
     if not run_ids:
         return

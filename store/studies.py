@@ -15,10 +15,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session, selectinload
 
-from gradlab.science.records import GRADFLOW_STATS, GradFlowEpoch, TestResult
+from gradlab.science.records import GradFlowEpoch, TestResult
 from gradlab.science.spec import ExperimentSpec
 from gradlab.science.study import StudySpec, expand
 from gradlab.science.study_results import CellResult, SeedRun
@@ -31,7 +31,8 @@ from gradlab.store.experiments import (
     request_cancel,
     spec_hash,
 )
-from gradlab.store.models import Experiment, GradFlowRow, Run, Study, StudyCell
+from gradlab.store.gradflow import read_gradflow_epochs
+from gradlab.store.models import Experiment, Run, Study, StudyCell
 
 
 @dataclass
@@ -198,50 +199,13 @@ def _queued_runs(session: Session, study: Study) -> list[str]:
     return ids
 
 
-def _read_gradflow_all(session: Session, run_ids: Sequence[str]) -> dict[str, dict[int, Any]]:
-    """run id -> epoch -> (last_batch, epoch_mean) rows of every layer (one query)."""
-    result: dict[str, dict[int, Any]] = {r: {} for r in run_ids}
-    if not run_ids:
-        return result
-    columns = [
-        getattr(GradFlowRow, f"{w}_{s}")
-        for w in ("last_batch", "epoch_mean")
-        for s in GRADFLOW_STATS
-    ]
-    query = (
-        select(GradFlowRow.run_id, GradFlowRow.epoch, GradFlowRow.layer_index, *columns)
-        .where(GradFlowRow.run_id.in_(run_ids))
-        .order_by(GradFlowRow.run_id, GradFlowRow.epoch, GradFlowRow.layer_index)
-    )
-    for run_id, epoch, layer_index, *values in session.execute(query):
-        result[run_id].setdefault(epoch, []).append((layer_index, values))
-    return result
-
-
-def _gradflow_epochs(layers: tuple[str, ...], rows_by_epoch: dict[int, Any]) -> list[GradFlowEpoch]:
-    epochs = []
-    count = len(GRADFLOW_STATS)
-    for epoch in sorted(rows_by_epoch):
-        last: dict[str, list[float]] = {s: [float("nan")] * len(layers) for s in GRADFLOW_STATS}
-        mean: dict[str, list[float]] = {s: [float("nan")] * len(layers) for s in GRADFLOW_STATS}
-        for layer_index, values in rows_by_epoch[epoch]:
-            if not 0 <= layer_index < len(layers):
-                continue
-            for k, stat in enumerate(GRADFLOW_STATS):
-                last[stat][layer_index] = float(values[k])
-                mean[stat][layer_index] = float(values[count + k])
-        epochs.append(GradFlowEpoch(epoch=epoch, layers=layers, last_batch=last, epoch_mean=mean))
-    return epochs
-
-
 def _seed_runs(
     runs: Sequence[Run],
     metrics: dict[str, list[Any]],
-    flows: dict[str, dict[int, Any]],
+    flows: dict[str, list[GradFlowEpoch]],
 ) -> list[SeedRun]:
     seed_runs = []
     for run in runs:
-        layers = tuple(run.layers or ())
         test = None
         if run.test_acc is not None and run.test_loss is not None:
             test = TestResult(
@@ -253,13 +217,20 @@ def _seed_runs(
             SeedRun(
                 seed=run.seed,
                 status=run.status,  # type: ignore[arg-type]
-                layers=layers,
+                layers=tuple(run.layers or ()),
                 epochs=metrics.get(run.id, []),
-                gradflow=_gradflow_epochs(layers, flows.get(run.id, {})),
+                gradflow=flows.get(run.id, []),
                 test=test,
             )
         )
     return seed_runs
+
+
+def _results_of(session: Session, runs: Sequence[Run]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Metrics and gradient flow of these runs (one query each)."""
+    metrics = read_metrics(session, [r.id for r in runs])
+    flows = read_gradflow_epochs(session, {r.id: tuple(r.layers or ()) for r in runs})
+    return metrics, flows
 
 
 def study_results(session: Session, study: Study) -> list[CellResult]:
@@ -267,9 +238,7 @@ def study_results(session: Session, study: Study) -> list[CellResult]:
     spec, scale = study_spec_of(study)
     expanded = {c.position: c for c in expand(spec, scale=scale)}
     by_cell = cell_runs(session, study)
-    run_ids = [r.id for runs in by_cell.values() for r in runs]
-    metrics = read_metrics(session, run_ids)
-    flows = _read_gradflow_all(session, run_ids)
+    metrics, flows = _results_of(session, [r for runs in by_cell.values() for r in runs])
     results = []
     for cell in study.cells:
         experiment_spec = ExperimentSpec.model_validate(cell.experiment.spec)
@@ -289,9 +258,7 @@ def study_results(session: Session, study: Study) -> list[CellResult]:
 def experiment_result(session: Session, experiment: Experiment) -> CellResult:
     """One experiment's runs so far, as a one-cell study sees them (for its diagnostics)."""
     runs = list(experiment.runs)
-    run_ids = [r.id for r in runs]
-    metrics = read_metrics(session, run_ids)
-    flows = _read_gradflow_all(session, run_ids)
+    metrics, flows = _results_of(session, runs)
     spec = ExperimentSpec.model_validate(experiment.spec)
     return CellResult(
         name=experiment.name, coordinates={}, spec=spec, runs=_seed_runs(runs, metrics, flows)
@@ -354,3 +321,16 @@ def completion(session: Session, study: Study) -> list[dict[str, Any]]:
             }
         )
     return cells
+
+
+def epochs_done(
+    session: Session, study_id: str, run_ids: Sequence[str]
+) -> tuple[int, dict[str, int]]:
+    """Epochs finished by all of a study's runs, and by each of ``run_ids`` (progress bars)."""
+    total = session.scalar(
+        select(func.coalesce(func.sum(Run.epochs_done), 0))
+        .join(StudyCell, StudyCell.experiment_id == Run.experiment_id)
+        .where(StudyCell.study_id == study_id)
+    )
+    by_run = dict(session.execute(select(Run.id, Run.epochs_done).where(Run.id.in_(run_ids))).all())
+    return int(total or 0), {run_id: int(done or 0) for run_id, done in by_run.items()}

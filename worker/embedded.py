@@ -18,7 +18,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from gradlab.dispatch.dispatchers import EmbeddedDispatcher
@@ -26,7 +25,6 @@ from gradlab.observability.logs import configure_logging, log_context
 from gradlab.settings import Settings
 from gradlab.store import runs
 from gradlab.store.base import utcnow
-from gradlab.store.models import Run
 from gradlab.store.session import make_engine, make_session_factory, session_scope
 from gradlab.worker.reaper import reap
 
@@ -110,15 +108,13 @@ def requeue_orphans(session: Session) -> list[str]:
     now = utcnow()
     orphans = [
         (run_id, owner)
-        for run_id, owner in session.execute(
-            select(Run.id, Run.worker).where(Run.status == "running")
-        )
-        if _owner_is_dead_local_process(owner)
+        for run_id, owner in runs.running_runs_with_owners(session)
+        if owner is not None and _owner_is_dead_local_process(owner)
     ]
     requeued = [
         run_id
         for run_id, owner in orphans
-        if runs.requeue_running(session, run_id, Run.worker == owner, now=now)
+        if runs.requeue_running(session, run_id, owner=owner, now=now)
     ]
     session.flush()
     return requeued

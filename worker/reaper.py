@@ -18,7 +18,6 @@ from gradlab.dispatch.dispatchers import RunDispatcher
 from gradlab.settings import Settings
 from gradlab.store import runs
 from gradlab.store.base import utcnow
-from gradlab.store.models import Run
 from gradlab.store.session import session_scope
 
 log = logging.getLogger(__name__)
@@ -30,7 +29,7 @@ def requeue_lost_runs(session: Session, *, now: datetime | None = None) -> list[
     lost = runs.find_lost_runs(session, now=now)
     requeued: list[str] = []
     for run_id in lost:
-        if runs.requeue_running(session, run_id, Run.lease_expires_at < now, now=now):
+        if runs.requeue_running(session, run_id, lease_expired_before=now, now=now):
             requeued.append(run_id)
     session.flush()
     return requeued
@@ -63,7 +62,7 @@ def reap(
             stale = [
                 r for r in runs.find_queued_runs(session, queued_before=cutoff) if r not in lost
             ]
-            runs.mark_requeued(session, stale, now=now)
+            runs.mark_dispatched(session, stale, now=now)
     if lost:
         log.warning("requeued %d lost run(s): %s", len(lost), ", ".join(lost))
     if lost or stale:

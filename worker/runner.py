@@ -15,21 +15,20 @@ import threading
 import time
 import traceback
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 from pydantic import ValidationError
-from sqlalchemy import update
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from gradlab.core.data import CifarArrays
 from gradlab.observability.logs import bind_log_context
-from gradlab.science.records import EpochMetrics, GradFlowEpoch
+from gradlab.science.records import EpochCallback, EpochMetrics, GradFlowEpoch, TrainingResult
 from gradlab.science.spec import ExperimentSpec
 from gradlab.settings import Settings, get_settings
 from gradlab.store import runs
-from gradlab.store.models import Run
 from gradlab.store.session import session_scope
 from gradlab.worker import metrics as worker_metrics
 
@@ -91,18 +90,12 @@ class _Heartbeat(threading.Thread):
         self._stop.set()
 
 
-def _release_on_shutdown(factory: sessionmaker[Session], run_id: str, owner: str) -> None:
-    """Hand the run back (queued, this attempt not counted) when the process is told to stop."""
+def _requeue_on_shutdown(factory: sessionmaker[Session], run_id: str, owner: str) -> None:
+    """Put the run back in the queue (this attempt not counted) when the process is told to
+    stop, so another worker resumes it from its checkpoint without waiting for the lease."""
     try:
         with session_scope(factory) as session:
-            session.execute(
-                update(Run)
-                .where(Run.id == run_id, Run.worker == owner, Run.status == "running")
-                .values(
-                    status="queued", worker=None, lease_expires_at=None, attempt=Run.attempt - 1
-                )
-                .execution_options(synchronize_session=False)
-            )
+            runs.requeue_running(session, run_id, owner=owner, refund_attempt=True)
     except Exception as exc:  # the lease expires on its own; the reaper takes it from there
         log.warning("could not release run %s on shutdown: %s", run_id, exc)
 
@@ -125,6 +118,18 @@ def _fail(factory: sessionmaker[Session], run_id: str, owner: str, error: str) -
     return "failed"
 
 
+@dataclass
+class _Prepared:
+    """A claimed run, ready to train: its spec, data, device and where it resumes from."""
+
+    claimed: runs.ClaimedRun
+    spec: ExperimentSpec
+    arrays: CifarArrays
+    device: str
+    checkpoint: runs.StoredCheckpoint | None
+    environment: dict[str, Any]
+
+
 def execute_run(
     run_id: str,
     session_factory: sessionmaker[Session],
@@ -138,43 +143,51 @@ def execute_run(
 
     ``data(dataset)`` returns the arrays (loaded once per process by the caller's cache).
     """
-    from gradlab.core.environment import describe_environment, resolve_device
-    from gradlab.core.training_loop import train_run
-
     settings = settings or get_settings()
-    lease = settings.lease_seconds
     with session_scope(session_factory) as session:
         claimed = runs.claim_run(
             session,
             run_id,
             worker or worker_name(),
-            lease_seconds=lease,
+            lease_seconds=settings.lease_seconds,
             max_attempts=settings.max_attempts,
         )
     if claimed is None:
         log.info("run %s is not claimable (finished, leased elsewhere, or missing)", run_id)
         return None
-    owner = claimed.owner
     bind_log_context(experiment_id=claimed.experiment_id, run_id=run_id, attempt=claimed.attempt)
-    log.info("claimed run %s (attempt %d) as %s", run_id, claimed.attempt, owner)
+    log.info("claimed run %s (attempt %d) as %s", run_id, claimed.attempt, claimed.owner)
+    prepared = _prepare(session_factory, claimed, data, device)
+    if isinstance(prepared, str):
+        return prepared
+    outcome = _train(session_factory, prepared, settings.lease_seconds)
+    if isinstance(outcome, TrainingResult):
+        return _record_outcome(session_factory, prepared, outcome)
+    return outcome
 
+
+def _prepare(
+    factory: sessionmaker[Session], claimed: runs.ClaimedRun, data: DataSource, device: str
+) -> _Prepared | str:
+    """Everything the run needs before its first epoch, or its final status when it cannot
+    (or need not) train: an invalid stored spec, a cancel, missing data or device."""
+    from gradlab.core.environment import describe_environment, resolve_device
+
+    run_id, owner = claimed.run_id, claimed.owner
     try:
         spec = ExperimentSpec.model_validate(claimed.spec)
     except ValidationError as exc:
-        return _fail(session_factory, run_id, owner, f"the stored spec is invalid: {exc}")
-
-    with session_scope(session_factory) as session:
+        return _fail(factory, run_id, owner, f"the stored spec is invalid: {exc}")
+    with session_scope(factory) as session:
         if runs.cancel_requested(session, run_id):
             runs.finish_run(session, run_id, "cancelled", owner=owner)
             return "cancelled"
         checkpoint = runs.latest_checkpoint(session, run_id)
-
     try:
         arrays = data(spec.data.dataset)
         resolved = resolve_device(device)
     except (OSError, ValueError) as exc:
-        return _fail(session_factory, run_id, owner, f"{type(exc).__name__}: {exc}")
-
+        return _fail(factory, run_id, owner, f"{type(exc).__name__}: {exc}")
     environment: dict[str, Any] = {
         **describe_environment(resolved),
         "worker": owner,
@@ -182,10 +195,21 @@ def execute_run(
         "git_revision": _git_revision(),
         "resumed_from_epoch": None if checkpoint is None else checkpoint.epoch,
     }
-    with session_scope(session_factory) as session:
+    with session_scope(factory) as session:
         runs.set_environment(session, run_id, environment)
+    return _Prepared(claimed, spec, arrays, str(resolved), checkpoint, environment)
 
-    beat = _Heartbeat(session_factory, run_id, owner, lease)
+
+def _epoch_writer(
+    factory: sessionmaker[Session],
+    claimed: runs.ClaimedRun,
+    lease: int,
+    beat: _Heartbeat,
+    family: str,
+) -> EpochCallback:
+    """The callback that writes each finished epoch (metrics, gradient flow, checkpoint,
+    progress) in one transaction fenced on the lease; False (stop) once a cancel is asked."""
+    run_id, owner = claimed.run_id, claimed.owner
 
     def on_epoch_end(
         metrics: EpochMetrics, gradflow: GradFlowEpoch, make_checkpoint: Callable[[], bytes]
@@ -195,7 +219,7 @@ def execute_run(
         blob = make_checkpoint()
 
         def write() -> bool:
-            with session_scope(session_factory) as session:
+            with session_scope(factory) as session:
                 runs.record_epoch(
                     session, run_id, metrics, gradflow, blob, owner=owner, lease_seconds=lease
                 )
@@ -203,53 +227,69 @@ def execute_run(
 
         started = time.perf_counter()
         cancelled = _retrying(write, f"epoch {metrics.epoch} of run {run_id}")
-        worker_metrics.EPOCH_WRITE_SECONDS.labels(spec.model_family).observe(
-            time.perf_counter() - started
-        )
-        worker_metrics.EPOCH_SECONDS.labels(spec.model_family).observe(metrics.seconds)
+        worker_metrics.EPOCH_WRITE_SECONDS.labels(family).observe(time.perf_counter() - started)
+        worker_metrics.EPOCH_SECONDS.labels(family).observe(metrics.seconds)
         return not cancelled
 
+    return on_epoch_end
+
+
+def _train(
+    factory: sessionmaker[Session], prepared: _Prepared, lease: int
+) -> TrainingResult | str | None:
+    """Train under a heartbeat: the result, "failed" (recorded) when training raised, or None
+    when the lease moved on. A stop (SIGTERM, Ctrl-C) puts the run back in the queue and
+    re-raises."""
+    from gradlab.core.training_loop import fit
+
+    claimed = prepared.claimed
+    run_id, owner = claimed.run_id, claimed.owner
+    beat = _Heartbeat(factory, run_id, owner, lease)
     beat.start()
     try:
-        result = train_run(
-            spec,
+        return fit(
+            prepared.spec,
             claimed.seed,
-            arrays,
-            device=str(resolved),
-            on_epoch_end=on_epoch_end,
-            resume_from=None if checkpoint is None else checkpoint.data,
+            prepared.arrays,
+            device=prepared.device,
+            on_epoch_end=_epoch_writer(factory, claimed, lease, beat, prepared.spec.model_family),
+            resume_from=None if prepared.checkpoint is None else prepared.checkpoint.data,
         )
     except runs.LeaseLostError as exc:
         log.warning("%s; leaving the run to its new owner", exc)
         return None
     except (KeyboardInterrupt, SystemExit):
-        _release_on_shutdown(session_factory, run_id, owner)
+        _requeue_on_shutdown(factory, run_id, owner)
         raise
     except Exception as exc:
         log.exception("run %s failed", run_id)
         detail = "".join(traceback.format_exception_only(exc)).strip()
-        return _fail(session_factory, run_id, owner, detail)
+        return _fail(factory, run_id, owner, detail)
     finally:
         beat.stop()
 
-    environment.update(result.environment)
+
+def _record_outcome(
+    factory: sessionmaker[Session], prepared: _Prepared, result: TrainingResult
+) -> str | None:
+    run_id = prepared.claimed.run_id
+    environment = {**prepared.environment, **result.environment}
 
     def finish() -> bool:
-        with session_scope(session_factory) as session:
+        with session_scope(factory) as session:
             return runs.finish_run(
                 session,
                 run_id,
                 result.status,
-                owner=owner,
+                owner=prepared.claimed.owner,
                 test=result.test,
                 divergence=result.divergence,
                 environment=environment,
             )
 
-    finished = _retrying(finish, f"the outcome of run {run_id}")
-    if not finished:
+    if not _retrying(finish, f"the outcome of run {run_id}"):
         log.warning("run %s finished here but its lease had moved on; result dropped", run_id)
         return None
-    worker_metrics.RUNS_FINISHED.labels(spec.model_family, result.status).inc()
+    worker_metrics.RUNS_FINISHED.labels(prepared.spec.model_family, result.status).inc()
     log.info("run %s %s", run_id, result.status)
     return result.status

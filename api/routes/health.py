@@ -5,13 +5,13 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
-from sqlalchemy import text
 from sqlalchemy.orm import Session, sessionmaker
 
 from gradlab.api.database_gauges import DatabaseGauges
 from gradlab.api.schemas import HealthRead, ReadinessRead
 from gradlab.observability.prometheus import exposition
 from gradlab.settings import Settings
+from gradlab.store import health as store_health
 
 router = APIRouter(tags=["health"])
 
@@ -27,7 +27,7 @@ async def healthz() -> HealthRead:
 def _check_database(factory: sessionmaker[Session]) -> str:
     try:
         with factory() as session:
-            session.execute(text("SELECT 1"))
+            store_health.ping(session)
     except Exception as exc:
         return f"error: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
     return "ok"

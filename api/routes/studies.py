@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session
 from gradlab.api.deps import ResponseCacheDep, RunsToDispatchDep, SessionDep
 from gradlab.api.errors import NotFoundError, error_responses
 from gradlab.api.response_cache import CachedResponse
+from gradlab.science.records import TERMINAL_RUN_STATUSES
 from gradlab.science.study import StudySpec
 from gradlab.store import studies as store
 from gradlab.store.models import Study
@@ -71,9 +72,6 @@ class StudyListItem(BaseModel):
 class StudyRequeued(BaseModel):
     id: str
     runs_queued: int = Field(description="queued runs sent to the workers by this request")
-
-
-FINISHED = ("succeeded", "failed", "cancelled", "diverged")
 
 
 def _get_or_404(session: Session, study_id: str) -> Study:
@@ -154,7 +152,7 @@ def read(study_id: str, session: SessionDep) -> StudyRead:
         scale=str(study.spec["scale"]),
         spec=study.spec["study"],
         runs_planned=len(seeds),
-        runs_finished=sum(1 for s in seeds if s["status"] in FINISHED),
+        runs_finished=sum(1 for s in seeds if s["status"] in TERMINAL_RUN_STATUSES),
         cells=[CellCompletion.model_validate(c) for c in cells],
     )
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from gradlab.core.data import CifarArrays
-from gradlab.core.training_loop import train_run
+from gradlab.core.training_loop import fit
 from tests.core.test_training_loop import Recorder, tiny_spec
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -18,12 +18,12 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 def test_cuda_run_trains_checkpoints_and_resumes(synthetic_cifar: CifarArrays,
                                                  compile_model: bool) -> None:
     recorder = Recorder()
-    result = train_run(tiny_spec(), 1, synthetic_cifar, device="cuda", on_epoch_end=recorder,
+    result = fit(tiny_spec(), 1, synthetic_cifar, device="cuda", on_epoch_end=recorder,
                        compile_model=compile_model)
     assert result.status == "succeeded" and result.environment["device"] == "cuda"
     assert all(math.isfinite(e.train_loss) for e in result.epochs)
     assert all(v >= 0 for g in result.gradflow for v in g.last_batch["mean_abs"])
-    resumed = train_run(tiny_spec(), 1, synthetic_cifar, device="cuda",
+    resumed = fit(tiny_spec(), 1, synthetic_cifar, device="cuda",
                         resume_from=recorder.blobs[0], compile_model=compile_model)
     assert [e.epoch for e in resumed.epochs] == [0, 1, 2]
     assert resumed.epochs[0] == result.epochs[0]  # history carried in the checkpoint

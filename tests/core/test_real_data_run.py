@@ -6,7 +6,7 @@ import math
 from pathlib import Path
 
 from gradlab.core.data import load_cifar
-from gradlab.core.training_loop import train_run
+from gradlab.core.training_loop import fit
 from gradlab.science.spec import ExperimentSpec
 
 CHANCE_LOSS = math.log(100)
@@ -19,7 +19,7 @@ def test_vgg08_bn_learns_on_a_slice_of_real_cifar100(real_data_dir: Path) -> Non
         hyperparameters={"epochs": 3, "learning_rate": 3e-3, "lr_schedule": "constant"},
         data={"train_limit": 2000, "val_limit": 500, "test_limit": 500},
     )
-    result = train_run(spec, 0, load_cifar(real_data_dir))
+    result = fit(spec, 0, load_cifar(real_data_dir))
     assert result.status == "succeeded"
     losses = [e.train_loss for e in result.epochs]
     assert losses[-1] < losses[0]

@@ -10,9 +10,9 @@ import torch
 
 from gradlab.core import training_loop
 from gradlab.core.architectures import VGG
-from gradlab.core.checkpoints import CheckpointError, checkpoint_epoch, load_checkpoint
+from gradlab.core.checkpoints import CheckpointError, load_checkpoint
 from gradlab.core.data import CifarArrays
-from gradlab.core.training_loop import train_run
+from gradlab.core.training_loop import fit
 from gradlab.science.records import EpochMetrics, GradFlowEpoch, TrainingResult
 from gradlab.science.spec import ExperimentSpec
 
@@ -51,7 +51,7 @@ def without_seconds(result: TrainingResult) -> dict[str, Any]:
 @pytest.fixture(scope="module")
 def uninterrupted(synthetic_cifar: CifarArrays) -> tuple[TrainingResult, Recorder]:
     recorder = Recorder()
-    result = train_run(tiny_spec(), 5, synthetic_cifar, on_epoch_end=recorder)
+    result = fit(tiny_spec(), 5, synthetic_cifar, on_epoch_end=recorder)
     return result, recorder
 
 
@@ -68,7 +68,7 @@ def test_a_run_produces_every_epoch_gradflow_and_a_test_result(
     best = max(result.epochs, key=lambda e: e.val_acc)
     assert result.test.best_epoch == best.epoch  # first epoch with the best validation accuracy
     assert result.epochs[1].lr < result.epochs[0].lr  # cosine schedule
-    assert [checkpoint_epoch(b) for b in recorder.blobs] == [0, 1, 2]
+    assert [load_checkpoint(b)["epoch"] for b in recorder.blobs] == [0, 1, 2]
 
 
 @pytest.mark.parametrize("resume_epoch", [0, 1])
@@ -77,7 +77,7 @@ def test_resume_from_any_epoch_is_bit_identical(
         resume_epoch: int) -> None:
     full, recorder = uninterrupted
     later = Recorder()
-    resumed = train_run(tiny_spec(), 5, synthetic_cifar, on_epoch_end=later,
+    resumed = fit(tiny_spec(), 5, synthetic_cifar, on_epoch_end=later,
                         resume_from=recorder.blobs[resume_epoch])
     assert [m.epoch for m, _ in later.calls] == list(range(resume_epoch + 1, 3))  # new only
     assert without_seconds(resumed) == without_seconds(full)  # floats compared exactly
@@ -90,8 +90,8 @@ def test_resume_from_any_epoch_is_bit_identical(
 def test_a_different_seed_gives_different_numbers(
         synthetic_cifar: CifarArrays, uninterrupted: tuple[TrainingResult, Recorder]) -> None:
     spec = tiny_spec(hyperparameters={"epochs": 1, "batch_size": 40})
-    first = train_run(spec, 5, synthetic_cifar)
-    other = train_run(spec, 6, synthetic_cifar)
+    first = fit(spec, 5, synthetic_cifar)
+    other = fit(spec, 6, synthetic_cifar)
     assert first.epochs[0].train_loss != other.epochs[0].train_loss
     assert uninterrupted[0].epochs[0].train_loss != first.epochs[0].train_loss  # wd differs
 
@@ -100,18 +100,18 @@ def test_resuming_another_runs_checkpoint_is_refused(
         synthetic_cifar: CifarArrays, uninterrupted: tuple[TrainingResult, Recorder]) -> None:
     blob = uninterrupted[1].blobs[0]
     with pytest.raises(CheckpointError, match="seed"):
-        train_run(tiny_spec(), 6, synthetic_cifar, resume_from=blob)
+        fit(tiny_spec(), 6, synthetic_cifar, resume_from=blob)
     with pytest.raises(CheckpointError, match="learning_rate"):
-        train_run(tiny_spec(hyperparameters={"epochs": 3, "batch_size": 40, "weight_decay": 1e-3,
+        fit(tiny_spec(hyperparameters={"epochs": 3, "batch_size": 40, "weight_decay": 1e-3,
                                              "learning_rate": 0.01}),
                   5, synthetic_cifar, resume_from=blob)
     with pytest.raises(CheckpointError, match="not a readable"):
-        train_run(tiny_spec(), 5, synthetic_cifar, resume_from=b"garbage")
+        fit(tiny_spec(), 5, synthetic_cifar, resume_from=b"garbage")
 
 
 def test_callback_returning_false_cancels_after_that_epoch(synthetic_cifar: CifarArrays) -> None:
     recorder = Recorder(stop_after=0)
-    result = train_run(tiny_spec(), 5, synthetic_cifar, on_epoch_end=recorder)
+    result = fit(tiny_spec(), 5, synthetic_cifar, on_epoch_end=recorder)
     assert result.status == "cancelled"
     assert [e.epoch for e in result.epochs] == [0]
     assert result.test is None
@@ -144,7 +144,7 @@ def test_nan_loss_stops_the_run_as_diverged_with_epoch_and_step(
     # 200 images in batches of 10: 20 steps per epoch, so training call 32 is epoch 1, step 12.
     spec = tiny_spec(batch_norm=False, hyperparameters={"epochs": 3, "batch_size": 10},
                      data={"train_limit": 200, "val_limit": 20, "test_limit": 20})
-    result = train_run(spec, 0, synthetic_cifar)
+    result = fit(spec, 0, synthetic_cifar)
     assert result.status == "diverged"
     assert result.divergence is not None
     assert (result.divergence.epoch, result.divergence.step) == (epoch, step)
@@ -157,7 +157,7 @@ def test_a_huge_learning_rate_diverges(synthetic_cifar: CifarArrays) -> None:
     spec = tiny_spec(batch_norm=False, hyperparameters={
         "optimizer": "sgd", "learning_rate": 10.0, "momentum": 0.9, "epochs": 3,
         "batch_size": 20, "lr_schedule": "constant"})
-    result = train_run(spec, 0, synthetic_cifar)
+    result = fit(spec, 0, synthetic_cifar)
     assert result.status == "diverged"
     assert result.divergence is not None and not math.isfinite(result.divergence.loss)
 
@@ -169,10 +169,10 @@ def test_environment_is_recorded(uninterrupted: tuple[TrainingResult, Recorder])
 
 def test_spec_and_data_must_agree(synthetic_cifar: CifarArrays) -> None:
     with pytest.raises(ValueError, match="cifar10"):
-        train_run(tiny_spec(data={"dataset": "cifar10"}), 0, synthetic_cifar)
+        fit(tiny_spec(data={"dataset": "cifar10"}), 0, synthetic_cifar)
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="CUDA is not available"):
-            train_run(tiny_spec(), 0, synthetic_cifar, device="cuda")
+            fit(tiny_spec(), 0, synthetic_cifar, device="cuda")
 
 
 def test_checkpoint_holds_the_complete_state_as_safe_plain_data(
@@ -199,7 +199,7 @@ def test_cifar10_runs_with_a_ten_class_head(synthetic_cifar: CifarArrays) -> Non
     )
     spec = tiny_spec(data={"dataset": "cifar10", "train_limit": 80, "val_limit": 20,
                            "test_limit": 20}, hyperparameters={"epochs": 1, "batch_size": 40})
-    result = train_run(spec, 0, cifar10)
+    result = fit(spec, 0, cifar10)
     assert result.status == "succeeded"
     assert result.epochs[0].train_loss < 4.0  # ln(10) = 2.3 scale, not ln(100) = 4.6
 
@@ -211,7 +211,7 @@ def test_resume_is_bit_identical_with_sgd_nesterov_and_residual_blocks(
         "epochs": 2, "batch_size": 50, "lr_schedule": "constant", "weight_decay": 1e-4},
         data={"train_limit": 100, "val_limit": 50, "test_limit": 50})
     recorder = Recorder()
-    full = train_run(spec, 2, synthetic_cifar, on_epoch_end=recorder)
+    full = fit(spec, 2, synthetic_cifar, on_epoch_end=recorder)
     assert "momentum_buffer" in load_checkpoint(recorder.blobs[0])["optimizer"]["state"][0]
-    resumed = train_run(spec, 2, synthetic_cifar, resume_from=recorder.blobs[0])
+    resumed = fit(spec, 2, synthetic_cifar, resume_from=recorder.blobs[0])
     assert without_seconds(resumed) == without_seconds(full)
