@@ -103,6 +103,7 @@ def test_a_stream_resumed_on_another_api_process_misses_no_epoch(
         for run_id in runs.values():
             worker.claim(run_id)
         stream = first.events(experiment_id=created.id, reconnect=False)
+        assert _next(stream).event == "snapshot"  # connected (a generator connects on use)
         worker.epoch(runs[0], 0, 0)
         epoch0 = _next(stream, "epoch")
         assert epoch0.data["epoch"] == 0
