@@ -211,7 +211,9 @@ def test_study_page_matrix_siblings_report_resubmit_and_cancel(
     assert page.locator("#siblings .sibling").count() == 2
     assert page.locator("#report-rows tbody tr").count() == 2
     # the report page itself, with its figures, in a frame
-    page.frame_locator("#report-frame").locator("h2", has_text="Figures").wait_for()
+    # (matplotlib renders the report's figures: allow a busy machine a minute)
+    page.frame_locator("#report-frame").locator("h2", has_text="Figures").wait_for(
+        timeout=60_000)
     tab.shot("study")
 
     page.click("#resubmit")

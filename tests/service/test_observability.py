@@ -145,3 +145,25 @@ def test_the_grafana_dashboard_asks_only_for_exposed_metrics(
                               re.MULTILINE))
     missing = wanted - exposed - declared - {n.removesuffix("_total") for n in declared}
     assert not missing, f"the dashboard asks for metrics nobody exposes: {sorted(missing)}"
+
+
+def test_a_celery_worker_serves_its_metrics_on_its_port(
+    service_db_url: str, tmp_path: Path
+) -> None:
+    port = free_port()
+    env = {**_base_env(), "GRADLAB_DATABASE_URL": service_db_url, "GRADLAB_BROKER_URL": REDIS_URL,
+           "GRADLAB_CELERY_QUEUE": f"gradlab-test-{tmp_path.name[-8:]}-{port}",
+           "GRADLAB_WORKER_METRICS_PORT": str(port), "GRADLAB_LOG_FORMAT": "json",
+           "GRADLAB_DEVICE": "cpu", "PYTHONUNBUFFERED": "1"}
+    worker = ServiceProcess("celery-worker", [str(VENV_BIN / "gradlab"), "worker",
+                                              "--concurrency", "1"], env, tmp_path)
+    try:
+        wait_http_ok(f"http://127.0.0.1:{port}/metrics", timeout=90, service=worker)
+        wait_for("the worker to be ready", lambda: "ready" in worker.log_tail(20_000),
+                 timeout=90, service=worker)
+        scrape = httpx.get(f"http://127.0.0.1:{port}/metrics")
+        assert scrape.headers["content-type"].startswith("text/plain")
+    finally:
+        worker.stop()
+    lines = _json_lines(worker.log_tail(50_000))
+    assert any(line.get("logger", "").startswith("celery") for line in lines)
