@@ -73,9 +73,11 @@ FROM builder AS wheel
 COPY pyproject.toml README.md ./
 COPY api api
 COPY cli cli
+COPY client client
 COPY core core
 COPY dispatch dispatch
 COPY migrations migrations
+COPY observability observability
 COPY science science
 COPY settings settings
 COPY store store

@@ -24,11 +24,13 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from gradlab.core.data import CifarArrays
+from gradlab.observability.logs import bind_log_context
 from gradlab.science.records import EpochCallback, EpochMetrics, GradFlowEpoch, TrainingResult
 from gradlab.science.spec import ExperimentSpec
 from gradlab.settings import Settings, get_settings
 from gradlab.store import runs
 from gradlab.store.session import session_scope
+from gradlab.worker import metrics as worker_metrics
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +79,9 @@ class _Heartbeat(threading.Thread):
                     )
             except Exception as exc:  # a database blip: try again next beat, lease has slack
                 log.warning("heartbeat for run %s failed: %s", self._run_id, exc)
+                worker_metrics.HEARTBEATS.labels("failed").inc()
                 continue
+            worker_metrics.HEARTBEATS.labels("ok" if alive else "lost").inc()
             if not alive:
                 self.lost.set()
                 return
@@ -151,6 +155,7 @@ def execute_run(
     if claimed is None:
         log.info("run %s is not claimable (finished, leased elsewhere, or missing)", run_id)
         return None
+    bind_log_context(experiment_id=claimed.experiment_id, run_id=run_id, attempt=claimed.attempt)
     log.info("claimed run %s (attempt %d) as %s", run_id, claimed.attempt, claimed.owner)
     prepared = _prepare(session_factory, claimed, data, device)
     if isinstance(prepared, str):
@@ -196,7 +201,11 @@ def _prepare(
 
 
 def _epoch_writer(
-    factory: sessionmaker[Session], claimed: runs.ClaimedRun, lease: int, beat: _Heartbeat
+    factory: sessionmaker[Session],
+    claimed: runs.ClaimedRun,
+    lease: int,
+    beat: _Heartbeat,
+    family: str,
 ) -> EpochCallback:
     """The callback that writes each finished epoch (metrics, gradient flow, checkpoint,
     progress) in one transaction fenced on the lease; False (stop) once a cancel is asked."""
@@ -216,7 +225,11 @@ def _epoch_writer(
                 )
                 return runs.cancel_requested(session, run_id)
 
-        return not _retrying(write, f"epoch {metrics.epoch} of run {run_id}")
+        started = time.perf_counter()
+        cancelled = _retrying(write, f"epoch {metrics.epoch} of run {run_id}")
+        worker_metrics.EPOCH_WRITE_SECONDS.labels(family).observe(time.perf_counter() - started)
+        worker_metrics.EPOCH_SECONDS.labels(family).observe(metrics.seconds)
+        return not cancelled
 
     return on_epoch_end
 
@@ -239,7 +252,7 @@ def _train(
             claimed.seed,
             prepared.arrays,
             device=prepared.device,
-            on_epoch_end=_epoch_writer(factory, claimed, lease, beat),
+            on_epoch_end=_epoch_writer(factory, claimed, lease, beat, prepared.spec.model_family),
             resume_from=None if prepared.checkpoint is None else prepared.checkpoint.data,
         )
     except runs.LeaseLostError as exc:
@@ -277,5 +290,6 @@ def _record_outcome(
     if not _retrying(finish, f"the outcome of run {run_id}"):
         log.warning("run %s finished here but its lease had moved on; result dropped", run_id)
         return None
+    worker_metrics.RUNS_FINISHED.labels(prepared.spec.model_family, result.status).inc()
     log.info("run %s %s", run_id, result.status)
     return result.status
