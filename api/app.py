@@ -21,7 +21,7 @@ from gradlab.api.response_cache import ResponseCache
 from gradlab.api.routes import experiments, health, studies
 from gradlab.dispatch.dispatchers import RunDispatcher, make_dispatcher
 from gradlab.settings import Settings, get_settings
-from gradlab.store.session import make_engine, make_session_factory
+from gradlab.store.session import engine_from_settings, make_session_factory
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +49,7 @@ def create_app(
 ) -> FastAPI:
     """A gradlab API app on ``settings`` (default: from GRADLAB_* variables)."""
     settings = settings or get_settings()
-    engine = make_engine(settings.database_url)
+    engine = engine_from_settings(settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -2,7 +2,8 @@
 
 Layout: a study groups experiments; an experiment has one run per seed; a run has one row per
 finished epoch in ``epoch_metrics``, one row per (epoch, layer) in ``gradflow_stats`` and at
-most one (its latest) ``checkpoints`` row. Primary keys make duplicate epochs impossible.
+most one (its latest) ``checkpoints`` reference (the bytes are in the checkpoint store).
+Primary keys make duplicate epochs impossible.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     CheckConstraint,
     DateTime,
     Float,
@@ -146,12 +148,26 @@ class GradFlowRow(Base):
 
 
 class Checkpoint(Base):
-    """The latest complete training state of a run (a few MB for VGG38 with Adam state)."""
+    """The reference to a run's latest committed checkpoint: where its bytes are (``store``,
+    ``key``; see ``gradlab.store.checkpoint_store``), their size and SHA-256. Written in the
+    transaction of the epoch it saves, after the bytes."""
 
     __tablename__ = "checkpoints"
 
     run_id: Mapped[str] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True)
     epoch: Mapped[int] = mapped_column(Integer)
+    store: Mapped[str] = mapped_column(String(16))
+    key: Mapped[str] = mapped_column(String(300))
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
+    sha256: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class CheckpointObject(Base):
+    """Checkpoint bytes when the store is the database (a few MB for VGG38 with Adam state)."""
+
+    __tablename__ = "checkpoint_objects"
+
+    key: Mapped[str] = mapped_column(String(300), primary_key=True)
     data: Mapped[bytes] = mapped_column(LargeBinary)
-    size_bytes: Mapped[int] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

@@ -31,6 +31,7 @@ from gradlab.science.records import (
     TestResult,
 )
 from gradlab.store.base import utcnow
+from gradlab.store.checkpoint_store import CheckpointRef
 from gradlab.store.experiments import refresh_experiment_status
 from gradlab.store.models import (
     Checkpoint,
@@ -56,12 +57,6 @@ class ClaimedRun:
     owner: str
     spec: dict[str, Any]
     epochs_done: int
-
-
-@dataclass(frozen=True)
-class StoredCheckpoint:
-    epoch: int
-    data: bytes
 
 
 def owner_token(worker: str, attempt: int) -> str:
@@ -235,13 +230,14 @@ def record_epoch(
     run_id: str,
     metrics: EpochMetrics,
     gradflow: GradFlowEpoch,
-    checkpoint_bytes: bytes | None,
+    checkpoint: CheckpointRef | None,
     *,
     owner: str | None = None,
     lease_seconds: int | None = None,
 ) -> None:
-    """Write one finished epoch: metrics row, one gradflow row per layer, the checkpoint, and
-    the run's progress, in the caller's transaction.
+    """Write one finished epoch: metrics row, one gradflow row per layer, the reference to its
+    checkpoint (when one was saved: the bytes are already in the checkpoint store), and the
+    run's progress, in the caller's transaction.
 
     Idempotent on (run_id, epoch): a re-delivered epoch replaces its rows, never duplicates
     them. With ``owner`` the write is fenced on the lease (``LeaseLostError`` if lost) and, with
@@ -279,22 +275,49 @@ def record_epoch(
     _upsert(session, EpochMetricsRow, [metrics_row], ["run_id", "epoch"])
     if rows:
         _upsert(session, GradFlowRow, rows, ["run_id", "epoch", "layer_index"])
-    if checkpoint_bytes is not None:
-        checkpoint_row = {
-            "run_id": run_id,
-            "epoch": epoch,
-            "data": checkpoint_bytes,
-            "size_bytes": len(checkpoint_bytes),
-            "created_at": now,
-        }
-        # Only move forward: a re-delivered older epoch never replaces a newer checkpoint.
-        _upsert(
-            session,
-            Checkpoint,
-            [checkpoint_row],
-            ["run_id"],
-            only_forward=lambda excluded: Checkpoint.epoch <= excluded.epoch,
+    if checkpoint is not None:
+        if checkpoint.epoch != epoch:
+            raise ValueError(f"checkpoint of epoch {checkpoint.epoch} written with epoch {epoch}")
+        _upsert_checkpoint(session, run_id, checkpoint, now)
+    session.flush()
+
+
+def _upsert_checkpoint(session: Session, run_id: str, ref: CheckpointRef, now: datetime) -> None:
+    row = {
+        "run_id": run_id,
+        "epoch": ref.epoch,
+        "store": ref.store,
+        "key": ref.key,
+        "size_bytes": ref.size_bytes,
+        "sha256": ref.sha256,
+        "created_at": now,
+    }
+    # Only move forward: a re-delivered older epoch never replaces a newer checkpoint.
+    _upsert(
+        session,
+        Checkpoint,
+        [row],
+        ["run_id"],
+        only_forward=lambda excluded: Checkpoint.epoch <= excluded.epoch,
+    )
+
+
+def record_checkpoint(
+    session: Session, run_id: str, ref: CheckpointRef, *, owner: str | None = None
+) -> None:
+    """Reference a checkpoint of an epoch recorded earlier without one (saved late: at cancel,
+    at shutdown, at the end). Fenced on ``owner`` like ``record_epoch``."""
+    fence = update(Run).where(Run.id == run_id, Run.epochs_done > ref.epoch)
+    if owner is not None:
+        fence = fence.where(Run.worker == owner, Run.status == "running")
+    result = session.execute(
+        fence.values(updated_at=utcnow()).execution_options(synchronize_session=False)
+    )
+    if result.rowcount != 1:
+        raise LeaseLostError(
+            f"run {run_id} is not leased to {owner} or has not recorded epoch {ref.epoch}"
         )
+    _upsert_checkpoint(session, run_id, ref, utcnow())
     session.flush()
 
 
@@ -359,11 +382,15 @@ def set_environment(session: Session, run_id: str, environment: dict[str, Any]) 
     )
 
 
-def latest_checkpoint(session: Session, run_id: str) -> StoredCheckpoint | None:
+def latest_checkpoint(session: Session, run_id: str) -> CheckpointRef | None:
+    """The reference to the run's latest committed checkpoint (load it from the store)."""
     row = session.execute(
-        select(Checkpoint.epoch, Checkpoint.data).where(Checkpoint.run_id == run_id)
+        select(
+            Checkpoint.store, Checkpoint.key, Checkpoint.epoch, Checkpoint.size_bytes,
+            Checkpoint.sha256,
+        ).where(Checkpoint.run_id == run_id)
     ).first()
-    return None if row is None else StoredCheckpoint(epoch=row.epoch, data=bytes(row.data))
+    return None if row is None else CheckpointRef(*row)
 
 
 def cancel_requested(session: Session, run_id: str) -> bool:

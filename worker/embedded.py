@@ -24,7 +24,7 @@ from gradlab.dispatch.dispatchers import EmbeddedDispatcher
 from gradlab.settings import Settings
 from gradlab.store import runs
 from gradlab.store.base import utcnow
-from gradlab.store.session import make_engine, make_session_factory, session_scope
+from gradlab.store.session import engine_from_settings, make_session_factory, session_scope
 from gradlab.worker.reaper import reap
 
 log = logging.getLogger(__name__)
@@ -136,7 +136,7 @@ def run_local_worker(
     signal.signal(signal.SIGTERM, _handle_sigterm)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s local-worker %(message)s")
     settings = Settings(**settings_dict)
-    engine = make_engine(settings.database_url)
+    engine = engine_from_settings(settings)
     factory: sessionmaker[Session] = make_session_factory(engine)
 
     def load_data(dataset: str) -> Any:

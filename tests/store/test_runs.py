@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import threading
 from datetime import timedelta
 
@@ -14,6 +15,7 @@ from gradlab.science.records import GRADFLOW_STATS, EpochMetrics, GradFlowEpoch
 from gradlab.science.spec import ExperimentSpec
 from gradlab.store import runs
 from gradlab.store.base import utcnow
+from gradlab.store.checkpoint_store import CheckpointRef, checkpoint_key
 from gradlab.store.experiments import create_experiment, request_cancel
 from gradlab.store.models import Checkpoint, EpochMetricsRow, Experiment, GradFlowRow, Run
 from gradlab.store.session import make_engine, make_session_factory, session_scope
@@ -41,6 +43,12 @@ def _epoch(epoch: int, scale: float = 1.0) -> tuple[EpochMetrics, GradFlowEpoch]
     metrics = EpochMetrics(epoch, 4.0 * scale, 0.1, 4.1 * scale, 0.09, 1e-3, 2.5)
     per_stat = {s: [scale * (j + 1) * 1e-3 for j in range(len(LAYERS))] for s in GRADFLOW_STATS}
     return metrics, GradFlowEpoch(epoch, LAYERS, per_stat, dict(per_stat))
+
+
+def _ref(run_id: str, epoch: int, data: bytes) -> CheckpointRef:
+    """The reference a worker writes after saving ``data`` for ``epoch``."""
+    return CheckpointRef("database", checkpoint_key(run_id, epoch, 1), epoch, len(data),
+                         hashlib.sha256(data).hexdigest())
 
 
 def _claim(factory: sessionmaker[Session], run_id: str, worker: str, **kw: object) -> object:
@@ -94,7 +102,8 @@ def test_expired_lease_is_taken_over_and_the_old_owner_is_fenced_off(
     with session_scope(factory) as session:
         assert not runs.heartbeat(session, run_id, first.owner, lease_seconds=LEASE)
     with pytest.raises(runs.LeaseLostError), session_scope(factory) as session:
-        runs.record_epoch(session, run_id, metrics, gradflow, b"old", owner=first.owner)
+        runs.record_epoch(session, run_id, metrics, gradflow, _ref(run_id, 0, b"old"),
+                          owner=first.owner)
     with session_scope(factory) as session:
         assert not runs.finish_run(session, run_id, "succeeded", owner=first.owner)
         assert runs.heartbeat(session, run_id, second.owner, lease_seconds=LEASE)
@@ -125,9 +134,8 @@ def test_record_epoch_is_idempotent_and_never_duplicates(factory: sessionmaker[S
     for scale, blob in ((1.0, b"first"), (2.0, b"second")):  # the same epoch delivered twice
         metrics, gradflow = _epoch(0, scale)
         with session_scope(factory) as session:
-            runs.record_epoch(
-                session, run_id, metrics, gradflow, blob, owner=claimed.owner, lease_seconds=LEASE
-            )
+            runs.record_epoch(session, run_id, metrics, gradflow, _ref(run_id, 0, blob),
+                              owner=claimed.owner, lease_seconds=LEASE)
     with factory() as session:
         metric_rows = session.scalars(
             select(EpochMetricsRow).where(EpochMetricsRow.run_id == run_id)
@@ -142,7 +150,7 @@ def test_record_epoch_is_idempotent_and_never_duplicates(factory: sessionmaker[S
         assert flow[-1].epoch_mean_l2 == pytest.approx(2.0 * 39e-3)
         run = session.get(Run, run_id)
         assert (run.epochs_done, run.layers) == (1, list(LAYERS))
-        assert runs.latest_checkpoint(session, run_id) == runs.StoredCheckpoint(0, b"second")
+        assert runs.latest_checkpoint(session, run_id) == _ref(run_id, 0, b"second")
 
 
 def test_an_older_epoch_never_replaces_a_newer_checkpoint(factory: sessionmaker[Session]) -> None:
@@ -151,11 +159,30 @@ def test_an_older_epoch_never_replaces_a_newer_checkpoint(factory: sessionmaker[
     for epoch, blob in ((0, b"e0"), (1, b"e1"), (0, b"e0-again")):
         metrics, gradflow = _epoch(epoch)
         with session_scope(factory) as session:
-            runs.record_epoch(session, run_id, metrics, gradflow, blob, owner=claimed.owner)
+            runs.record_epoch(session, run_id, metrics, gradflow, _ref(run_id, epoch, blob),
+                              owner=claimed.owner)
     with factory() as session:
-        assert runs.latest_checkpoint(session, run_id) == runs.StoredCheckpoint(1, b"e1")
+        assert runs.latest_checkpoint(session, run_id) == _ref(run_id, 1, b"e1")
         assert session.get(Run, run_id).epochs_done == 2
         assert session.get(Checkpoint, run_id).size_bytes == 2
+
+
+def test_a_late_checkpoint_is_referenced_only_for_a_recorded_epoch_of_its_owner(
+    factory: sessionmaker[Session],
+) -> None:
+    _, (run_id,) = _new_runs(factory, [0])
+    claimed = _claim(factory, run_id, "w1")
+    metrics, gradflow = _epoch(0)
+    with session_scope(factory) as session:
+        runs.record_epoch(session, run_id, metrics, gradflow, None, owner=claimed.owner)
+    for ref, owner in ((_ref(run_id, 1, b"unrecorded epoch"), claimed.owner),
+                       (_ref(run_id, 0, b"not the owner"), "w2#2")):
+        with pytest.raises(runs.LeaseLostError), session_scope(factory) as session:
+            runs.record_checkpoint(session, run_id, ref, owner=owner)
+    with session_scope(factory) as session:
+        runs.record_checkpoint(session, run_id, _ref(run_id, 0, b"late"), owner=claimed.owner)
+    with factory() as session:
+        assert runs.latest_checkpoint(session, run_id) == _ref(run_id, 0, b"late")
 
 
 def test_record_epoch_rejects_gradflow_with_the_wrong_layer_count(
