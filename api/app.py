@@ -21,6 +21,7 @@ from gradlab.api.response_cache import ResponseCache
 from gradlab.api.routes import experiments, health, studies
 from gradlab.dispatch.dispatchers import RunDispatcher, make_dispatcher
 from gradlab.settings import Settings, get_settings
+from gradlab.store.checkpoint_store import open_checkpoint_store
 from gradlab.store.session import engine_from_settings, make_session_factory
 
 log = logging.getLogger(__name__)
@@ -75,6 +76,8 @@ def create_app(
     app.state.settings = settings
     app.state.engine = engine
     app.state.session_factory = make_session_factory(engine)
+    # The API deletes checkpoint bytes when an experiment is deleted; a wrong setting fails here.
+    app.state.checkpoint_store = open_checkpoint_store(settings, app.state.session_factory)
     app.state.dispatcher = dispatcher
     app.state.response_cache = ResponseCache()
     app.state.request_metrics = RequestMetrics()

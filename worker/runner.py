@@ -167,19 +167,24 @@ def execute_run(
         log.info("run %s is not claimable (finished, leased elsewhere, or missing)", run_id)
         return None
     log.info("claimed run %s (attempt %d) as %s", run_id, claimed.attempt, claimed.owner)
-    prepared = _prepare(session_factory, claimed, data, device, checkpoints)
-    if isinstance(prepared, str):
-        return prepared
-    run_checkpoints = RunCheckpoints(
-        session_factory,
-        checkpoints,
-        claimed,
-        CheckpointCadence(settings.checkpoint_seconds),
-        last_epoch=prepared.spec.hyperparameters.epochs - 1,
-    )
-    outcome = _train(
-        session_factory, prepared, settings.lease_seconds, run_checkpoints, fit_function
-    )
+    # From the claim on: loading the data and the checkpoint may take longer than a lease.
+    beat = _Heartbeat(session_factory, run_id, claimed.owner, settings.lease_seconds)
+    beat.start()
+    try:
+        prepared = _prepare(session_factory, claimed, data, device, checkpoints)
+        if isinstance(prepared, str):
+            return prepared
+        run_checkpoints = RunCheckpoints(
+            session_factory,
+            checkpoints,
+            claimed,
+            CheckpointCadence(settings.checkpoint_seconds),
+            last_epoch=prepared.spec.hyperparameters.epochs - 1,
+        )
+        outcome = _train(session_factory, prepared, settings.lease_seconds, beat,
+                         run_checkpoints, fit_function)
+    finally:
+        beat.stop()
     if isinstance(outcome, TrainingResult):
         return _record_outcome(session_factory, prepared, outcome)
     return outcome
@@ -272,19 +277,18 @@ def _train(
     factory: sessionmaker[Session],
     prepared: _Prepared,
     lease: int,
+    beat: _Heartbeat,
     checkpoints: RunCheckpoints,
     fit_function: FitFunction | None,
 ) -> TrainingResult | str | None:
-    """Train under a heartbeat: the result, "failed" (recorded) when training raised, or None
-    when the lease moved on. The last finished epoch's checkpoint is saved at the end and at a
-    stop (SIGTERM, Ctrl-C), which then puts the run back in the queue and re-raises."""
+    """Train under the heartbeat: the result, "failed" (recorded) when training raised, or
+    None when the lease moved on. The last finished epoch's checkpoint is saved at the end and
+    at a stop (SIGTERM, Ctrl-C), which then puts the run back in the queue and re-raises."""
     if fit_function is None:
         from gradlab.core.training_loop import fit as fit_function
 
     claimed = prepared.claimed
     run_id, owner = claimed.run_id, claimed.owner
-    beat = _Heartbeat(factory, run_id, owner, lease)
-    beat.start()
     try:
         result = fit_function(
             prepared.spec,
@@ -307,8 +311,6 @@ def _train(
         log.exception("run %s failed", run_id)
         detail = "".join(traceback.format_exception_only(exc)).strip()
         return _fail(factory, run_id, owner, detail)
-    finally:
-        beat.stop()
 
 
 def _record_outcome(

@@ -1,0 +1,83 @@
+"""The checkpoint cadence: at most every GRADLAB_CHECKPOINT_SECONDS, always at the last epoch,
+and whatever is unsaved at cancel, shutdown or the end (real PostgreSQL, a real folder)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from gradlab.science.records import GRADFLOW_STATS, EpochMetrics, GradFlowEpoch
+from gradlab.science.spec import ExperimentSpec
+from gradlab.store import runs
+from gradlab.store.checkpoint_store import CheckpointStore, run_prefix
+from gradlab.store.experiments import create_experiment
+from gradlab.store.object_store_filesystem import FilesystemObjectStore
+from gradlab.store.session import session_scope
+from gradlab.worker.checkpointing import CheckpointCadence, RunCheckpoints
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_cadence_waits_its_seconds_but_never_skips_the_last_epoch() -> None:
+    clock = Clock()
+    cadence = CheckpointCadence(60, clock=clock)
+    clock.now += 59
+    assert not cadence.due(last_epoch=False)
+    assert cadence.due(last_epoch=True)
+    clock.now += 1
+    assert cadence.due(last_epoch=False)
+    cadence.saved()
+    assert not cadence.due(last_epoch=False)
+    assert CheckpointCadence(0, clock=clock).due(last_epoch=False)  # 0: every epoch
+
+
+def _record(factory: sessionmaker[Session], claimed: runs.ClaimedRun, epoch: int,
+            ref: object) -> None:
+    values = {s: [1.0, 2.0] for s in GRADFLOW_STATS}
+    with session_scope(factory) as session:
+        runs.record_epoch(session, claimed.run_id, EpochMetrics(epoch, 1, 0, 1, 0, 1e-3, 1),
+                          GradFlowEpoch(epoch, ("a", "b"), values, values), ref,
+                          owner=claimed.owner)
+
+
+def test_unsaved_epochs_are_saved_on_demand_and_old_checkpoints_pruned(
+    postgres_session_factory: sessionmaker[Session], tmp_path: Path
+) -> None:
+    factory = postgres_session_factory
+    with session_scope(factory) as session:
+        run_id = create_experiment(session, ExperimentSpec(name="cadence", seeds=[0])).runs[0].id
+    with session_scope(factory) as session:
+        claimed = runs.claim_run(session, run_id, "w", lease_seconds=60, max_attempts=3)
+    store = CheckpointStore(FilesystemObjectStore(tmp_path))
+    clock = Clock()
+    checkpoints = RunCheckpoints(factory, store, claimed, CheckpointCadence(60, clock=clock),
+                                 last_epoch=9)
+    made: list[int] = []
+
+    def epoch_end(epoch: int) -> object:
+        ref = checkpoints.at_epoch_end(epoch, lambda: made.append(epoch) or f"{epoch}".encode())
+        _record(factory, claimed, epoch, ref)
+        if ref is not None:
+            checkpoints.committed(ref)
+        return ref
+
+    assert epoch_end(0) is None  # a snapshot in memory, nothing written
+    clock.now += 61
+    first = epoch_end(1)
+    assert first is not None and first.epoch == 1
+    assert epoch_end(2) is None and epoch_end(3) is None
+    assert made == [0, 1, 2, 3]  # a snapshot every epoch: the state at its end
+
+    saved = checkpoints.save_pending("shutdown")  # SIGTERM: the last finished epoch
+    assert saved is not None and saved.epoch == 3 and store.load(saved) == b"3"
+    with factory() as session:
+        assert runs.latest_checkpoint(session, run_id) == saved
+    assert store.objects.keys(run_prefix(run_id)) == [saved.key]  # epoch 1's pruned
+    assert checkpoints.save_pending("end") is None  # nothing unsaved any more
