@@ -50,7 +50,12 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))  # tests.support (databases, PgBouncer) when run as a script
 
 from api_load import machine_description, percentile  # noqa: E402
-from db_probes import DatabaseProbe, table_sizes, wal_lsn  # noqa: E402
+from db_probes import (  # noqa: E402
+    DatabaseProbe,
+    process_cpu_seconds,
+    table_sizes,
+    wal_lsn,
+)
 
 from gradlab.science.records import (  # noqa: E402
     EpochMetrics,
@@ -168,6 +173,12 @@ class Slot:
                               test=TestResult(loss=2.0, acc=0.5, best_epoch=0),
                               environment={"device": device, "simulated": True})
 
+    def cadence(self, settings: Settings) -> Any:
+        """A GPU's: the simulated device is a GPU, whatever this machine has."""
+        from gradlab.worker.checkpointing import cadence_for
+
+        return cadence_for("cuda", settings)
+
     def _wait_for_next_epoch(self) -> None:
         if self.next_epoch_at > self.deadline:
             raise SimulationOver
@@ -206,7 +217,8 @@ def worker_process(index: int, slots: int, settings_json: dict[str, Any], epoch_
                 return
             try:
                 execute_run(run_id, factory, lambda _: None, "cpu", settings=settings,
-                            worker=name, checkpoints=store, fit_function=slot.fit)
+                            worker=name, checkpoints=store, cadence=slot.cadence(settings),
+                            fit_function=slot.fit)
             except SimulationOver:
                 return
             except Exception as exc:  # counted and reported; the slot goes on
@@ -432,8 +444,10 @@ def measure(point: Point, bouncer: Any | None) -> dict[str, Any]:
         window = (start_at + point.warmup, start_at + point.warmup + point.duration)
         for clock in fleet.clocks:
             clock.put((start_at, window[1]))
+        pids = {"api": [services.api.pid], "readers": [fleet.processes[-1].pid],
+                "sim_workers": [p.pid for p in fleet.processes[:-1]]}
         figures = _observe(point, window, direct_url, admin_url(), bouncer, fleet.results,
-                           len(fleet.processes))
+                           pids)
         figures.update(experiments=experiments, runs_created=len(run_ids))
         figures.update(_growth(direct_url, direct, len(run_ids)))
         return figures
@@ -452,8 +466,12 @@ def _libpq(url: str) -> str:
     return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
 
 
+def _cpu(pids: dict[str, list[int]]) -> dict[str, float]:
+    return {name: sum(process_cpu_seconds(pid) for pid in group) for name, group in pids.items()}
+
+
 def _observe(point: Point, window: tuple[float, float], direct_url: str, admin: str,
-             bouncer: Any | None, results: Any, process_count: int) -> dict[str, Any]:
+             bouncer: Any | None, results: Any, pids: dict[str, list[int]]) -> dict[str, Any]:
     """Wait through the warm-up, measure the window, gather the processes' samples."""
     from sqlalchemy.engine import make_url
 
@@ -462,22 +480,30 @@ def _observe(point: Point, window: tuple[float, float], direct_url: str, admin: 
                           None if bouncer is None else bouncer.process.pid)
     wal_before = wal_lsn(_libpq(admin))
     load_before = os.getloadavg()[0]
+    cpu_before = _cpu(pids)
     probe.start()
     time.sleep(max(0.0, window[1] - time.time()))
     probe.stop()
+    cpu = {k: v - cpu_before[k] for k, v in _cpu(pids).items()}
     wal_bytes = wal_lsn(_libpq(admin)) - wal_before
-    done = _collect(results, "done", process_count, 120)
+    done = _collect(results, "done", sum(len(g) for g in pids.values()), 120)
     writes = [w for d in done for w in d.get("writes", []) if window[0] <= w[0] <= window[1]]
     reads = [r for d in done for r in d.get("reads", []) if window[0] <= r[0] <= window[1]]
     seconds = window[1] - window[0]
+    summary = _summary(point, writes, reads, seconds)
     return {
-        **_summary(point, writes, reads, seconds),
+        **summary,
         "write_errors": sum(d.get("error_count", 0) for d in done),
         "write_error_examples": [e for d in done for e in d.get("errors", [])][:5],
         "processes_reported": len(done),
         "db_backends_cpu_cores": probe.backends.total / seconds,
         "postgres_all_cpu_cores": probe.postgres.total / seconds,
         "pgbouncer_cpu_cores": probe.pgbouncer.total / seconds,
+        **{f"{name}_cpu_cores": used / seconds for name, used in cpu.items()},
+        # per operation: less sensitive to a shared machine than latencies are
+        "db_cpu_ms_per_epoch_write": 1000 * probe.backends.total / max(len(writes), 1),
+        "worker_cpu_ms_per_epoch_write": 1000 * cpu["sim_workers"] / max(len(writes), 1),
+        "api_cpu_ms_per_read": 1000 * cpu["api"] / max(len(reads), 1),
         "wal_bytes_per_s": wal_bytes / seconds,
         "server_connections_max": probe.max_connections,
         # pool + overflow of every worker process, the API and the reaper
@@ -529,7 +555,7 @@ def _growth(direct_url: str, engine: Any, runs_created: int) -> dict[str, Any]:
         epochs = conn.scalar(select(func.count()).select_from(EpochMetricsRow)) or 0
     sizes = table_sizes(_libpq(direct_url))
     per_epoch = {t: (s["table_bytes"] + s["index_bytes"]) / max(epochs, 1)
-                 for t, s in sizes.items() if t in ("epoch_metrics", "gradflow_stats")}
+                 for t, s in sizes.items() if t in ("epoch_metrics", "gradflow_epochs")}
     run_bytes = (sizes["runs"]["table_bytes"] + sizes["runs"]["index_bytes"]) / runs_created
     per_run = sum(per_epoch.values()) * EPOCHS_PER_REAL_RUN + run_bytes
     return {

@@ -17,7 +17,7 @@ from typing import Any
 import psycopg
 
 # Tables a run writes, and what their size is made of.
-TABLES = ("runs", "epoch_metrics", "gradflow_stats", "checkpoints", "checkpoint_objects")
+TABLES = ("runs", "epoch_metrics", "gradflow_epochs", "checkpoints", "checkpoint_objects")
 
 
 def process_cpu_seconds(pid: int) -> float:

@@ -48,7 +48,7 @@ class Settings(BaseSettings):
     # An S3-compatible endpoint other than AWS's (MinIO, GCS), and its region.
     s3_endpoint_url: str | None = None
     s3_region: str | None = None
-    # A checkpoint is written at most this often on a GPU (every epoch on the CPU), and always
+    # On a GPU a checkpoint is written at most this often (on the CPU every epoch), and always
     # at the end, at cancel and at shutdown. 0: every epoch everywhere.
     checkpoint_seconds: float = Field(60.0, ge=0)
 

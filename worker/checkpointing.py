@@ -2,11 +2,12 @@
 
 Every finished epoch leaves a snapshot of the run's state in memory (the training loop's
 checkpoint thunk is only valid inside the epoch callback). It is written to the checkpoint
-store, and referenced in the epoch's transaction, when at least ``GRADLAB_CHECKPOINT_SECONDS``
-have passed since the last one (epochs slower than that, as on the CPU: every epoch) and at
-the last epoch. Whatever snapshot is still unsaved is written by ``save_pending``: the one
-call for a cancel, a shutdown (SIGTERM, Ctrl-C) and the end of training, whatever the outcome.
-After each committed reference the run's older objects are deleted.
+store, and referenced in the epoch's transaction, every epoch on the CPU (epochs are slow
+there), otherwise when at least ``GRADLAB_CHECKPOINT_SECONDS`` have passed since the last one,
+and always at the last epoch. Whatever snapshot is still unsaved is written by
+``save_pending``: the one call for a cancel, a shutdown (SIGTERM, Ctrl-C) and the end of
+training, whatever the outcome. After each committed reference the run's older objects are
+deleted.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from dataclasses import dataclass
 
 from sqlalchemy.orm import Session, sessionmaker
 
+from gradlab.settings import Settings
 from gradlab.store import runs
 from gradlab.store.checkpoint_store import CheckpointRef, CheckpointStore
 from gradlab.store.session import session_scope
@@ -26,18 +28,23 @@ log = logging.getLogger(__name__)
 
 
 class CheckpointCadence:
-    """At most one checkpoint every ``seconds`` (0: every epoch), always at the last epoch."""
+    """Every epoch, or at most one checkpoint every ``seconds``; always at the last epoch."""
 
-    def __init__(self, seconds: float, *, clock: Callable[[], float] = time.monotonic):
-        self._seconds = seconds
-        self._clock = clock
+    def __init__(self, seconds: float, *, every_epoch: bool = False,
+                 clock: Callable[[], float] = time.monotonic):
+        self._seconds, self._every_epoch, self._clock = seconds, every_epoch, clock
         self._last = clock()  # the run's start (or resume) counts as a checkpoint
 
     def due(self, *, last_epoch: bool) -> bool:
-        return last_epoch or self._clock() - self._last >= self._seconds
+        return last_epoch or self._every_epoch or self._clock() - self._last >= self._seconds
 
     def saved(self) -> None:
         self._last = self._clock()
+
+
+def cadence_for(device: str, settings: Settings) -> CheckpointCadence:
+    """Every epoch on the CPU; at most every ``GRADLAB_CHECKPOINT_SECONDS`` on a GPU."""
+    return CheckpointCadence(settings.checkpoint_seconds, every_epoch=device.startswith("cpu"))
 
 
 @dataclass

@@ -36,7 +36,7 @@ from gradlab.store.checkpoint_store import (
     open_checkpoint_store,
 )
 from gradlab.store.session import session_scope
-from gradlab.worker.checkpointing import CheckpointCadence, RunCheckpoints
+from gradlab.worker.checkpointing import CheckpointCadence, RunCheckpoints, cadence_for
 
 log = logging.getLogger(__name__)
 
@@ -145,12 +145,14 @@ def execute_run(
     settings: Settings | None = None,
     worker: str | None = None,
     checkpoints: CheckpointStore | None = None,
+    cadence: CheckpointCadence | None = None,
     fit_function: FitFunction | None = None,
 ) -> str | None:
     """Claim and train ``run_id``; return its final status, or None if it was not ours.
 
     ``data(dataset)`` returns the arrays (loaded once per process by the caller's cache).
-    ``checkpoints``: the store (default: the one the settings name); ``fit_function``: the
+    ``checkpoints``: the store (default: the one the settings name); ``cadence``: when to
+    checkpoint (default ``checkpointing.cadence_for`` the device); ``fit_function``: the
     training loop (default ``gradlab.core.training_loop.fit``).
     """
     settings = settings or get_settings()
@@ -178,7 +180,7 @@ def execute_run(
             session_factory,
             checkpoints,
             claimed,
-            CheckpointCadence(settings.checkpoint_seconds),
+            cadence or cadence_for(prepared.device, settings),
             last_epoch=prepared.spec.hyperparameters.epochs - 1,
         )
         outcome = _train(session_factory, prepared, settings.lease_seconds, beat,

@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from gradlab.science.records import GRADFLOW_STATS, EpochMetrics, GradFlowEpoch
 from gradlab.settings import Settings
 from gradlab.store import runs
-from gradlab.store.models import Checkpoint, EpochMetricsRow, GradFlowRow
+from gradlab.store.models import Checkpoint, EpochMetricsRow, GradFlowEpochRow
 from gradlab.store.session import session_scope
 from tests.api.conftest import small_spec
 
@@ -69,7 +69,7 @@ def test_a_finished_experiment_is_deleted_with_its_rows_and_checkpoint_objects(
 
     assert client.delete(f"/experiments/{experiment_id}").status_code == 204
     assert not any((folder / r).exists() for r in run_ids)
-    for model in (EpochMetricsRow, GradFlowRow, Checkpoint):
+    for model in (EpochMetricsRow, GradFlowEpochRow, Checkpoint):
         assert _count(postgres_session_factory, model, run_ids) == 0
     for path in ("", "/gradflow", "/metrics"):
         assert client.get(f"/experiments/{experiment_id}{path}").status_code == 404

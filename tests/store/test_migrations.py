@@ -17,7 +17,7 @@ from gradlab.store.object_store_database import DatabaseObjectStore
 from gradlab.store.session import make_engine, make_session_factory
 
 NOW = datetime(2026, 11, 27, tzinfo=UTC)
-TABLES = {"studies", "experiments", "study_cells", "runs", "epoch_metrics", "gradflow_stats",
+TABLES = {"studies", "experiments", "study_cells", "runs", "epoch_metrics", "gradflow_epochs",
           "checkpoints", "checkpoint_objects"}
 
 
@@ -68,12 +68,12 @@ def test_postgres_indexes_serve_the_lease_scan_and_cursor_pages(empty_postgres_u
         inspector = inspect(engine)
         run_indexes = {i["name"]: i["column_names"] for i in inspector.get_indexes("runs")}
         exp_indexes = {i["name"]: i["column_names"] for i in inspector.get_indexes("experiments")}
-        gradflow_pk = inspector.get_pk_constraint("gradflow_stats")["constrained_columns"]
+        gradflow_pk = inspector.get_pk_constraint("gradflow_epochs")["constrained_columns"]
     finally:
         engine.dispose()
     assert run_indexes["ix_runs_status_lease_expires_at"] == ["status", "lease_expires_at"]
     assert exp_indexes["ix_experiments_created_at_id"] == ["created_at", "id"]
-    assert gradflow_pk == ["run_id", "epoch", "layer_index"]
+    assert gradflow_pk == ["run_id", "epoch"]
 
 
 @pytest.mark.parametrize("backend", ["postgres", "sqlite"])

@@ -17,7 +17,8 @@ from gradlab.store import runs
 from gradlab.store.base import utcnow
 from gradlab.store.checkpoint_store import CheckpointRef, checkpoint_key
 from gradlab.store.experiments import create_experiment, request_cancel
-from gradlab.store.models import Checkpoint, EpochMetricsRow, Experiment, GradFlowRow, Run
+from gradlab.store.float_arrays import unpack_floats
+from gradlab.store.models import Checkpoint, EpochMetricsRow, Experiment, GradFlowEpochRow, Run
 from gradlab.store.session import make_engine, make_session_factory, session_scope
 
 LEASE = 60
@@ -142,12 +143,12 @@ def test_record_epoch_is_idempotent_and_never_duplicates(factory: sessionmaker[S
         )
         assert [(m.epoch, m.train_loss) for m in metric_rows] == [(0, 8.0)]
         flow = session.scalars(
-            select(GradFlowRow)
-            .where(GradFlowRow.run_id == run_id)
-            .order_by(GradFlowRow.layer_index)
+            select(GradFlowEpochRow).where(GradFlowEpochRow.run_id == run_id)
         ).all()
-        assert len(flow) == len(LAYERS)
-        assert flow[-1].epoch_mean_l2 == pytest.approx(2.0 * 39e-3)
+        assert [row.epoch for row in flow] == [0]  # one row per epoch, replaced
+        epoch_mean_l2 = unpack_floats(flow[0].epoch_mean_l2)
+        assert len(epoch_mean_l2) == len(LAYERS)
+        assert epoch_mean_l2[-1] == pytest.approx(2.0 * 39e-3)
         run = session.get(Run, run_id)
         assert (run.epochs_done, run.layers) == (1, list(LAYERS))
         assert runs.latest_checkpoint(session, run_id) == _ref(run_id, 0, b"second")

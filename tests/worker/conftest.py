@@ -75,8 +75,6 @@ def service_env(service_postgres_url: str, data_dir: Path) -> Iterator[dict[str,
         "GRADLAB_LEASE_SECONDS": str(LEASE_SECONDS),
         "GRADLAB_MAX_ATTEMPTS": "3",
         "GRADLAB_DEVICE": "cpu",
-        # A checkpoint every epoch, as a real CPU run's epochs (minutes) get; these take seconds.
-        "GRADLAB_CHECKPOINT_SECONDS": "0",
         "PYTHONUNBUFFERED": "1",
     }
     delete_queue_keys(queue)

@@ -25,7 +25,7 @@ from gradlab.store import runs
 from gradlab.store.base import utcnow
 from gradlab.store.checkpoint_store import CheckpointStore, open_checkpoint_store, run_prefix
 from gradlab.store.experiments import create_experiment
-from gradlab.store.models import EpochMetricsRow, GradFlowRow, Run
+from gradlab.store.models import EpochMetricsRow, GradFlowEpochRow, Run
 from gradlab.store.session import session_scope
 from gradlab.worker.runner import execute_run
 from tests.support.processes import REPO
@@ -49,9 +49,8 @@ def settings(place: str, request: pytest.FixtureRequest, postgres_url: str, data
     if where is None:
         endpoint = request.getfixturevalue("moto_s3_endpoint")
         where = f"s3://{request.getfixturevalue('s3_bucket')}/ckpt"
-    # Every epoch, as on a real CPU run (epochs of minutes); these epochs take a second.
     return Settings(database_url=postgres_url, checkpoint_store=where, s3_endpoint_url=endpoint,
-                    checkpoint_seconds=0, data_dir=data_dir, device="cpu")
+                    data_dir=data_dir, device="cpu")  # on the CPU: a checkpoint every epoch
 
 
 def _data(settings: Settings) -> Any:
@@ -67,12 +66,12 @@ def _rows(factory: sessionmaker[Session], run_id: str) -> tuple[list[Any], list[
     """Every number the run wrote, per epoch (the wall time aside)."""
     metric_columns = [c for c in EpochMetricsRow.__table__.c if c.name not in ("run_id",
                                                                               "seconds")]
-    flow_columns = [c for c in GradFlowRow.__table__.c if c.name != "run_id"]
+    flow_columns = [c for c in GradFlowEpochRow.__table__.c if c.name != "run_id"]
     with factory() as session:
         metrics = session.execute(select(*metric_columns).where(EpochMetricsRow.run_id == run_id)
                                   .order_by(EpochMetricsRow.epoch)).all()
-        flow = session.execute(select(*flow_columns).where(GradFlowRow.run_id == run_id)
-                               .order_by(GradFlowRow.epoch, GradFlowRow.layer_index)).all()
+        flow = session.execute(select(*flow_columns).where(GradFlowEpochRow.run_id == run_id)
+                               .order_by(GradFlowEpochRow.epoch)).all()
     return [tuple(r) for r in metrics], [tuple(r) for r in flow]
 
 
@@ -80,7 +79,7 @@ def _rows(factory: sessionmaker[Session], run_id: str) -> tuple[list[Any], list[
 def uninterrupted(postgres_session_factory: sessionmaker[Session],
                   data_dir: Path) -> tuple[list[Any], list[Any]]:
     """The rows of the same run trained without interruption."""
-    settings = Settings(device="cpu", data_dir=data_dir, checkpoint_seconds=0)
+    settings = Settings(device="cpu", data_dir=data_dir)
     run_id = _new_run(postgres_session_factory)
     status = execute_run(run_id, postgres_session_factory, _data(settings), "cpu",
                          settings=settings)
@@ -92,7 +91,7 @@ def _kill_while_writing(settings: Settings, run_id: str, tmp_path: Path) -> None
     env = {**os.environ, **FAKE_AWS_ENV, "PYTHONUNBUFFERED": "1"}
     env.update({f"GRADLAB_{k.upper()}": str(v) for k, v in settings.model_dump().items()
                 if v is not None and k in ("database_url", "checkpoint_store", "s3_endpoint_url",
-                                           "checkpoint_seconds", "data_dir", "device")})
+                                           "data_dir", "device")})
     log = tmp_path / "killed-worker.log"
     with log.open("wb") as out:
         done = subprocess.run(

@@ -9,12 +9,13 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from gradlab.science.records import GRADFLOW_STATS, EpochMetrics, GradFlowEpoch
 from gradlab.science.spec import ExperimentSpec
+from gradlab.settings import Settings
 from gradlab.store import runs
 from gradlab.store.checkpoint_store import CheckpointStore, run_prefix
 from gradlab.store.experiments import create_experiment
 from gradlab.store.object_store_filesystem import FilesystemObjectStore
 from gradlab.store.session import session_scope
-from gradlab.worker.checkpointing import CheckpointCadence, RunCheckpoints
+from gradlab.worker.checkpointing import CheckpointCadence, RunCheckpoints, cadence_for
 
 
 class Clock:
@@ -36,6 +37,13 @@ def test_cadence_waits_its_seconds_but_never_skips_the_last_epoch() -> None:
     cadence.saved()
     assert not cadence.due(last_epoch=False)
     assert CheckpointCadence(0, clock=clock).due(last_epoch=False)  # 0: every epoch
+    assert CheckpointCadence(60, every_epoch=True, clock=clock).due(last_epoch=False)
+
+
+def test_the_cpu_checkpoints_every_epoch_a_gpu_at_its_cadence() -> None:
+    settings = Settings(checkpoint_seconds=60)
+    assert cadence_for("cpu", settings).due(last_epoch=False)
+    assert not cadence_for("cuda:0", settings).due(last_epoch=False)
 
 
 def _record(factory: sessionmaker[Session], claimed: runs.ClaimedRun, epoch: int,
