@@ -108,9 +108,12 @@ def downgrade() -> None:
     for row in connection.execute(sa.select(per_epoch)).all():
         arrays = [struct.unpack(f"<{len(getattr(row, c)) // 8}d", getattr(row, c))
                   for c in COLUMNS]
-        connection.execute(per_layer.insert(), [
-            {"run_id": row.run_id, "epoch": row.epoch, "layer_index": j,
-             **{c: arrays[i][j] for i, c in enumerate(COLUMNS)}}
-            for j in range(len(arrays[0]))
-        ])
+        # A layer all NaN reads the same without a row (and SQLite stores NaN as NULL).
+        written = [j for j in range(len(arrays[0]))
+                   if not all(math.isnan(values[j]) for values in arrays)]
+        if written:
+            connection.execute(per_layer.insert(), [
+                {"run_id": row.run_id, "epoch": row.epoch, "layer_index": j,
+                 **{c: arrays[i][j] for i, c in enumerate(COLUMNS)}} for j in written
+            ])
     op.drop_table("gradflow_epochs")
