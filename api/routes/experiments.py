@@ -38,8 +38,8 @@ from gradlab.api.schemas import (
     MetricsRead,
     RunBrief,
     RunRead,
-    RunStatusName,
 )
+from gradlab.science.records import RunStatus
 from gradlab.science.spec import ExperimentSpec
 from gradlab.store import experiments as store
 from gradlab.store.models import Experiment, Run
@@ -101,7 +101,7 @@ def create(
 @router.get("", name="list", response_model=ExperimentPageRead, responses=error_responses(422))
 def list_(
     session: SessionDep,
-    status: RunStatusName | None = None,
+    status: RunStatus | None = None,
     name: str | None = None,
     limit: Annotated[int, Query(ge=1, le=store.MAX_PAGE_SIZE)] = 50,
     cursor: str | None = None,
