@@ -7,7 +7,7 @@ PYTHON ?= python3
 GRADLAB_DATA_DIR ?= $(if $(wildcard ../shared/data/cifar100/train.npz),$(abspath ../shared/data/cifar100),$(abspath data))
 export GRADLAB_DATA_DIR
 
-.PHONY: setup demo test lint services bench clean
+.PHONY: setup demo test lint services bench clean dashboard
 
 setup: $(VENV)/.installed
 
@@ -34,6 +34,11 @@ bench: setup services
 	$(BIN)/gradlab bench
 	$(BIN)/python bench/epoch_write.py
 	$(BIN)/python bench/api_load.py
+
+# The dashboard's script and style, built from web/ (npm registry, build time only) into
+# api/dashboard/static/, where they are committed: serving and testing need no Node.
+dashboard:
+	cd web && npm ci --no-audit --no-fund && npm run build
 
 clean:
 	rm -rf runs .pytest_cache .ruff_cache

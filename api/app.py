@@ -15,11 +15,13 @@ from importlib.metadata import PackageNotFoundError, version
 from fastapi import FastAPI
 from fastapi.routing import APIRoute
 
+from gradlab.api.change_feed import ChangeFeed
 from gradlab.api.errors import install_error_handlers
-from gradlab.api.request_metrics import RequestMetrics, RequestMetricsMiddleware
+from gradlab.api.request_metrics import RequestMetricsMiddleware
 from gradlab.api.response_cache import ResponseCache
-from gradlab.api.routes import experiments, health, studies
+from gradlab.api.routes import dashboard, events, experiments, health, studies
 from gradlab.dispatch.dispatchers import RunDispatcher, make_dispatcher
+from gradlab.observability.logs import configure_logging
 from gradlab.settings import Settings, get_settings
 from gradlab.store.checkpoint_store import open_checkpoint_store
 from gradlab.store.session import engine_from_settings, make_session_factory
@@ -61,6 +63,7 @@ def create_app(
         try:
             yield
         finally:
+            await app.state.change_feed.close()
             close = getattr(app.state.dispatcher, "close", None)
             if made_here and callable(close):
                 close()
@@ -80,11 +83,26 @@ def create_app(
     app.state.checkpoint_store = open_checkpoint_store(settings, app.state.session_factory)
     app.state.dispatcher = dispatcher
     app.state.response_cache = ResponseCache()
-    app.state.request_metrics = RequestMetrics()
+    app.state.change_feed = ChangeFeed(
+        app.state.session_factory,
+        poll_seconds=settings.events_poll_seconds,
+        overlap_seconds=settings.events_overlap_seconds,
+    )
 
     install_error_handlers(app)
-    app.add_middleware(RequestMetricsMiddleware, metrics=app.state.request_metrics)
+    app.add_middleware(RequestMetricsMiddleware)
     app.include_router(experiments.router)
+    app.include_router(events.router)
     app.include_router(health.router)
     app.include_router(studies.router)
+    app.include_router(dashboard.router)
+    app.mount(dashboard.STATIC_PATH, dashboard.static_files(), name="dashboard-static")
     return app
+
+
+def create_service_app() -> FastAPI:
+    """The app as an API process serves it (``gradlab api``, one call per uvicorn worker
+    process): logs configured from the settings first (JSON lines or text)."""
+    settings = get_settings()
+    configure_logging(settings.log_format, settings.log_level)
+    return create_app(settings)

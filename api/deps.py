@@ -15,7 +15,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 from sqlalchemy.orm import Session, sessionmaker
 
-from gradlab.api.request_metrics import RequestMetrics
+from gradlab.api.prometheus_metrics import DISPATCH_FAILURES
 from gradlab.api.response_cache import ResponseCache
 from gradlab.dispatch.dispatchers import RunDispatcher
 from gradlab.settings import Settings
@@ -51,7 +51,7 @@ def _dispatch_after_commit(request: Request) -> None:
     except Exception:
         # The runs are committed as queued, and the database (not the broker) is the record:
         # the lost-run sweep or the local worker's poll picks them up. Answer the request.
-        request.app.state.request_metrics.dispatch_failures += 1
+        DISPATCH_FAILURES.inc()
         log.exception("dispatching runs %s failed; they stay queued", pending.run_ids)
 
 
@@ -77,10 +77,6 @@ async def get_response_cache(request: Request) -> ResponseCache:
     return request.app.state.response_cache
 
 
-async def get_request_metrics(request: Request) -> RequestMetrics:
-    return request.app.state.request_metrics
-
-
 # The plain getters are ``async def`` so FastAPI calls them on the event loop, not in a thread.
 SessionDep = Annotated[Session, Depends(get_session, scope="function")]
 SessionFactoryDep = Annotated[sessionmaker[Session], Depends(get_session_factory)]
@@ -88,4 +84,3 @@ RunsToDispatchDep = Annotated[RunsToDispatch, Depends(get_runs_to_dispatch)]
 SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
 CheckpointStoreDep = Annotated[CheckpointStore, Depends(get_checkpoint_store)]
 ResponseCacheDep = Annotated[ResponseCache, Depends(get_response_cache)]
-RequestMetricsDep = Annotated[RequestMetrics, Depends(get_request_metrics)]

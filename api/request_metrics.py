@@ -1,37 +1,29 @@
-"""Request counters for ``/metrics``, collected by a plain ASGI middleware (no per-request task).
+"""Per-request latency for ``/metrics`` and one log line per request, from a plain ASGI
+middleware (no per-request task).
 
-Keys are the route template (``/experiments/{experiment_id}``), not the raw path, so the number
-of series stays bounded whatever ids clients ask for.
+Labels are the route template (``/experiments/{experiment_id}``), not the raw path, so the
+number of series stays bounded whatever ids clients ask for. Event streams are left out of
+the latency histogram: their "latency" is how long a browser kept the page open.
 """
 
 from __future__ import annotations
 
-import threading
+import logging
 import time
-from collections import Counter
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from gradlab.api.prometheus_metrics import HTTP_REQUEST_SECONDS
 
-class RequestMetrics:
-    """Counts and total seconds of answered requests per (method, route, status)."""
+log = logging.getLogger("gradlab.api.requests")
 
-    def __init__(self) -> None:
-        self.requests: Counter[tuple[str, str, int]] = Counter()
-        self.seconds: Counter[tuple[str, str]] = Counter()
-        self.dispatch_failures = 0
-        self._lock = threading.Lock()
-
-    def record(self, method: str, route: str, status: int, seconds: float) -> None:
-        with self._lock:
-            self.requests[(method, route, status)] += 1
-            self.seconds[(method, route)] += seconds
+# Path parameters worth carrying into the request's log line.
+_LOGGED_IDS = ("experiment_id", "study_id", "run_id")
 
 
 class RequestMetricsMiddleware:
-    def __init__(self, app: ASGIApp, metrics: RequestMetrics) -> None:
+    def __init__(self, app: ASGIApp) -> None:
         self.app = app
-        self.metrics = metrics
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -49,6 +41,21 @@ class RequestMetricsMiddleware:
         try:
             await self.app(scope, receive, send_with_status)
         finally:
-            route = scope.get("route")
-            template = getattr(route, "path", None) or "unmatched"
-            self.metrics.record(scope["method"], template, status, time.perf_counter() - started)
+            seconds = time.perf_counter() - started
+            route = getattr(scope.get("route"), "path", None) or "unmatched"
+            if not route.endswith("/events"):
+                HTTP_REQUEST_SECONDS.labels(scope["method"], route, str(status)).observe(seconds)
+            ids = {k: v for k, v in (scope.get("path_params") or {}).items() if k in _LOGGED_IDS}
+            log.info(
+                "%s %s %d",
+                scope["method"],
+                route,
+                status,
+                extra={
+                    "method": scope["method"],
+                    "route": route,
+                    "status": status,
+                    "duration_ms": round(seconds * 1000, 2),
+                    **ids,
+                },
+            )

@@ -12,6 +12,8 @@ from collections import OrderedDict
 from collections.abc import Hashable
 from dataclasses import dataclass
 
+from gradlab.api.prometheus_metrics import RESPONSE_CACHE_LOOKUPS
+
 
 @dataclass(frozen=True)
 class CachedResponse:
@@ -43,9 +45,11 @@ class ResponseCache:
             entry = self._entries.get(key)
             if entry is None:
                 self.misses += 1
+                RESPONSE_CACHE_LOOKUPS.labels("miss").inc()
                 return None
             self._entries.move_to_end(key)
             self.hits += 1
+            RESPONSE_CACHE_LOOKUPS.labels("hit").inc()
             return entry
 
     def put(self, key: Hashable, entry: CachedResponse) -> None:

@@ -95,8 +95,19 @@ class ExperimentListItem(_Read):
     cancel_requested_at: datetime | None = None
 
 
+class ProgressRead(BaseModel):
+    runs: int
+    runs_finished: int
+    epochs_done: int = Field(description="epochs recorded, summed over the runs")
+    epochs_planned: int = Field(description="the spec's epochs times the runs")
+
+
+class ExperimentListRow(ExperimentListItem):
+    progress: ProgressRead | None = None
+
+
 class ExperimentPageRead(BaseModel):
-    items: list[ExperimentListItem]
+    items: list[ExperimentListRow]
     next_cursor: str | None = Field(
         None, description="pass as ?cursor= for the next page; null on the last page"
     )
@@ -246,6 +257,21 @@ class GradflowRead(BaseModel):
     layers: list[str]
     runs: list[GradflowRunRead]
     across_seeds: GradflowAcrossSeedsRead
+
+
+class FindingRead(BaseModel):
+    kind: str = Field(examples=["vanishing_gradients"])
+    experiments: list[dict[str, Any]]
+    sentence: str = Field(
+        examples=["vgg38: gradients vanish: 37 of 39 layers below 1e-08 (entry conv 1.8e-18)"]
+    )
+    evidence: dict[str, Any]
+
+
+class DiagnosticsRead(BaseModel):
+    experiment_id: str
+    epochs_read: int = Field(description="the most epochs any seed has recorded")
+    findings: list[FindingRead]
 
 
 class HealthRead(BaseModel):

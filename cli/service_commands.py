@@ -74,12 +74,19 @@ def serve_command(
     ),
 ) -> None:
     """The whole service on one machine: the API plus a local worker, no broker needed."""
+    from gradlab.observability.metrics_folder import prepare_multiprocess_dir
+
+    # Before anything imports prometheus_client: the local worker (another process) then
+    # adds its epoch times to the files this API's /metrics reads.
+    prepare_multiprocess_dir("serve")
     import uvicorn
 
     from gradlab.api.app import create_app
+    from gradlab.observability.logs import configure_logging
     from gradlab.worker.embedded import LocalWorker
 
     settings = _settings_with(db)
+    configure_logging(settings.log_format, settings.log_level)
     if settings.broker_url:
         typer.secho(
             "note: GRADLAB_BROKER_URL is set but `gradlab serve` trains with its local worker; "
@@ -104,7 +111,8 @@ def serve_command(
             create_app(settings, dispatcher=worker.dispatcher),
             host=host,
             port=port,
-            log_level="info",
+            log_config=None,  # the root logger's format (configure_logging) for every line
+            access_log=False,  # one line per request comes from the API's own middleware
         )
     finally:
         worker.stop()
@@ -128,16 +136,23 @@ def api_command(
     workers: int = typer.Option(1, min=1, max=64, help="API processes."),
 ) -> None:
     """The API alone, as a container runs it: a database and a broker configured, no worker."""
+    from gradlab.observability.metrics_folder import MULTIPROC_ENV, prepare_multiprocess_dir
+
+    if workers > 1 or os.environ.get(MULTIPROC_ENV):
+        # Several processes answer /metrics: counters are shared through files, so every
+        # scrape sees the sum (see gradlab.observability.prometheus).
+        prepare_multiprocess_dir("api")
     import uvicorn
 
     _broker_url_or_exit(get_settings(), "api")
     uvicorn.run(
-        "gradlab.api.app:create_app",
+        "gradlab.api.app:create_service_app",
         factory=True,
         host=host,
         port=port,
         workers=workers,
-        log_level="info",
+        log_config=None,  # each worker process configures its logs (create_service_app)
+        access_log=False,
     )
 
 
@@ -154,6 +169,13 @@ def worker_command(
     GPU). Run `gradlab reaper` once per deployment beside the workers."""
     settings = get_settings()
     _broker_url_or_exit(settings, "worker")
+    if settings.worker_metrics_port is not None:
+        from gradlab.observability.metrics_folder import prepare_multiprocess_dir
+
+        prepare_multiprocess_dir("worker")  # before the tasks' metrics are imported
+        from gradlab.observability.prometheus import serve_metrics
+
+        serve_metrics(settings.worker_metrics_port)
     from gradlab.worker import devices
     from gradlab.worker.celery_app import app as celery_app
 

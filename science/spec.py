@@ -149,6 +149,16 @@ class ExperimentSpec(_Strict):
     def num_classes(self) -> int:
         return 100 if self.data.dataset == "cifar100" else 10
 
+    @property
+    def model_family(self) -> str:
+        """``vgg38-bn-res``: depth and the two switches, a label with few values (metrics are
+        labelled by it, never by run ids)."""
+        return (
+            f"vgg{self.depth:02d}"
+            + ("-bn" if self.batch_norm else "")
+            + ("-res" if self.residual else "")
+        )
+
     def with_updates(self, updates: Mapping[str, object]) -> ExperimentSpec:
         """A validated copy with dotted-path fields replaced.
 

@@ -31,6 +31,22 @@ class Settings(BaseSettings):
     # The Celery queue runs are sent to and workers consume (one per cluster, or per test).
     celery_queue: str = "gradlab"
     device: str = "auto"
+    # Logs of the API and the worker: one JSON object per line, or plain text for a terminal.
+    log_format: Literal["json", "text"] = "json"
+    log_level: str = "INFO"
+    # Server-sent events: each API process reads "runs changed since" once per poll for all
+    # its streams; a resumed stream replays from the last event's time minus the overlap
+    # (above the writers' clock skew plus the longest epoch transaction); idle streams get a
+    # comment line every heartbeat so proxies keep them open.
+    events_poll_seconds: float = 1.0
+    events_overlap_seconds: float = 10.0
+    events_heartbeat_seconds: float = 15.0
+    # `gradlab worker` serves its Prometheus metrics (epoch times, heartbeats) on this port.
+    worker_metrics_port: int | None = None
+    # The remote command-line client: the server (GRADLAB_URL) and the bearer token
+    # (GRADLAB_TOKEN) it sends.
+    url: str = "http://127.0.0.1:8000"
+    token: str | None = None
 
     # Connection pool of each process (API, worker child, reaper): its steady connections and
     # the extra ones it may open in a burst. Behind PgBouncer these are client connections,

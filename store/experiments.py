@@ -15,7 +15,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import delete, func, select, tuple_, update
+from sqlalchemy import case, delete, func, select, tuple_, update
 from sqlalchemy.orm import Session, selectinload
 
 from gradlab.science.records import (
@@ -125,6 +125,29 @@ def list_experiments(
         last = items[-1]
         next_cursor = _encode_cursor(last.created_at, last.id)
     return ExperimentPage(items, next_cursor)
+
+
+@dataclass(frozen=True)
+class RunProgress:
+    runs: int
+    runs_finished: int
+    epochs_done: int
+
+
+def run_progress(session: Session, experiment_ids: Sequence[str]) -> dict[str, RunProgress]:
+    """Per experiment: its runs, how many finished, and their epochs done (one grouped query)."""
+    if not experiment_ids:
+        return {}
+    finished = func.sum(case((Run.status.in_(TERMINAL_RUN_STATUSES), 1), else_=0))
+    query = (
+        select(Run.experiment_id, func.count(), finished, func.sum(Run.epochs_done))
+        .where(Run.experiment_id.in_(list(experiment_ids)))
+        .group_by(Run.experiment_id)
+    )
+    return {
+        row[0]: RunProgress(int(row[1]), int(row[2] or 0), int(row[3] or 0))
+        for row in session.execute(query)
+    }
 
 
 def get_experiment(session: Session, experiment_id: str) -> Experiment | None:

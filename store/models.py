@@ -88,6 +88,8 @@ class Run(TimestampedMixin, Base):
         UniqueConstraint("experiment_id", "seed"),
         CheckConstraint(f"status IN {RUN_STATUSES}", name="status_valid"),
         Index("ix_runs_status_lease_expires_at", "status", "lease_expires_at"),
+        # the change feed's "runs changed since T" (server-sent events)
+        Index("ix_runs_updated_at", "updated_at"),
     )
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
@@ -129,6 +131,9 @@ class EpochMetricsRow(Base):
     val_acc: Mapped[float] = mapped_column(Float)
     lr: Mapped[float] = mapped_column(Float)
     seconds: Mapped[float] = mapped_column(Float)
+    # written in the epoch's transaction (a re-delivered epoch moves it): a resumed event
+    # stream replays the epochs recorded after the last event its client saw
+    recorded_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
 class GradFlowEpochRow(Base):

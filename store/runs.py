@@ -264,7 +264,7 @@ def record_epoch(
         raise LookupError(f"run {run_id} does not exist")
 
     # Upserts keyed on (run_id, epoch): a re-delivered epoch replaces its rows.
-    metrics_row = {"run_id": run_id, **metrics.to_dict()}
+    metrics_row = {"run_id": run_id, **metrics.to_dict(), "recorded_at": now}
     _upsert(session, EpochMetricsRow, [metrics_row], ["run_id", "epoch"])
     _upsert(session, GradFlowEpochRow, [flow_row], ["run_id", "epoch"])
     if checkpoint is not None:

@@ -18,7 +18,7 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, selectinload
 
-from gradlab.science.records import TestResult
+from gradlab.science.records import GradFlowEpoch, TestResult
 from gradlab.science.spec import ExperimentSpec
 from gradlab.science.study import StudySpec, expand
 from gradlab.science.study_results import CellResult, SeedRun
@@ -28,6 +28,7 @@ from gradlab.store.experiments import (
     new_queued_run,
     read_metrics,
     refresh_experiment_status,
+    request_cancel,
     spec_hash,
 )
 from gradlab.store.gradflow import read_gradflow_epochs
@@ -198,50 +199,96 @@ def _queued_runs(session: Session, study: Study) -> list[str]:
     return ids
 
 
+def _seed_runs(
+    runs: Sequence[Run],
+    metrics: dict[str, list[Any]],
+    flows: dict[str, list[GradFlowEpoch]],
+) -> list[SeedRun]:
+    seed_runs = []
+    for run in runs:
+        test = None
+        if run.test_acc is not None and run.test_loss is not None:
+            test = TestResult(
+                loss=run.test_loss,
+                acc=run.test_acc,
+                best_epoch=run.best_epoch if run.best_epoch is not None else -1,
+            )
+        seed_runs.append(
+            SeedRun(
+                seed=run.seed,
+                status=run.status,  # type: ignore[arg-type]
+                layers=tuple(run.layers or ()),
+                epochs=metrics.get(run.id, []),
+                gradflow=flows.get(run.id, []),
+                test=test,
+            )
+        )
+    return seed_runs
+
+
+def _results_of(session: Session, runs: Sequence[Run]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Metrics and gradient flow of these runs (one query each)."""
+    metrics = read_metrics(session, [r.id for r in runs])
+    flows = read_gradflow_epochs(session, {r.id: tuple(r.layers or ()) for r in runs})
+    return metrics, flows
+
+
 def study_results(session: Session, study: Study) -> list[CellResult]:
     """What every cell's runs have produced so far, cells in study order."""
     spec, scale = study_spec_of(study)
     expanded = {c.position: c for c in expand(spec, scale=scale)}
     by_cell = cell_runs(session, study)
-    run_ids = [r.id for runs in by_cell.values() for r in runs]
-    metrics = read_metrics(session, run_ids)
-    flows = read_gradflow_epochs(
-        session, {r.id: tuple(r.layers or ()) for runs in by_cell.values() for r in runs}
-    )
+    metrics, flows = _results_of(session, [r for runs in by_cell.values() for r in runs])
     results = []
     for cell in study.cells:
         experiment_spec = ExperimentSpec.model_validate(cell.experiment.spec)
         planned = expanded.get(cell.position)
         cell_spec = planned.spec if planned is not None else experiment_spec
-        seed_runs = []
-        for run in by_cell.get(cell.position, []):
-            layers = tuple(run.layers or ())
-            test = None
-            if run.test_acc is not None and run.test_loss is not None:
-                test = TestResult(
-                    loss=run.test_loss,
-                    acc=run.test_acc,
-                    best_epoch=run.best_epoch if run.best_epoch is not None else -1,
-                )
-            seed_runs.append(
-                SeedRun(
-                    seed=run.seed,
-                    status=run.status,  # type: ignore[arg-type]
-                    layers=layers,
-                    epochs=metrics.get(run.id, []),
-                    gradflow=flows.get(run.id, []),
-                    test=test,
-                )
-            )
         results.append(
             CellResult(
                 name=cell_spec.name,
                 coordinates=dict(cell.coordinates),
                 spec=cell_spec,
-                runs=seed_runs,
+                runs=_seed_runs(by_cell.get(cell.position, []), metrics, flows),
             )
         )
     return results
+
+
+def experiment_result(session: Session, experiment: Experiment) -> CellResult:
+    """One experiment's runs so far, as a one-cell study sees them (for its diagnostics)."""
+    runs = list(experiment.runs)
+    metrics, flows = _results_of(session, runs)
+    spec = ExperimentSpec.model_validate(experiment.spec)
+    return CellResult(
+        name=experiment.name, coordinates={}, spec=spec, runs=_seed_runs(runs, metrics, flows)
+    )
+
+
+def list_studies(session: Session, limit: int = 100) -> list[Study]:
+    """The newest studies first, with their cells' experiments loaded."""
+    query = (
+        select(Study)
+        .options(selectinload(Study.cells).selectinload(StudyCell.experiment))
+        .order_by(Study.created_at.desc(), Study.id.desc())
+        .limit(limit)
+    )
+    return list(session.scalars(query))
+
+
+def resubmit_failed(session: Session, study: Study) -> list[str]:
+    """Failed runs of the study back to the queue (as resubmitting the study does); returns
+    every queued run id of the study, for the caller to dispatch after commit."""
+    _requeue_failed(session, study)
+    return _queued_runs(session, study)
+
+
+def cancel_study(session: Session, study: Study) -> None:
+    """Ask every cell's experiment to stop (queued runs now, running ones after their epoch).
+
+    A cell shared with another study stops there too: an experiment has one set of runs."""
+    for experiment_id in dict.fromkeys(c.experiment_id for c in study.cells):
+        request_cancel(session, experiment_id)
 
 
 def completion(session: Session, study: Study) -> list[dict[str, Any]]:

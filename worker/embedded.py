@@ -21,6 +21,7 @@ from typing import Any
 from sqlalchemy.orm import Session, sessionmaker
 
 from gradlab.dispatch.dispatchers import EmbeddedDispatcher
+from gradlab.observability.logs import configure_logging, log_context
 from gradlab.settings import Settings
 from gradlab.store import runs
 from gradlab.store.base import utcnow
@@ -134,8 +135,8 @@ def run_local_worker(
     from gradlab.worker.runner import execute_run
 
     signal.signal(signal.SIGTERM, _handle_sigterm)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s local-worker %(message)s")
     settings = Settings(**settings_dict)
+    configure_logging(settings.log_format, settings.log_level)
     engine = engine_from_settings(settings)
     factory: sessionmaker[Session] = make_session_factory(engine)
 
@@ -155,7 +156,10 @@ def run_local_worker(
                 with factory() as session:
                     queued = runs.find_queued_runs(session, limit=1)
                 if queued:
-                    execute_run(queued[0], factory, load_data, settings.device, settings=settings)
+                    with log_context(run_id=queued[0]):
+                        execute_run(
+                            queued[0], factory, load_data, settings.device, settings=settings
+                        )
                     continue
             except Exception:  # e.g. the database is briefly unreachable: keep serving
                 log.exception("local worker loop failed; retrying")

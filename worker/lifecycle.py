@@ -9,8 +9,9 @@ from __future__ import annotations
 import logging
 import os
 
-from celery.signals import worker_init, worker_process_init
+from celery.signals import setup_logging, worker_init, worker_process_init
 
+from gradlab.observability.logs import configure_logging
 from gradlab.settings import get_settings
 from gradlab.worker import devices, process_state
 
@@ -38,7 +39,14 @@ def child_pins_gpu_and_drops_inherited_connections(**_: object) -> None:
     )
 
 
+def logs_as_configured(**_: object) -> None:
+    # Connected, this replaces Celery's own logging set-up: JSON lines or text, per settings.
+    settings = get_settings()
+    configure_logging(settings.log_format, settings.log_level)
+
+
 def connect() -> None:
     """Connect the handlers (weakly held by Celery; these are module functions, kept alive)."""
+    setup_logging.connect(logs_as_configured)
     worker_init.connect(parent_publishes_gpus)
     worker_process_init.connect(child_pins_gpu_and_drops_inherited_connections)

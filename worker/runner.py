@@ -26,6 +26,7 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from gradlab.core.data import CifarArrays
+from gradlab.observability.logs import bind_log_context
 from gradlab.science.records import EpochCallback, EpochMetrics, GradFlowEpoch, TrainingResult
 from gradlab.science.spec import ExperimentSpec
 from gradlab.settings import Settings, get_settings
@@ -36,6 +37,7 @@ from gradlab.store.checkpoint_store import (
     open_checkpoint_store,
 )
 from gradlab.store.session import session_scope
+from gradlab.worker import metrics as worker_metrics
 from gradlab.worker.checkpointing import CheckpointCadence, RunCheckpoints, cadence_for
 
 log = logging.getLogger(__name__)
@@ -87,7 +89,9 @@ class _Heartbeat(threading.Thread):
                     )
             except Exception as exc:  # a database blip: try again next beat, lease has slack
                 log.warning("heartbeat for run %s failed: %s", self._run_id, exc)
+                worker_metrics.HEARTBEATS.labels("failed").inc()
                 continue
+            worker_metrics.HEARTBEATS.labels("ok" if alive else "lost").inc()
             if not alive:
                 self.lost.set()
                 return
@@ -168,6 +172,7 @@ def execute_run(
     if claimed is None:
         log.info("run %s is not claimable (finished, leased elsewhere, or missing)", run_id)
         return None
+    bind_log_context(experiment_id=claimed.experiment_id, run_id=run_id, attempt=claimed.attempt)
     log.info("claimed run %s (attempt %d) as %s", run_id, claimed.attempt, claimed.owner)
     # From the claim on: loading the data and the checkpoint may take longer than a lease.
     beat = _Heartbeat(session_factory, run_id, claimed.owner, settings.lease_seconds)
@@ -245,6 +250,7 @@ def _epoch_writer(
     claimed: runs.ClaimedRun,
     lease: int,
     beat: _Heartbeat,
+    family: str,
     checkpoints: RunCheckpoints,
 ) -> EpochCallback:
     """The callback that writes each finished epoch (metrics, gradient flow, the reference to
@@ -257,6 +263,7 @@ def _epoch_writer(
     ) -> bool:
         if beat.lost.is_set():
             raise runs.LeaseLostError(f"run {run_id} is no longer leased to {owner}")
+        started = time.perf_counter()  # the write: checkpoint bytes (when due), then the rows
         reference = checkpoints.at_epoch_end(metrics.epoch, make_checkpoint)
 
         def write() -> bool:
@@ -270,6 +277,8 @@ def _epoch_writer(
         cancelled = _retrying(write, f"epoch {metrics.epoch} of run {run_id}")
         if reference is not None:
             checkpoints.committed(reference)
+        worker_metrics.EPOCH_WRITE_SECONDS.labels(family).observe(time.perf_counter() - started)
+        worker_metrics.EPOCH_SECONDS.labels(family).observe(metrics.seconds)
         return not cancelled
 
     return on_epoch_end
@@ -297,7 +306,8 @@ def _train(
             claimed.seed,
             prepared.arrays,
             device=prepared.device,
-            on_epoch_end=_epoch_writer(factory, claimed, lease, beat, checkpoints),
+            on_epoch_end=_epoch_writer(factory, claimed, lease, beat, prepared.spec.model_family,
+                                       checkpoints),
             resume_from=prepared.resume_from,
         )
         checkpoints.save_pending(result.status)
@@ -336,5 +346,6 @@ def _record_outcome(
     if not _retrying(finish, f"the outcome of run {run_id}"):
         log.warning("run %s finished here but its lease had moved on; result dropped", run_id)
         return None
+    worker_metrics.RUNS_FINISHED.labels(prepared.spec.model_family, result.status).inc()
     log.info("run %s %s", run_id, result.status)
     return result.status

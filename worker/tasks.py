@@ -6,6 +6,7 @@ from celery import Celery, Task
 
 from gradlab.dispatch.dispatchers import CeleryDispatcher
 from gradlab.dispatch.queues import REAP_TASK, TRAIN_TASK
+from gradlab.observability.logs import log_context
 from gradlab.settings import get_settings
 from gradlab.worker import process_state
 from gradlab.worker.reaper import reap
@@ -14,13 +15,14 @@ from gradlab.worker.runner import execute_run
 
 def train_run_task(run_id: str) -> None:
     """Claim the run's lease (or return), train it, write every epoch; Postgres is the record."""
-    execute_run(
-        run_id,
-        process_state.session_factory(),
-        process_state.load_data,
-        process_state.device(),
-        settings=get_settings(),
-    )
+    with log_context(run_id=run_id):  # every line of this run names it (and, once claimed,
+        execute_run(  # its experiment and attempt)
+            run_id,
+            process_state.session_factory(),
+            process_state.load_data,
+            process_state.device(),
+            settings=get_settings(),
+        )
 
 
 def reap_lost_runs_task(task: Task) -> list[str]:

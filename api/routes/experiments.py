@@ -18,6 +18,7 @@ from gradlab.api.deps import (
     SessionDep,
     SessionFactoryDep,
 )
+from gradlab.api.diagnostics_view import render_diagnostics
 from gradlab.api.errors import (
     ConflictError,
     InvalidParameterError,
@@ -28,14 +29,17 @@ from gradlab.api.gradflow_views import GradflowFormat, GradflowQuery, render_gra
 from gradlab.api.metrics_views import metrics_cache_key, render_metrics, summarize_experiment
 from gradlab.api.response_cache import CachedResponse, RenderedView, ResponseCache
 from gradlab.api.schemas import (
+    DiagnosticsRead,
     ExperimentCreated,
     ExperimentListItem,
+    ExperimentListRow,
     ExperimentPageRead,
     ExperimentRead,
     GradflowRead,
     GradflowStat,
     GradflowWindow,
     MetricsRead,
+    ProgressRead,
     RunBrief,
     RunRead,
 )
@@ -111,10 +115,24 @@ def list_(
         page = store.list_experiments(session, status=status, name=name, limit=limit, cursor=cursor)
     except store.InvalidCursorError as exc:
         raise InvalidParameterError("cursor", str(exc)) from exc
+    progress = store.run_progress(session, [e.id for e in page.items])
     return ExperimentPageRead(
-        items=[ExperimentListItem.model_validate(e) for e in page.items],
+        items=[_list_row(e, progress.get(e.id)) for e in page.items],
         next_cursor=page.next_cursor,
     )
+
+
+def _list_row(experiment: Experiment, progress: store.RunProgress | None) -> ExperimentListRow:
+    row = ExperimentListRow.model_validate(experiment)
+    if progress is not None:
+        epochs = int((experiment.spec.get("hyperparameters") or {}).get("epochs") or 0)
+        row.progress = ProgressRead(
+            runs=progress.runs,
+            runs_finished=progress.runs_finished,
+            epochs_done=progress.epochs_done,
+            epochs_planned=epochs * progress.runs,
+        )
+    return row
 
 
 @router.get("/{experiment_id}", response_model=ExperimentRead, responses=error_responses(404))
@@ -264,4 +282,19 @@ async def gradflow(
         factory,
         experiment_id,
         lambda session, experiment: render_gradflow(session, experiment, query),
+    )
+
+
+@router.get(
+    "/{experiment_id}/diagnostics",
+    response_model=DiagnosticsRead,
+    responses=error_responses(404),
+)
+async def diagnostics(
+    experiment_id: str, factory: SessionFactoryDep, cache: ResponseCacheDep
+) -> Response:
+    """What went wrong so far, in words: vanishing or exploding gradients, not training,
+    overfitting (the study diagnostics on this experiment's seeds), with their evidence."""
+    return await _cached_view(
+        cache, ("diagnostics", experiment_id), factory, experiment_id, render_diagnostics
     )

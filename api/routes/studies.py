@@ -3,9 +3,10 @@ cell x seed completion matrix, and its report as JSON or one self-contained HTML
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from datetime import datetime
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, status
+from fastapi import APIRouter, Query, status
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
 from sqlalchemy.orm import Session
@@ -59,6 +60,18 @@ class StudyRead(BaseModel):
     cells: list[CellCompletion]
 
 
+class StudyListItem(BaseModel):
+    id: str
+    name: str
+    scale: str
+    cells: int
+    created_at: datetime
+    experiment_ids: list[str]
+
+
+class StudyRequeued(BaseModel):
+    id: str
+    runs_queued: int = Field(description="queued runs sent to the workers by this request")
 
 
 def _get_or_404(session: Session, study_id: str) -> Study:
@@ -91,6 +104,40 @@ def create(study: StudySpec, session: SessionDep, pending: RunsToDispatchDep) ->
         runs_queued=len(submitted.queued_run_ids),
         reused_experiment_ids=submitted.reused_experiment_ids,
     )
+
+
+@router.get("", name="list", response_model=list[StudyListItem])
+def list_(
+    session: SessionDep, limit: Annotated[int, Query(ge=1, le=500)] = 100
+) -> list[StudyListItem]:
+    """Studies, newest first, with their cells' experiment ids."""
+    return [
+        StudyListItem(
+            id=study.id,
+            name=study.name,
+            scale=str(study.spec["scale"]),
+            cells=len(study.cells),
+            created_at=study.created_at,
+            experiment_ids=[c.experiment_id for c in study.cells],
+        )
+        for study in store.list_studies(session, limit)
+    ]
+
+
+@router.post("/{study_id}/resubmit", response_model=StudyRequeued, responses=error_responses(404))
+def resubmit(study_id: str, session: SessionDep, pending: RunsToDispatchDep) -> StudyRequeued:
+    """Send the study's failed runs back to the queue (fresh attempts, resuming from their last
+    checkpoint), as submitting the study again does; diverged and cancelled runs stay."""
+    queued = store.resubmit_failed(session, _get_or_404(session, study_id))
+    pending.add(queued)
+    return StudyRequeued(id=study_id, runs_queued=len(queued))
+
+
+@router.post("/{study_id}/cancel", response_model=StudyRead, responses=error_responses(404))
+def cancel(study_id: str, session: SessionDep) -> StudyRead:
+    """Stop every cell: queued runs are cancelled now, running ones after their epoch."""
+    store.cancel_study(session, _get_or_404(session, study_id))
+    return read(study_id, session)
 
 
 @router.get("/{study_id}", response_model=StudyRead, responses=error_responses(404))

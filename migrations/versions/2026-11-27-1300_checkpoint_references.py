@@ -7,7 +7,7 @@ bytes in a folder or bucket cannot be brought back into the row and are dropped 
 would restart from their first epoch).
 
 Revision ID: 5c0e8a41d7b2
-Revises: 0001
+Revises: 0002_change_feed
 Create Date: 2026-11-27 13:00:00+00:00
 """
 
@@ -20,7 +20,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "5c0e8a41d7b2"
-down_revision: str | None = "0001"
+down_revision: str | None = "0002_change_feed"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

@@ -7,6 +7,7 @@ from fastapi.testclient import TestClient
 from gradlab.api.app import create_app
 from gradlab.settings import Settings
 from tests.api.conftest import RecordingDispatcher, small_spec
+from tests.support.prometheus import value
 
 REDIS_URL = "redis://127.0.0.1:6379/15"
 CLOSED_PORT = 1
@@ -61,22 +62,29 @@ def test_a_request_while_the_database_is_down_is_a_503_not_a_traceback() -> None
     assert response.json() == {"type": "service_unavailable", "detail": "database unavailable"}
 
 
-def test_metrics_exposes_run_gauges_and_request_counters(
+def test_metrics_exposes_run_gauges_and_request_latency_by_route_template(
     client: TestClient, unique_name: str
 ) -> None:
+    created = ("gradlab_http_request_duration_seconds_count", "POST", "/experiments", "201")
+    missing = ("gradlab_http_request_duration_seconds_count", "GET", "/experiments/{experiment_id}",
+               "404")
+
+    def count(text: str, key: tuple[str, str, str, str]) -> float:
+        return value(text, key[0], method=key[1], route=key[2], status=key[3])
+
+    before = client.get("/metrics").text
     client.post("/experiments", json=small_spec(unique_name, seeds=[0, 1, 2]))
     client.get("/experiments/missing")
     response = client.get("/metrics")
-    assert response.headers["content-type"].startswith("text/plain; version=0.0.4")
-    lines = response.text.splitlines()
-    queued = next(line for line in lines if line.startswith('gradlab_runs{status="queued"}'))
-    assert int(queued.split()[-1]) >= 3
-    assert 'gradlab_http_requests_total{method="POST",route="/experiments",status="201"} 1' in lines
-    assert (
-        'gradlab_http_requests_total{method="GET",route="/experiments/{experiment_id}",'
-        'status="404"} 1' in lines
-    )
-    assert "# TYPE gradlab_runs gauge" in lines
+    assert response.headers["content-type"].startswith("text/plain; version=")
+    after = response.text
+    assert value(after, "gradlab_runs", status="queued") >= 3
+    assert value(after, "gradlab_queue_depth") >= 3
+    assert count(after, created) - count(before, created) == 1
+    assert count(after, missing) - count(before, missing) == 1
+    # the raw path never becomes a label
+    assert "/experiments/missing" not in after
+    assert "# TYPE gradlab_runs gauge" in after.splitlines()
 
 
 def test_openapi_examples_name_real_layers(client: TestClient) -> None:

@@ -14,6 +14,7 @@ from gradlab.settings import Settings
 from gradlab.store.experiments import spec_hash
 from gradlab.store.models import Experiment, Run
 from tests.api.conftest import FailingDispatcher, RecordingDispatcher, small_spec
+from tests.support.prometheus import value
 
 
 def _field_errors(response: httpx.Response) -> dict[str, str]:
@@ -129,9 +130,11 @@ def test_a_failed_dispatch_still_answers_201_and_keeps_the_runs_queued(
     settings: Settings, postgres_session_factory: sessionmaker[Session], unique_name: str
 ) -> None:
     with TestClient(create_app(settings, dispatcher=FailingDispatcher())) as client:
+        before = value(client.get("/metrics").text, "gradlab_dispatch_failures_total")
         response = client.post("/experiments", json=small_spec(unique_name))
         assert response.status_code == 201
-        assert "gradlab_dispatch_failures_total 1" in client.get("/metrics").text
+        after = value(client.get("/metrics").text, "gradlab_dispatch_failures_total")
+        assert after - before == 1
     with postgres_session_factory() as session:
         statuses = session.scalars(
             select(Run.status).where(Run.experiment_id == response.json()["id"])

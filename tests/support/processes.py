@@ -91,3 +91,23 @@ def wait_for(what: str, check: Callable[[], T | None], timeout: float,
 def wait_http_ok(url: str, timeout: float, service: ServiceProcess | None = None) -> None:
     wait_for(f"{url} to answer", lambda: httpx.get(url, timeout=2).status_code == 200,
              timeout, service=service)
+
+
+def start_api(env: Mapping[str, str], log_dir: Path, name: str = "api",
+              extra_args: tuple[str, ...] = ()) -> tuple[ServiceProcess, str]:
+    """A real uvicorn serving ``create_app()`` (settings from ``env``) on a free port."""
+    port = free_port()
+    api = ServiceProcess(
+        name,
+        [str(VENV_BIN / "python"), "-m", "uvicorn", "--factory", "gradlab.api.app:create_app",
+         "--host", "127.0.0.1", "--port", str(port), *extra_args],
+        env,
+        log_dir,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_http_ok(f"{url}/healthz", timeout=60, service=api)
+    except AssertionError:
+        api.stop()
+        raise
+    return api, url

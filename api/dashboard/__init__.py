@@ -1,0 +1,1 @@
+"""The web dashboard: one page, its built script and style (see dashboard/ for the source)."""

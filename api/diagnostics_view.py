@@ -1,0 +1,28 @@
+"""An experiment's diagnostics in words: the study diagnostics run on it as a one-cell study
+(vanishing or exploding gradients, not training, overfitting), with the numbers behind each."""
+
+from __future__ import annotations
+
+import json
+
+from sqlalchemy.orm import Session
+
+from gradlab.api.response_cache import CachedResponse, RenderedView
+from gradlab.science.diagnostics import diagnose
+from gradlab.science.records import TERMINAL_RUN_STATUSES
+from gradlab.science.report.writer import json_safe
+from gradlab.store.models import Experiment
+from gradlab.store.studies import experiment_result
+
+
+def render_diagnostics(session: Session, experiment: Experiment) -> RenderedView:
+    final = all(r.status in TERMINAL_RUN_STATUSES for r in experiment.runs)
+    cell = experiment_result(session, experiment)
+    findings = [f.model_dump(mode="json") for f in diagnose([cell])]
+    payload = {
+        "experiment_id": experiment.id,
+        "epochs_read": max((len(r.epochs) for r in cell.runs), default=0),
+        "findings": json_safe(findings),
+    }
+    body = json.dumps(payload, separators=(",", ":"), allow_nan=False).encode()
+    return RenderedView(CachedResponse(body, "application/json"), final)

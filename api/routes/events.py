@@ -1,0 +1,116 @@
+"""Server-sent events: ``GET /experiments/{id}/events`` and ``GET /studies/{id}/events``.
+
+An event per epoch and per status change of the runs concerned (see ``api/event_stream.py``
+for the events, their ids and resuming with ``Last-Event-ID``).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Query, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import StreamingResponse
+from sqlalchemy.orm import Session, sessionmaker
+
+from gradlab.api.deps import SessionFactoryDep, SettingsDep
+from gradlab.api.errors import NotFoundError, error_responses
+from gradlab.api.event_stream import StreamSource, event_stream, parse_event_id
+from gradlab.settings import Settings
+from gradlab.store import experiments as experiment_store
+from gradlab.store.events import study_experiment_ids
+
+router = APIRouter(tags=["events"])
+
+_SSE_RESPONSES = {
+    **error_responses(404, 422),
+    200: {
+        "content": {"text/event-stream": {"schema": {"type": "string"}}},
+        "description": "snapshot | epoch | status | end events; ids resume with Last-Event-ID",
+    },
+}
+LastEventIdHeader = Annotated[
+    str | None, Header(alias="Last-Event-ID", description="resume after this event id")
+]
+LastEventIdQuery = Annotated[
+    str | None,
+    Query(
+        alias="last_event_id",
+        description="same as the Last-Event-ID header, for clients that cannot set headers",
+    ),
+]
+
+
+def _resume_from(header: str | None, query: str | None) -> datetime | None:
+    value = header or query
+    return None if not value else parse_event_id(value)
+
+
+def _experiment_ids(factory: sessionmaker[Session], experiment_id: str) -> list[str]:
+    with factory() as session:
+        if experiment_store.get_experiment(session, experiment_id) is None:
+            raise NotFoundError(f"experiment {experiment_id} not found")
+    return [experiment_id]
+
+
+def _study_ids(factory: sessionmaker[Session], study_id: str) -> list[str]:
+    with factory() as session:
+        ids = study_experiment_ids(session, study_id)
+    if ids is None:
+        raise NotFoundError(f"study {study_id} not found")
+    return ids
+
+
+def _response(
+    request: Request,
+    settings: Settings,
+    factory: sessionmaker[Session],
+    experiment_ids: list[str],
+    kind: str,
+    resume_from: datetime | None,
+) -> StreamingResponse:
+    source = StreamSource(
+        factory=factory,
+        feed=request.app.state.change_feed,
+        experiment_ids=experiment_ids,
+        overlap=timedelta(seconds=settings.events_overlap_seconds),
+        heartbeat_seconds=settings.events_heartbeat_seconds,
+        kind=kind,
+    )
+    return StreamingResponse(
+        event_stream(source, resume_from, request.is_disconnected),
+        media_type="text/event-stream",
+        # no caching, and no buffering by a reverse proxy (nginx reads X-Accel-Buffering)
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
+
+
+@router.get("/experiments/{experiment_id}/events", responses=_SSE_RESPONSES)
+async def experiment_events(
+    experiment_id: str,
+    request: Request,
+    settings: SettingsDep,
+    factory: SessionFactoryDep,
+    last_event_id: LastEventIdHeader = None,
+    last_event_id_query: LastEventIdQuery = None,
+) -> StreamingResponse:
+    """Follow an experiment: a snapshot, then an event per epoch and per status change."""
+    resume_from = _resume_from(last_event_id, last_event_id_query)
+    ids = await run_in_threadpool(_experiment_ids, factory, experiment_id)
+    return _response(request, settings, factory, ids, "experiment", resume_from)
+
+
+@router.get("/studies/{study_id}/events", responses=_SSE_RESPONSES)
+async def study_events(
+    study_id: str,
+    request: Request,
+    settings: SettingsDep,
+    factory: SessionFactoryDep,
+    last_event_id: LastEventIdHeader = None,
+    last_event_id_query: LastEventIdQuery = None,
+) -> StreamingResponse:
+    """Follow every run of a study's cells (events name their experiment)."""
+    resume_from = _resume_from(last_event_id, last_event_id_query)
+    ids = await run_in_threadpool(_study_ids, factory, study_id)
+    return _response(request, settings, factory, ids, "study", resume_from)

@@ -1,0 +1,270 @@
+"""The web dashboard in a real headless Chromium (Debian's, driven by Playwright) against a
+real API process: pages load without console errors, plotted values equal the API's numbers,
+a live run's page moves without a reload, forms show the validator's errors inline.
+
+Screenshots are kept under each test's temporary folder (``<tmp_path>/artifacts``).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.service.conftest import StoreWorker, artifacts
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync", "--no-first-run"]
+TIMEOUT_MS = 20_000
+
+playwright_sync = pytest.importorskip("playwright.sync_api")
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[object]:
+    if not CHROMIUM.exists():
+        pytest.fail("Debian's chromium is not installed: run scripts/ensure_services.sh",
+                    pytrace=False)
+    with playwright_sync.sync_playwright() as p:
+        launched = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_FLAGS)
+        yield launched
+        launched.close()
+
+
+class Page:
+    """A browser tab that records console errors, page errors and failed requests."""
+
+    def __init__(self, browser: object, base_url: str, shots: Path) -> None:
+        self.context = browser.new_context(viewport={"width": 1400, "height": 1000})  # type: ignore[attr-defined]
+        self.page = self.context.new_page()
+        self.page.set_default_timeout(TIMEOUT_MS)
+        self.base_url, self.shots = base_url, shots
+        self.problems: list[str] = []
+        self.page.on("console", lambda m: m.type == "error" and self.problems.append(m.text))
+        self.page.on("pageerror", lambda e: self.problems.append(f"page error: {e}"))
+        self.page.on("requestfailed", self._failed)
+        self.page.on("response", lambda r: r.status >= 400 and self.problems.append(
+            f"{r.status} {r.url}"))
+
+    def _failed(self, request: object) -> None:
+        failure = request.failure or ""  # type: ignore[attr-defined]
+        if "ERR_ABORTED" not in failure:  # a stream closed on purpose when leaving a page
+            self.problems.append(f"request failed: {request.url} {failure}")  # type: ignore[attr-defined]
+
+    def open(self, fragment: str) -> object:
+        self.page.goto(f"{self.base_url}/#/{fragment}")
+        return self.page
+
+    def shot(self, name: str) -> Path:
+        path = self.shots / f"{name}.png"
+        self.page.screenshot(path=str(path), full_page=True)
+        return path
+
+    def close(self) -> None:
+        self.context.close()
+
+
+@pytest.fixture
+def tab(browser: object, api_url: str, tmp_path: Path) -> Iterator[Page]:
+    page = Page(browser, api_url, artifacts(tmp_path))
+    try:
+        yield page
+    finally:
+        page.close()
+
+
+def _experiment(api_url: str, spec: dict[str, object]) -> dict[str, object]:
+    response = httpx.post(f"{api_url}/experiments", json=spec, timeout=30)
+    assert response.status_code == 201, response.text
+    return response.json()
+
+
+def _legend_value(page: object, chart: str, label: str) -> float:
+    """Move the real mouse over a chart and read one series' value from its live legend."""
+    text = page.evaluate(  # type: ignore[attr-defined]
+        """([chart, label]) => {
+            const u = window.__gradlab.charts[chart];
+            const rows = [...u.root.querySelectorAll('.u-legend .u-series')];
+            const row = rows.find(r => r.querySelector('.u-label').textContent === label);
+            return row.querySelector('.u-value').textContent;
+        }""",
+        [chart, label],
+    )
+    return float(text)
+
+
+def _hover(page: object, chart: str, x_value: float) -> None:
+    box = page.evaluate(  # type: ignore[attr-defined]
+        """([chart, x]) => {
+            const u = window.__gradlab.charts[chart];
+            const r = u.over.getBoundingClientRect();
+            return {x: r.left + u.valToPos(x, 'x'), y: r.top + r.height / 2};
+        }""",
+        [chart, x_value],
+    )
+    page.mouse.move(box["x"], box["y"])  # type: ignore[attr-defined]
+
+
+def test_experiment_page_plots_the_apis_numbers_without_console_errors(
+    tab: Page, api_url: str, worker: StoreWorker,
+    spec_factory: Callable[..., dict[str, object]],
+) -> None:
+    created = _experiment(api_url, spec_factory(seeds=(0, 1), epochs=3))
+    for run in created["runs"]:
+        worker.claim(run["id"])
+        for epoch in range(3):
+            worker.epoch(run["id"], run["seed"], epoch)
+        worker.finish(run["id"])
+    flow = httpx.get(f"{api_url}/experiments/{created['id']}/gradflow").json()
+    metrics = httpx.get(f"{api_url}/experiments/{created['id']}/metrics").json()
+
+    page = tab.open(f"experiments/{created['id']}")
+    page.wait_for_selector("#gradflow-chart .uplot")
+    page.wait_for_selector("#runs-table tbody tr")
+    # gradient flow: layer 2 at the last epoch, as the legend shows it under the mouse
+    _hover(page, "gradflow", 2)
+    shown = _legend_value(page, "gradflow", "epoch 2")
+    assert math.isclose(shown, flow["across_seeds"]["mean"][2][2], rel_tol=1e-4)
+    assert page.inner_text("#gradflow-chart .u-legend") .count(flow["layers"][2]) == 1
+    # curves: the mean training loss at epoch 1
+    _hover(page, "loss", 1)
+    train_loss = _legend_value(page, "loss", "train loss")
+    assert math.isclose(train_loss, metrics["across_seeds"]["mean"]["train_loss"][1],
+                        rel_tol=1e-4)
+    # heatmap: one cell per layer and epoch, with a tooltip naming layer, epoch and value
+    canvas = page.locator("#gradflow-heatmap canvas")
+    geometry = page.evaluate("() => { const h = window.__gradlab.charts.heatmap;"
+                             " return {left: h.left, w: h.cell.w, h: h.cell.h}; }")
+    canvas.hover(position={"x": geometry["left"] + geometry["w"] * 2 + 2,
+                           "y": geometry["h"] * 0 + 2})
+    assert page.inner_text("#gradflow-heatmap .tooltip").startswith(f"{flow['layers'][0]}, epoch 2")
+    # the diagnostics in words (the test's gradients vanish towards the input)
+    assert "vanishing_gradients" in page.inner_text("#findings")
+    assert page.locator("#runs-table tbody tr").count() == 2
+    links = [page.get_attribute(f".exports a:nth-of-type({i})", "href") for i in (1, 2)]
+    assert "format=csv" in links[0] and "format=png" in links[1]
+    # the statistic selector reloads the view with the other statistic
+    page.select_option("#stat", "max_abs")
+    page.wait_for_function(
+        "() => window.__gradlab.charts.gradflow.root.textContent.includes('max_abs')")
+    tab.shot("experiment")
+    assert tab.problems == []
+
+
+def test_a_live_runs_page_updates_without_reload(
+    tab: Page, api_url: str, worker: StoreWorker,
+    spec_factory: Callable[..., dict[str, object]],
+) -> None:
+    created = _experiment(api_url, spec_factory(seeds=(5,), epochs=3))
+    run_id = created["runs"][0]["id"]
+    worker.claim(run_id)
+    worker.epoch(run_id, 5, 0)
+    page = tab.open(f"experiments/{created['id']}")
+    page.wait_for_selector("#live.live-live")
+    assert page.inner_text("#progress") == "1/3 epochs"
+    page.evaluate("() => { window.__notReloaded = true; }")
+    tab.shot("live-before")
+
+    worker.epoch(run_id, 5, 1)
+    page.wait_for_function("() => document.querySelector('#progress').textContent === '2/3 epochs'")
+    page.wait_for_function("() => window.__gradlab.charts.loss.data[0].length === 2")
+    assert "val loss" in page.inner_text("#current-loss")
+    worker.epoch(run_id, 5, 2)
+    worker.finish(run_id)
+    page.wait_for_function(
+        "() => document.querySelector('h1 .status').textContent === 'succeeded'")
+    assert page.evaluate("() => window.__notReloaded") is True
+    assert page.evaluate("() => window.__gradlab.charts.loss.data[0].length") == 3
+    tab.shot("live-after")
+    assert tab.problems == []
+
+
+def test_study_page_matrix_siblings_report_resubmit_and_cancel(
+    tab: Page, api_url: str, worker: StoreWorker, unique_name: str
+) -> None:
+    study = {"name": unique_name,
+             "base": {"depth": 8, "width": 8, "hyperparameters": {"epochs": 2},
+                      "data": {"train_limit": 200}},
+             "grid": {"batch_norm": [False, True]}, "seeds": [11, 12]}
+    created = httpx.post(f"{api_url}/studies", json=study, timeout=30).json()
+    detail = httpx.get(f"{api_url}/studies/{created['id']}").json()
+    run_ids = [(s["run_id"], s["seed"]) for c in detail["cells"] for s in c["seeds"]]
+    for k, (run_id, seed) in enumerate(run_ids):
+        worker.claim(run_id)
+        for epoch in range(2):
+            worker.epoch(run_id, seed, epoch)
+        if k == 0:
+            worker.finish(run_id, "failed", error="RuntimeError: out of memory")
+        else:
+            worker.finish(run_id)
+
+    page = tab.open(f"studies/{created['id']}")
+    page.on("dialog", lambda dialog: dialog.accept())
+    page.wait_for_selector("#completion-matrix")
+    page.wait_for_selector("#siblings .uplot")
+    assert page.locator("#completion-matrix tbody tr").count() == 2
+    assert page.locator("#siblings .sibling").count() == 2
+    assert page.locator("#report-rows tbody tr").count() == 2
+    # the report page itself, with its figures, in a frame
+    # (matplotlib renders the report's figures: allow a busy machine a minute)
+    page.frame_locator("#report-frame").locator("h2", has_text="Figures").wait_for(
+        timeout=60_000)
+    tab.shot("study")
+
+    page.click("#resubmit")
+    page.wait_for_selector(f'#completion-matrix td[data-run="{run_ids[0][0]}"] .status-queued')
+    assert httpx.get(f"{api_url}/studies/{created['id']}").json()["cells"][0]["seeds"][0][
+        "status"] == "queued"
+    page.click("#cancel")
+    page.wait_for_selector(f'#completion-matrix td[data-run="{run_ids[0][0]}"] .status-cancelled')
+    tab.shot("study-cancelled")
+    assert tab.problems == []
+
+
+def test_submit_form_shows_the_validators_errors_inline_then_submits(
+    tab: Page, unique_name: str
+) -> None:
+    page = tab.open("submit")
+    page.fill('[data-field="depth"]', "37")
+    page.fill('[data-field="name"]', unique_name)
+    page.click("#submit-fields")
+    error = page.wait_for_selector('[data-error-for="depth"] div')
+    assert "depth must be 6k+2" in error.inner_text()
+    assert "invalid" in (page.get_attribute('[data-field="depth"]', "class") or "")
+    tab.shot("submit-errors")
+
+    page.fill("#spec-text", f"name: {unique_name}\ndepth: 8\nwidth: 8\nseeds: [0]\n"
+                            "hyperparameters: {epochs: 1}\n")
+    page.click("#submit-yaml")
+    page.wait_for_url(re.compile(r".*#/experiments/[0-9a-f-]+$"))
+    page.wait_for_selector("#runs-table")
+    assert unique_name in page.inner_text("h1")
+    # the browser logged the 422 it was answered; nothing else went wrong
+    assert [p for p in tab.problems if "422" not in p] == []
+
+
+def test_the_token_is_entered_once_sent_as_bearer_and_a_401_prompts_for_it(
+    tab: Page, api_url: str
+) -> None:
+    page = tab.open("")
+    page.wait_for_selector("#token-form")
+    page.fill("#token", "t0ken-for-tests")
+    page.click("#token-form button")
+    with page.expect_request(lambda r: "/experiments?" in r.url) as seen:
+        page.goto(f"{api_url}/#/")
+    assert seen.value.headers.get("authorization") == "Bearer t0ken-for-tests"
+    assert page.evaluate("() => sessionStorage.getItem('gradlab.token')") == "t0ken-for-tests"
+
+    # This branch has no auth (another lands it): the server's 401 is stubbed here.
+    page.route("**/experiments?*", lambda route: route.fulfill(
+        status=401, content_type="application/json",
+        body='{"type":"unauthorized","detail":"missing or invalid token"}'))
+    page.goto(f"{api_url}/#/")
+    page.wait_for_selector("#auth-prompt:not([hidden])")
+    assert "401" in page.inner_text("#auth-prompt")
+    tab.shot("auth-prompt")

@@ -1,0 +1,54 @@
+// The front page: studies and experiments with status, owner and progress. The list is read
+// again every few seconds while the tab is visible (one small request, not one per item).
+
+import { get } from "./api.js";
+import { h, statusBadge, when, errorBox } from "./dom.js";
+
+const REFRESH_MS = 5000;
+
+function progressCell(p) {
+  if (!p) return "";
+  const pct = p.epochs_planned ? Math.round((100 * p.epochs_done) / p.epochs_planned) : 0;
+  return h("div", { class: "progress", title: `${p.epochs_done}/${p.epochs_planned} epochs` },
+    h("div", { class: "bar", style: `width:${pct}%` }),
+    h("span", {}, `${p.epochs_done}/${p.epochs_planned} epochs, ${p.runs_finished}/${p.runs} runs`));
+}
+
+async function render(root) {
+  const [studies, experiments] = await Promise.all([get("studies?limit=50"),
+    get("experiments?limit=100")]);
+  const studyRows = studies.map((s) => h("tr", {},
+    h("td", {}, h("a", { href: `#/studies/${s.id}` }, s.name)),
+    h("td", {}, s.scale), h("td", {}, String(s.cells)), h("td", {}, s.owner || ""),
+    h("td", {}, when(s.created_at))));
+  const experimentRows = experiments.items.map((e) => h("tr", { "data-id": e.id },
+    h("td", {}, h("a", { href: `#/experiments/${e.id}` }, e.name)),
+    h("td", {}, statusBadge(e.status)), h("td", {}, progressCell(e.progress)),
+    h("td", {}, e.owner || ""), h("td", {}, when(e.created_at))));
+  root.replaceChildren(
+    h("section", {},
+      h("h2", {}, "Studies"),
+      studyRows.length ? h("table", { id: "studies" },
+        h("thead", {}, h("tr", {}, ["study", "scale", "cells", "owner", "created"].map((c) => h("th", {}, c)))),
+        h("tbody", {}, studyRows)) : h("p", { class: "muted" }, "No study yet.")),
+    h("section", {},
+      h("h2", {}, "Experiments"),
+      experimentRows.length ? h("table", { id: "experiments" },
+        h("thead", {}, h("tr", {}, ["experiment", "status", "progress", "owner", "created"].map((c) => h("th", {}, c)))),
+        h("tbody", {}, experimentRows)) : h("p", { class: "muted" }, "No experiment yet: ",
+        h("a", { href: "#/submit" }, "submit one"), ".")));
+}
+
+export function homePage(root) {
+  let timer = null;
+  const refresh = async () => {
+    try {
+      if (!document.hidden) await render(root);
+    } catch (error) {
+      root.replaceChildren(errorBox(error));
+    }
+    timer = setTimeout(refresh, REFRESH_MS);
+  };
+  refresh();
+  return () => clearTimeout(timer);
+}
