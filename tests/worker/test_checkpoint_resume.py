@@ -63,9 +63,9 @@ def _new_run(factory: sessionmaker[Session]) -> str:
 
 
 def _rows(factory: sessionmaker[Session], run_id: str) -> tuple[list[Any], list[Any]]:
-    """Every number the run wrote, per epoch (the wall time aside)."""
-    metric_columns = [c for c in EpochMetricsRow.__table__.c if c.name not in ("run_id",
-                                                                              "seconds")]
+    """Every number the run wrote, per epoch (wall times aside: how long, and when)."""
+    metric_columns = [c for c in EpochMetricsRow.__table__.c
+                      if c.name not in ("run_id", "seconds", "recorded_at")]
     flow_columns = [c for c in GradFlowEpochRow.__table__.c if c.name != "run_id"]
     with factory() as session:
         metrics = session.execute(select(*metric_columns).where(EpochMetricsRow.run_id == run_id)
