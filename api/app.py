@@ -23,7 +23,8 @@ from gradlab.api.routes import dashboard, events, experiments, health, studies
 from gradlab.dispatch.dispatchers import RunDispatcher, make_dispatcher
 from gradlab.observability.logs import configure_logging
 from gradlab.settings import Settings, get_settings
-from gradlab.store.session import make_engine, make_session_factory
+from gradlab.store.checkpoint_store import open_checkpoint_store
+from gradlab.store.session import engine_from_settings, make_session_factory
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +52,7 @@ def create_app(
 ) -> FastAPI:
     """A gradlab API app on ``settings`` (default: from GRADLAB_* variables)."""
     settings = settings or get_settings()
-    engine = make_engine(settings.database_url)
+    engine = engine_from_settings(settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -78,6 +79,8 @@ def create_app(
     app.state.settings = settings
     app.state.engine = engine
     app.state.session_factory = make_session_factory(engine)
+    # The API deletes checkpoint bytes when an experiment is deleted; a wrong setting fails here.
+    app.state.checkpoint_store = open_checkpoint_store(settings, app.state.session_factory)
     app.state.dispatcher = dispatcher
     app.state.response_cache = ResponseCache()
     app.state.change_feed = ChangeFeed(

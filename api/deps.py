@@ -19,6 +19,7 @@ from gradlab.api.prometheus_metrics import DISPATCH_FAILURES
 from gradlab.api.response_cache import ResponseCache
 from gradlab.dispatch.dispatchers import RunDispatcher
 from gradlab.settings import Settings
+from gradlab.store.checkpoint_store import CheckpointStore
 from gradlab.store.session import session_scope
 
 log = logging.getLogger(__name__)
@@ -68,6 +69,10 @@ async def get_session_factory(request: Request) -> sessionmaker[Session]:
     return request.app.state.session_factory
 
 
+async def get_checkpoint_store(request: Request) -> CheckpointStore:
+    return request.app.state.checkpoint_store
+
+
 async def get_response_cache(request: Request) -> ResponseCache:
     return request.app.state.response_cache
 
@@ -77,4 +82,5 @@ SessionDep = Annotated[Session, Depends(get_session, scope="function")]
 SessionFactoryDep = Annotated[sessionmaker[Session], Depends(get_session_factory)]
 RunsToDispatchDep = Annotated[RunsToDispatch, Depends(get_runs_to_dispatch)]
 SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
+CheckpointStoreDep = Annotated[CheckpointStore, Depends(get_checkpoint_store)]
 ResponseCacheDep = Annotated[ResponseCache, Depends(get_response_cache)]

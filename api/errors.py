@@ -39,6 +39,13 @@ class NotFoundError(GradlabError):
     type = "not_found"
 
 
+class ConflictError(GradlabError):
+    """The request is valid but the resource's state forbids it now (say what to do first)."""
+
+    status_code = 409
+    type = "conflict"
+
+
 class InvalidParameterError(GradlabError):
     """A request that parsed but makes no sense (a query value out of range, a bad cursor)."""
 

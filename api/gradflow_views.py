@@ -1,6 +1,6 @@
 """The gradient-flow view of an experiment, rendered as JSON, a tidy CSV or the seed-style PNG.
 
-All three come from the same read (one query on ``gradflow_stats`` for every selected run), so
+All three come from the same read (one query on ``gradflow_epochs`` for every selected run), so
 the CSV holds exactly the numbers of the JSON's ``runs`` and the PNG draws them (one seed) or
 their mean across seeds.
 """

@@ -66,6 +66,13 @@ class ResponseCache:
                 _, evicted = self._entries.popitem(last=False)
                 self._size -= len(evicted.body)
 
+    def discard_experiment(self, experiment_id: str) -> None:
+        """Forget every view of a deleted experiment (keys are ``(view, experiment id, ...)``)."""
+        with self._lock:
+            for key in [k for k in self._entries if isinstance(k, tuple) and k[1:2] == (
+                    experiment_id,)]:
+                self._size -= len(self._entries.pop(key).body)
+
     @property
     def size_bytes(self) -> int:
         return self._size

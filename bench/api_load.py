@@ -38,6 +38,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))  # for tests.support / tests.api helpers when run as a script
 
+from db_probes import process_cpu_seconds  # noqa: E402  (bench/ is on sys.path as a script)
+
 SEEDS = (0, 256, 512, 1024)
 EPOCHS = 100
 
@@ -115,16 +117,7 @@ class Result:
         return self.requests / self.seconds if self.seconds else 0.0
 
 
-def _process_cpu_seconds(pid: int) -> float:
-    """user + system CPU seconds of a process (Linux /proc; NaN elsewhere)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return float("nan")
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def _percentile(values: list[float], q: float) -> float:
+def percentile(values: list[float], q: float) -> float:
     if not values:
         return float("nan")
     ordered = sorted(values)
@@ -171,14 +164,14 @@ async def _load(
     ready = asyncio.Event()
     tasks = [asyncio.create_task(one_client()) for _ in range(clients)]
     await asyncio.sleep(0.5)
-    server_cpu = _process_cpu_seconds(server_pid)
+    server_cpu = process_cpu_seconds(server_pid)
     client_cpu = time.process_time()
     started = time.perf_counter()
     ready.set()
     await asyncio.gather(*tasks)
     seconds = time.perf_counter() - started
     client_cpu = time.process_time() - client_cpu
-    server_cpu = _process_cpu_seconds(server_pid) - server_cpu
+    server_cpu = process_cpu_seconds(server_pid) - server_cpu
     ms = [s * 1000 for s in latencies]
     return Result(
         name,
@@ -186,14 +179,14 @@ async def _load(
         len(ms),
         errors,
         seconds,
-        _percentile(ms, 0.5),
-        _percentile(ms, 0.95),
+        percentile(ms, 0.5),
+        percentile(ms, 0.95),
         server_cpu,
         client_cpu,
     )
 
 
-def _machine() -> dict[str, Any]:
+def machine_description() -> dict[str, Any]:
     try:
         usable = len(os.sched_getaffinity(0))
     except AttributeError:
@@ -287,7 +280,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from gradlab.store import migrate
     from tests.support.databases import create_postgres_database, drop_postgres_database
 
-    machine = _machine()
+    machine = machine_description()
     throwaway = args.database_url is None
     database_url = args.database_url or create_postgres_database("gradlab_bench")
     process: subprocess.Popen[bytes] | None = None

@@ -1,5 +1,6 @@
-"""Time one epoch write as the worker does it: metrics + 39 layers x 3 stats x 2 windows +
-a VGG38 checkpoint (model, Adam moments, best weights, RNG, history), in one transaction.
+"""Time one epoch write as the worker does it: a VGG38 checkpoint (model, Adam moments, best
+weights, RNG, history) saved to the database's checkpoint store, then metrics + gradient flow
+(39 layers x 3 stats x 2 windows, one row) + the checkpoint's reference in one transaction.
 
     .venv/bin/python bench/epoch_write.py [--epochs 100] [--database-url URL]
 
@@ -20,6 +21,8 @@ import time
 from pathlib import Path
 
 import torch
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -31,7 +34,9 @@ from gradlab.core.reproducibility import capture_rng_state, data_generator  # no
 from gradlab.science.records import GRADFLOW_STATS, EpochMetrics, GradFlowEpoch  # noqa: E402
 from gradlab.science.spec import ExperimentSpec  # noqa: E402
 from gradlab.store import migrate, runs  # noqa: E402
+from gradlab.store.checkpoint_store import CheckpointStore  # noqa: E402
 from gradlab.store.experiments import create_experiment  # noqa: E402
+from gradlab.store.object_store_database import DatabaseObjectStore  # noqa: E402
 from gradlab.store.session import make_engine, make_session_factory, session_scope  # noqa: E402
 
 
@@ -61,6 +66,7 @@ def time_writes(url: str, epochs: int, blob: bytes, layers: tuple[str, ...]) -> 
         claimed = runs.claim_run(session, run_id, "bench", lease_seconds=600, max_attempts=3)
     assert claimed is not None
     values = {s: [1e-3 * (j + 1) for j in range(len(layers))] for s in GRADFLOW_STATS}
+    store = CheckpointStore(DatabaseObjectStore(factory))
     with_ckpt: list[float] = []
     without_ckpt: list[float] = []
     for epoch in range(epochs):
@@ -68,17 +74,43 @@ def time_writes(url: str, epochs: int, blob: bytes, layers: tuple[str, ...]) -> 
         gradflow = GradFlowEpoch(epoch, layers, values, values)
         for checkpoint, times in ((blob, with_ckpt), (None, without_ckpt)):
             started = time.perf_counter()
+            ref = None if checkpoint is None else store.save(run_id, epoch, 1, checkpoint)
             with session_scope(factory) as session:
-                runs.record_epoch(session, run_id, metrics, gradflow, checkpoint,
+                runs.record_epoch(session, run_id, metrics, gradflow, ref,
                                   owner=claimed.owner, lease_seconds=600)
+            if ref is not None:
+                store.prune(run_id, ref)
             times.append(time.perf_counter() - started)
+    wal = _wal_per_write(engine, factory, run_id, claimed.owner, layers, values, epochs)
     engine.dispose()
     return {
+        "wal_bytes_per_write": wal,
         "p50_ms": 1000 * statistics.median(with_ckpt),
         "p95_ms": 1000 * statistics.quantiles(with_ckpt, n=20)[-1],
         "mean_ms": 1000 * statistics.fmean(with_ckpt),
         "p50_no_checkpoint_ms": 1000 * statistics.median(without_ckpt),
     }
+
+
+def _wal_per_write(engine: Engine, factory: sessionmaker[Session], run_id: str, owner: str,
+                   layers: tuple[str, ...], values: dict[str, list[float]], first_epoch: int,
+                   writes: int = 100) -> float:
+    """WAL bytes per epoch write without a checkpoint (Postgres; the WAL position is the
+    server's, so anything else writing meanwhile counts too: an upper bound). NaN on SQLite."""
+    from sqlalchemy import text
+
+    if engine.dialect.name != "postgresql":
+        return float("nan")
+    lsn = text("SELECT pg_current_wal_lsn() - '0/0'::pg_lsn")
+    with engine.connect() as conn:
+        before = int(conn.execute(lsn).scalar())
+    for epoch in range(first_epoch, first_epoch + writes):
+        with session_scope(factory) as session:
+            runs.record_epoch(session, run_id, EpochMetrics(epoch, 4.0, 0.1, 4.1, 0.1, 1e-3, 60.0),
+                              GradFlowEpoch(epoch, layers, values, values), None, owner=owner,
+                              lease_seconds=600)
+    with engine.connect() as conn:
+        return (int(conn.execute(lsn).scalar()) - before) / writes
 
 
 def raw_bytea_floor(url: str, blob: bytes, repeats: int = 30) -> float:
@@ -139,7 +171,8 @@ def main() -> None:
             f = time_writes(url, args.epochs, blob, layers)
             print(f"{name:>8}: p50 {f['p50_ms']:.1f} ms, p95 {f['p95_ms']:.1f} ms, "
                   f"mean {f['mean_ms']:.1f} ms per epoch write "
-                  f"(without the checkpoint: p50 {f['p50_no_checkpoint_ms']:.1f} ms)")
+                  f"(without the checkpoint: p50 {f['p50_no_checkpoint_ms']:.1f} ms, "
+                  f"WAL {f['wal_bytes_per_write']:.0f} bytes)")
             if url.startswith("postgresql"):
                 print(f"{'':>8}  floor: a bare psycopg upsert of the same bytes, committed: "
                       f"p50 {raw_bytea_floor(url, blob):.1f} ms")

@@ -46,7 +46,9 @@ def run_migrations_online() -> None:
         with context.begin_transaction():
             context.run_migrations()
         return
-    engine = make_engine(_database_url())
+    # Through PgBouncer too (transaction pooling): no server-side prepared statements.
+    pooled = get_settings().database_pooler == "pgbouncer"
+    engine = make_engine(_database_url(), transaction_pooler=pooled)
     try:
         with engine.connect() as connection:
             _configure(connection=connection)

@@ -1,7 +1,16 @@
 #!/usr/bin/env bash
 # Start PostgreSQL and Redis on localhost when they are down (the tests create their own
-# databases on them). Safe to run when both are already up.
+# databases on them), and install PgBouncer when missing (the tests start private instances
+# of it on free ports; the machine's own PgBouncer service is never configured or started).
+# Safe to run when all is in place.
 set -euo pipefail
+
+if ! command -v pgbouncer >/dev/null 2>&1 && [ ! -x /usr/sbin/pgbouncer ]; then
+  echo "installing PgBouncer"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get install -y -q pgbouncer >/dev/null 2>&1 \
+    || { apt-get update -q && apt-get install -y -q pgbouncer; }
+fi
 
 if ! pg_isready -h 127.0.0.1 -p 5432 -q 2>/dev/null; then
   echo "starting PostgreSQL"

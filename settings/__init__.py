@@ -9,7 +9,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import field_validator
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -47,6 +47,26 @@ class Settings(BaseSettings):
     # (GRADLAB_TOKEN) it sends.
     url: str = "http://127.0.0.1:8000"
     token: str | None = None
+
+    # Connection pool of each process (API, worker child, reaper): its steady connections and
+    # the extra ones it may open in a burst. Behind PgBouncer these are client connections,
+    # cheap; PgBouncer's default_pool_size bounds the server connections (docs/scale.md).
+    database_pool_size: int = Field(5, ge=1, le=1000)
+    database_max_overflow: int = Field(10, ge=0, le=1000)
+    # "pgbouncer": the URL points at PgBouncer in transaction-pooling mode, so no server-side
+    # prepared statements (the next transaction may run on another server connection).
+    database_pooler: Literal["none", "pgbouncer"] = "none"
+
+    # Where checkpoint bytes live: "database" (the embedded default), a folder (a path or
+    # file:///path: a shared volume), or s3://bucket/prefix (S3, MinIO, GCS interoperability;
+    # credentials from the usual AWS_* variables). The database keeps only the reference.
+    checkpoint_store: str = "database"
+    # An S3-compatible endpoint other than AWS's (MinIO, GCS), and its region.
+    s3_endpoint_url: str | None = None
+    s3_region: str | None = None
+    # On a GPU a checkpoint is written at most this often (on the CPU every epoch), and always
+    # at the end, at cancel and at shutdown. 0: every epoch everywhere.
+    checkpoint_seconds: float = Field(60.0, ge=0)
 
     @field_validator("database_url")
     @classmethod

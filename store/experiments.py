@@ -15,7 +15,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import case, func, select, tuple_, update
+from sqlalchemy import case, delete, func, select, tuple_, update
 from sqlalchemy.orm import Session, selectinload
 
 from gradlab.science.records import (
@@ -28,6 +28,7 @@ from gradlab.store.models import (
     EpochMetricsRow,
     Experiment,
     Run,
+    StudyCell,
 )
 
 MAX_PAGE_SIZE = 200
@@ -215,6 +216,43 @@ def request_cancel(session: Session, experiment_id: str) -> Experiment | None:
     session.flush()
     refresh_experiment_status(session, experiment_id)
     return get_experiment(session, experiment_id)
+
+
+class ExperimentInUseError(RuntimeError):
+    """The experiment cannot be deleted now: a run may still write, or a study holds it."""
+
+
+def delete_experiment(session: Session, experiment_id: str) -> list[str] | None:
+    """Delete a finished experiment with its runs, epochs, gradient flow and checkpoint
+    references; return its run ids (the caller deletes their checkpoint bytes after the
+    commit), or None if there is no such experiment.
+
+    Finished statuses never change, so once every run has finished no worker can write to it
+    any more; ``ExperimentInUseError`` while one is queued or running (cancel it first) or
+    while it is a cell of a study.
+    """
+    if session.get(Experiment, experiment_id) is None:
+        return None
+    unfinished = session.scalar(
+        select(func.count())
+        .select_from(Run)
+        .where(Run.experiment_id == experiment_id, Run.status.not_in(TERMINAL_RUN_STATUSES))
+    )
+    if unfinished:
+        raise ExperimentInUseError(
+            f"experiment {experiment_id} has {unfinished} queued or running run(s): cancel it "
+            "and wait until they have stopped"
+        )
+    study_id = session.scalar(
+        select(StudyCell.study_id).where(StudyCell.experiment_id == experiment_id).limit(1)
+    )
+    if study_id is not None:
+        raise ExperimentInUseError(f"experiment {experiment_id} is a cell of study {study_id}")
+    run_ids = list(session.scalars(select(Run.id).where(Run.experiment_id == experiment_id)))
+    # The foreign keys cascade to runs, epoch metrics, gradient flow and checkpoint references.
+    session.execute(delete(Experiment).where(Experiment.id == experiment_id))
+    session.expunge_all()
+    return run_ids
 
 
 def _metrics(row: Sequence[float | int]) -> EpochMetrics:

@@ -1,8 +1,8 @@
 """Reading gradient flow back: one query shape for the API's views and the study reports.
 
-Rows are (run, epoch, layer index) with one column per window x statistic. A layer missing
-from an epoch (never written: a worker writes an epoch's layers in one transaction) reads as
-NaN rather than shifting the others.
+Rows are (run, epoch) with one column per window x statistic, each an array of a value per
+layer. An array shorter than the run's layers (never written by a worker, which validates the
+count) reads as NaN for the missing layers rather than shifting the others.
 """
 
 from __future__ import annotations
@@ -16,7 +16,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from gradlab.science.records import GRADFLOW_STATS, GRADFLOW_WINDOWS, GradFlowEpoch
-from gradlab.store.models import GradFlowRow
+from gradlab.store.float_arrays import unpack_floats
+from gradlab.store.models import GradFlowEpochRow
 
 
 @dataclass(frozen=True)
@@ -32,7 +33,7 @@ def _column(window: str, stat: str) -> Any:
         raise ValueError(f"stat must be one of {GRADFLOW_STATS}, got {stat!r}")
     if window not in GRADFLOW_WINDOWS:
         raise ValueError(f"window must be one of {GRADFLOW_WINDOWS}, got {window!r}")
-    return getattr(GradFlowRow, f"{window}_{stat}")
+    return getattr(GradFlowEpochRow, f"{window}_{stat}")
 
 
 def _epoch_matrices(
@@ -46,26 +47,20 @@ def _epoch_matrices(
     """(run id, epoch, ``matrix[column][layer]``) in run and epoch order, in one query."""
     if not layer_counts:
         return
-    query = select(GradFlowRow.run_id, GradFlowRow.epoch, GradFlowRow.layer_index, *columns)
-    query = query.where(GradFlowRow.run_id.in_(list(layer_counts)))
+    table = GradFlowEpochRow
+    query = select(table.run_id, table.epoch, *columns)
+    query = query.where(table.run_id.in_(list(layer_counts)))
     if epoch_from is not None:
-        query = query.where(GradFlowRow.epoch >= epoch_from)
+        query = query.where(table.epoch >= epoch_from)
     if epoch_to is not None:
-        query = query.where(GradFlowRow.epoch <= epoch_to)
-    query = query.order_by(GradFlowRow.run_id, GradFlowRow.epoch, GradFlowRow.layer_index)
-    key: tuple[str, int] | None = None
-    matrix: list[list[float]] = []
-    for run_id, epoch, layer_index, *values in session.execute(query):
-        if (run_id, epoch) != key:
-            if key is not None:
-                yield key[0], key[1], matrix
-            key = (run_id, epoch)
-            matrix = [[math.nan] * layer_counts[run_id] for _ in columns]
-        if 0 <= layer_index < layer_counts[run_id]:
-            for column, value in enumerate(values):
-                matrix[column][layer_index] = float(value)
-    if key is not None:
-        yield key[0], key[1], matrix
+        query = query.where(table.epoch <= epoch_to)
+    for run_id, epoch, *blobs in session.execute(query.order_by(table.run_id, table.epoch)):
+        count = layer_counts[run_id]
+        matrix = []
+        for blob in blobs:
+            values = unpack_floats(blob)[:count]
+            matrix.append(values + [math.nan] * (count - len(values)))
+        yield run_id, epoch, matrix
 
 
 def read_gradflow(

@@ -1,8 +1,9 @@
 """Typed ORM models. The schema itself exists only through the Alembic migrations.
 
 Layout: a study groups experiments; an experiment has one run per seed; a run has one row per
-finished epoch in ``epoch_metrics``, one row per (epoch, layer) in ``gradflow_stats`` and at
-most one (its latest) ``checkpoints`` row. Primary keys make duplicate epochs impossible.
+finished epoch in ``epoch_metrics`` and in ``gradflow_epochs`` (a value per layer in arrays),
+and at most one (its latest) ``checkpoints`` reference (the bytes are in the checkpoint
+store). Primary keys make duplicate epochs impossible.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     CheckConstraint,
     DateTime,
     Float,
@@ -104,7 +106,7 @@ class Run(TimestampedMixin, Base):
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     epochs_done: Mapped[int] = mapped_column(Integer, default=0)
-    # layer names in depth order; gradflow_stats.layer_index points into this list
+    # layer names in depth order: the order of the values in each gradflow_epochs array
     layers: Mapped[list[str] | None] = mapped_column(JSON)
     error: Mapped[str | None] = mapped_column(Text)
     # versions, device, git revision, dataset checksum: the reproducibility record
@@ -134,29 +136,44 @@ class EpochMetricsRow(Base):
     recorded_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
-class GradFlowRow(Base):
-    """One layer of one epoch: three statistics in two windows (last batch, epoch mean)."""
+class GradFlowEpochRow(Base):
+    """One epoch of one run's gradient flow: three statistics in two windows (last batch,
+    epoch mean), each a float64 array with a value per layer in depth order (``runs.layers``),
+    packed by ``gradlab.store.float_arrays``."""
 
-    __tablename__ = "gradflow_stats"
+    __tablename__ = "gradflow_epochs"
 
     run_id: Mapped[str] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True)
     epoch: Mapped[int] = mapped_column(Integer, primary_key=True)
-    layer_index: Mapped[int] = mapped_column(Integer, primary_key=True)
-    last_batch_mean_abs: Mapped[float] = mapped_column(Float)
-    last_batch_max_abs: Mapped[float] = mapped_column(Float)
-    last_batch_l2: Mapped[float] = mapped_column(Float)
-    epoch_mean_mean_abs: Mapped[float] = mapped_column(Float)
-    epoch_mean_max_abs: Mapped[float] = mapped_column(Float)
-    epoch_mean_l2: Mapped[float] = mapped_column(Float)
+    last_batch_mean_abs: Mapped[bytes] = mapped_column(LargeBinary)
+    last_batch_max_abs: Mapped[bytes] = mapped_column(LargeBinary)
+    last_batch_l2: Mapped[bytes] = mapped_column(LargeBinary)
+    epoch_mean_mean_abs: Mapped[bytes] = mapped_column(LargeBinary)
+    epoch_mean_max_abs: Mapped[bytes] = mapped_column(LargeBinary)
+    epoch_mean_l2: Mapped[bytes] = mapped_column(LargeBinary)
 
 
 class Checkpoint(Base):
-    """The latest complete training state of a run (a few MB for VGG38 with Adam state)."""
+    """The reference to a run's latest committed checkpoint: where its bytes are (``store``,
+    ``key``; see ``gradlab.store.checkpoint_store``), their size and SHA-256. Written in the
+    transaction of the epoch it saves, after the bytes."""
 
     __tablename__ = "checkpoints"
 
     run_id: Mapped[str] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True)
     epoch: Mapped[int] = mapped_column(Integer)
+    store: Mapped[str] = mapped_column(String(16))
+    key: Mapped[str] = mapped_column(String(300))
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
+    sha256: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class CheckpointObject(Base):
+    """Checkpoint bytes when the store is the database (a few MB for VGG38 with Adam state)."""
+
+    __tablename__ = "checkpoint_objects"
+
+    key: Mapped[str] = mapped_column(String(300), primary_key=True)
     data: Mapped[bytes] = mapped_column(LargeBinary)
-    size_bytes: Mapped[int] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

@@ -31,12 +31,14 @@ from gradlab.science.records import (
     TestResult,
 )
 from gradlab.store.base import utcnow
+from gradlab.store.checkpoint_store import CheckpointRef
 from gradlab.store.experiments import refresh_experiment_status
+from gradlab.store.float_arrays import pack_floats
 from gradlab.store.models import (
     Checkpoint,
     EpochMetricsRow,
     Experiment,
-    GradFlowRow,
+    GradFlowEpochRow,
     Run,
 )
 
@@ -56,12 +58,6 @@ class ClaimedRun:
     owner: str
     spec: dict[str, Any]
     epochs_done: int
-
-
-@dataclass(frozen=True)
-class StoredCheckpoint:
-    epoch: int
-    data: bytes
 
 
 def owner_token(worker: str, attempt: int) -> str:
@@ -178,9 +174,10 @@ def heartbeat(
     return result.rowcount == 1
 
 
-def _gradflow_rows(run_id: str, gradflow: GradFlowEpoch) -> list[dict[str, Any]]:
+def _gradflow_row(run_id: str, gradflow: GradFlowEpoch) -> dict[str, Any]:
+    """The epoch's row: each statistic of each window packed, a value per layer."""
     n_layers = len(gradflow.layers)
-    columns: dict[str, list[float]] = {}
+    row: dict[str, Any] = {"run_id": run_id, "epoch": gradflow.epoch}
     for window in GRADFLOW_WINDOWS:
         stats = gradflow.window(window)
         for stat in GRADFLOW_STATS:
@@ -191,16 +188,8 @@ def _gradflow_rows(run_id: str, gradflow: GradFlowEpoch) -> list[dict[str, Any]]
                     f"gradflow {window}.{stat} of epoch {gradflow.epoch} must have one value per "
                     f"layer ({n_layers}); got {got}"
                 )
-            columns[f"{window}_{stat}"] = values
-    return [
-        {
-            "run_id": run_id,
-            "epoch": gradflow.epoch,
-            "layer_index": j,
-            **{name: float(values[j]) for name, values in columns.items()},
-        }
-        for j in range(n_layers)
-    ]
+            row[f"{window}_{stat}"] = pack_floats([float(v) for v in values])
+    return row
 
 
 def _upsert(
@@ -213,15 +202,14 @@ def _upsert(
 ) -> None:
     """INSERT ... ON CONFLICT (keys) DO UPDATE for every row, in one round trip.
 
-    Executed as an executemany of one parameterless statement (batched by SQLAlchemy's
-    insertmanyvalues), so the SQL compiles once and is cached; a multi-row ``.values(rows)``
-    would be recompiled on every call, which costs more than the write itself.
+    A Core statement on the table (the ORM's bulk-insert machinery costs more client CPU than
+    the write itself), parameterless so its SQL compiles once and is cached.
     """
     dialect = session.get_bind().dialect.name
     if dialect == "postgresql":
-        stmt: Any = postgresql.insert(model)
+        stmt: Any = postgresql.insert(model.__table__)
     elif dialect == "sqlite":
-        stmt = sqlite.insert(model)
+        stmt = sqlite.insert(model.__table__)
     else:  # pragma: no cover - only the two supported backends
         raise RuntimeError(f"unsupported database backend {dialect!r}")
     updates = {name: stmt.excluded[name] for name in rows[0] if name not in keys}
@@ -235,13 +223,14 @@ def record_epoch(
     run_id: str,
     metrics: EpochMetrics,
     gradflow: GradFlowEpoch,
-    checkpoint_bytes: bytes | None,
+    checkpoint: CheckpointRef | None,
     *,
     owner: str | None = None,
     lease_seconds: int | None = None,
 ) -> None:
-    """Write one finished epoch: metrics row, one gradflow row per layer, the checkpoint, and
-    the run's progress, in the caller's transaction.
+    """Write one finished epoch: metrics row, gradient-flow row, the reference to its
+    checkpoint (when one was saved: the bytes are already in the checkpoint store), and the
+    run's progress, in the caller's transaction.
 
     Idempotent on (run_id, epoch): a re-delivered epoch replaces its rows, never duplicates
     them. With ``owner`` the write is fenced on the lease (``LeaseLostError`` if lost) and, with
@@ -252,7 +241,7 @@ def record_epoch(
             f"metrics are for epoch {metrics.epoch} but gradflow for epoch {gradflow.epoch}"
         )
     epoch = metrics.epoch
-    rows = _gradflow_rows(run_id, gradflow)
+    flow_row = _gradflow_row(run_id, gradflow)
     now = utcnow()
 
     # Progress first: on SQLite this takes the write lock before anything else, and with an
@@ -274,27 +263,53 @@ def record_epoch(
             raise LeaseLostError(f"run {run_id} is no longer leased to {owner}")
         raise LookupError(f"run {run_id} does not exist")
 
-    # Upserts keyed on (run_id, epoch[, layer]): a re-delivered epoch replaces its rows.
+    # Upserts keyed on (run_id, epoch): a re-delivered epoch replaces its rows.
     metrics_row = {"run_id": run_id, **metrics.to_dict(), "recorded_at": now}
     _upsert(session, EpochMetricsRow, [metrics_row], ["run_id", "epoch"])
-    if rows:
-        _upsert(session, GradFlowRow, rows, ["run_id", "epoch", "layer_index"])
-    if checkpoint_bytes is not None:
-        checkpoint_row = {
-            "run_id": run_id,
-            "epoch": epoch,
-            "data": checkpoint_bytes,
-            "size_bytes": len(checkpoint_bytes),
-            "created_at": now,
-        }
-        # Only move forward: a re-delivered older epoch never replaces a newer checkpoint.
-        _upsert(
-            session,
-            Checkpoint,
-            [checkpoint_row],
-            ["run_id"],
-            only_forward=lambda excluded: Checkpoint.epoch <= excluded.epoch,
+    _upsert(session, GradFlowEpochRow, [flow_row], ["run_id", "epoch"])
+    if checkpoint is not None:
+        if checkpoint.epoch != epoch:
+            raise ValueError(f"checkpoint of epoch {checkpoint.epoch} written with epoch {epoch}")
+        _upsert_checkpoint(session, run_id, checkpoint, now)
+    session.flush()
+
+
+def _upsert_checkpoint(session: Session, run_id: str, ref: CheckpointRef, now: datetime) -> None:
+    row = {
+        "run_id": run_id,
+        "epoch": ref.epoch,
+        "store": ref.store,
+        "key": ref.key,
+        "size_bytes": ref.size_bytes,
+        "sha256": ref.sha256,
+        "created_at": now,
+    }
+    # Only move forward: a re-delivered older epoch never replaces a newer checkpoint.
+    _upsert(
+        session,
+        Checkpoint,
+        [row],
+        ["run_id"],
+        only_forward=lambda excluded: Checkpoint.epoch <= excluded.epoch,
+    )
+
+
+def record_checkpoint(
+    session: Session, run_id: str, ref: CheckpointRef, *, owner: str | None = None
+) -> None:
+    """Reference a checkpoint of an epoch recorded earlier without one (saved late: at cancel,
+    at shutdown, at the end). Fenced on ``owner`` like ``record_epoch``."""
+    fence = update(Run).where(Run.id == run_id, Run.epochs_done > ref.epoch)
+    if owner is not None:
+        fence = fence.where(Run.worker == owner, Run.status == "running")
+    result = session.execute(
+        fence.values(updated_at=utcnow()).execution_options(synchronize_session=False)
+    )
+    if result.rowcount != 1:
+        raise LeaseLostError(
+            f"run {run_id} is not leased to {owner} or has not recorded epoch {ref.epoch}"
         )
+    _upsert_checkpoint(session, run_id, ref, utcnow())
     session.flush()
 
 
@@ -359,11 +374,15 @@ def set_environment(session: Session, run_id: str, environment: dict[str, Any]) 
     )
 
 
-def latest_checkpoint(session: Session, run_id: str) -> StoredCheckpoint | None:
+def latest_checkpoint(session: Session, run_id: str) -> CheckpointRef | None:
+    """The reference to the run's latest committed checkpoint (load it from the store)."""
     row = session.execute(
-        select(Checkpoint.epoch, Checkpoint.data).where(Checkpoint.run_id == run_id)
+        select(
+            Checkpoint.store, Checkpoint.key, Checkpoint.epoch, Checkpoint.size_bytes,
+            Checkpoint.sha256,
+        ).where(Checkpoint.run_id == run_id)
     ).first()
-    return None if row is None else StoredCheckpoint(epoch=row.epoch, data=bytes(row.data))
+    return None if row is None else CheckpointRef(*row)
 
 
 def cancel_requested(session: Session, run_id: str) -> bool:

@@ -15,6 +15,8 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import StaticPool
 
+from gradlab.settings import Settings
+
 # How long a SQLite writer waits for another writer's lock before giving up (ms). The API and
 # the local worker write the same file; epoch writes take milliseconds, so waiting is right.
 SQLITE_BUSY_TIMEOUT_MS = 30_000
@@ -24,12 +26,35 @@ def is_sqlite(url: str) -> bool:
     return make_url(url).get_backend_name() == "sqlite"
 
 
-def make_engine(url: str, *, echo: bool = False) -> Engine:
+def make_engine(
+    url: str,
+    *,
+    echo: bool = False,
+    pool_size: int = 5,
+    max_overflow: int = 10,
+    transaction_pooler: bool = False,
+) -> Engine:
     """An engine for ``url``: SQLite gets WAL, foreign keys and a busy timeout; Postgres a
-    pre-ping pool (connections die across worker forks, broker blips and DB restarts)."""
+    pre-ping pool of ``pool_size`` (+ ``max_overflow``) connections (they die across worker
+    forks, broker blips and DB restarts).
+
+    ``transaction_pooler``: the URL is PgBouncer in transaction-pooling mode, where each
+    transaction may run on another server connection, so psycopg must not prepare statements
+    server-side (a prepared statement lives on the connection that prepared it). Nothing else
+    here keeps session state across transactions (no SET, LISTEN, advisory locks, temp tables).
+    """
     parsed = make_url(url)
     if parsed.get_backend_name() != "sqlite":
-        return create_engine(url, echo=echo, pool_pre_ping=True, future=True)
+        connect_args: dict[str, Any] = {"prepare_threshold": None} if transaction_pooler else {}
+        return create_engine(
+            url,
+            echo=echo,
+            pool_pre_ping=True,
+            pool_size=pool_size,
+            max_overflow=max_overflow,
+            connect_args=connect_args,
+            future=True,
+        )
 
     in_memory = parsed.database in (None, "", ":memory:")
     kwargs: dict[str, Any] = {
@@ -54,6 +79,16 @@ def make_engine(url: str, *, echo: bool = False) -> Engine:
             cursor.close()
 
     return engine
+
+
+def engine_from_settings(settings: Settings) -> Engine:
+    """The engine of a process configured by GRADLAB_* settings (pool sizes, pooler)."""
+    return make_engine(
+        settings.database_url,
+        pool_size=settings.database_pool_size,
+        max_overflow=settings.database_max_overflow,
+        transaction_pooler=settings.database_pooler == "pgbouncer",
+    )
 
 
 def make_session_factory(engine: Engine) -> sessionmaker[Session]:

@@ -25,7 +25,7 @@ from gradlab.observability.logs import configure_logging, log_context
 from gradlab.settings import Settings
 from gradlab.store import runs
 from gradlab.store.base import utcnow
-from gradlab.store.session import make_engine, make_session_factory, session_scope
+from gradlab.store.session import engine_from_settings, make_session_factory, session_scope
 from gradlab.worker.reaper import reap
 
 log = logging.getLogger(__name__)
@@ -137,7 +137,7 @@ def run_local_worker(
     signal.signal(signal.SIGTERM, _handle_sigterm)
     settings = Settings(**settings_dict)
     configure_logging(settings.log_format, settings.log_level)
-    engine = make_engine(settings.database_url)
+    engine = engine_from_settings(settings)
     factory: sessionmaker[Session] = make_session_factory(engine)
 
     def load_data(dataset: str) -> Any:

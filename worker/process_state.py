@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from gradlab.core.data import CifarArrays, load_cifar, resolve_data_dir
 from gradlab.settings import get_settings
-from gradlab.store.session import make_engine, make_session_factory
+from gradlab.store.session import engine_from_settings, make_session_factory
 
 _factory: sessionmaker[Session] | None = None
 _device: str | None = None
@@ -30,7 +30,7 @@ def reset(device: str | None = None) -> None:
 def session_factory() -> sessionmaker[Session]:
     global _factory
     if _factory is None:
-        _factory = make_session_factory(make_engine(get_settings().database_url))
+        _factory = make_session_factory(engine_from_settings(get_settings()))
     return _factory
 
 

@@ -1,8 +1,10 @@
 """Train one run from the database: the body shared by the Celery task and the local worker.
 
 Never trusts whoever handed it the run id: the database lease decides whether this process
-trains it, the checkpoint in the database decides where it starts, and every epoch is written
-(metrics, gradient flow, checkpoint, progress) in one transaction fenced on the lease.
+trains it, the checkpoint the database references (bytes checked against their SHA-256)
+decides where it starts, and every epoch is written (metrics, gradient flow, the reference to
+a checkpoint saved at the cadence of ``checkpointing``, progress) in one transaction fenced on
+the lease.
 """
 
 from __future__ import annotations
@@ -29,12 +31,20 @@ from gradlab.science.records import EpochCallback, EpochMetrics, GradFlowEpoch, 
 from gradlab.science.spec import ExperimentSpec
 from gradlab.settings import Settings, get_settings
 from gradlab.store import runs
+from gradlab.store.checkpoint_store import (
+    CheckpointIntegrityError,
+    CheckpointStore,
+    open_checkpoint_store,
+)
 from gradlab.store.session import session_scope
 from gradlab.worker import metrics as worker_metrics
+from gradlab.worker.checkpointing import CheckpointCadence, RunCheckpoints, cadence_for
 
 log = logging.getLogger(__name__)
 
 DataSource = Callable[[str], CifarArrays]
+# gradlab.core.training_loop.fit, or a stand-in with its signature (bench/cluster_sim.py).
+FitFunction = Callable[..., TrainingResult]
 T = TypeVar("T")
 # Pauses between retries of an epoch or outcome write whose connection was lost.
 WRITE_RETRY_PAUSES = (1.0, 3.0, 10.0)
@@ -126,7 +136,7 @@ class _Prepared:
     spec: ExperimentSpec
     arrays: CifarArrays
     device: str
-    checkpoint: runs.StoredCheckpoint | None
+    resume_from: bytes | None
     environment: dict[str, Any]
 
 
@@ -138,12 +148,19 @@ def execute_run(
     *,
     settings: Settings | None = None,
     worker: str | None = None,
+    checkpoints: CheckpointStore | None = None,
+    cadence: CheckpointCadence | None = None,
+    fit_function: FitFunction | None = None,
 ) -> str | None:
     """Claim and train ``run_id``; return its final status, or None if it was not ours.
 
     ``data(dataset)`` returns the arrays (loaded once per process by the caller's cache).
+    ``checkpoints``: the store (default: the one the settings name); ``cadence``: when to
+    checkpoint (default ``checkpointing.cadence_for`` the device); ``fit_function``: the
+    training loop (default ``gradlab.core.training_loop.fit``).
     """
     settings = settings or get_settings()
+    checkpoints = checkpoints or open_checkpoint_store(settings, session_factory)
     with session_scope(session_factory) as session:
         claimed = runs.claim_run(
             session,
@@ -157,17 +174,35 @@ def execute_run(
         return None
     bind_log_context(experiment_id=claimed.experiment_id, run_id=run_id, attempt=claimed.attempt)
     log.info("claimed run %s (attempt %d) as %s", run_id, claimed.attempt, claimed.owner)
-    prepared = _prepare(session_factory, claimed, data, device)
-    if isinstance(prepared, str):
-        return prepared
-    outcome = _train(session_factory, prepared, settings.lease_seconds)
+    # From the claim on: loading the data and the checkpoint may take longer than a lease.
+    beat = _Heartbeat(session_factory, run_id, claimed.owner, settings.lease_seconds)
+    beat.start()
+    try:
+        prepared = _prepare(session_factory, claimed, data, device, checkpoints)
+        if isinstance(prepared, str):
+            return prepared
+        run_checkpoints = RunCheckpoints(
+            session_factory,
+            checkpoints,
+            claimed,
+            cadence or cadence_for(prepared.device, settings),
+            last_epoch=prepared.spec.hyperparameters.epochs - 1,
+        )
+        outcome = _train(session_factory, prepared, settings.lease_seconds, beat,
+                         run_checkpoints, fit_function)
+    finally:
+        beat.stop()
     if isinstance(outcome, TrainingResult):
         return _record_outcome(session_factory, prepared, outcome)
     return outcome
 
 
 def _prepare(
-    factory: sessionmaker[Session], claimed: runs.ClaimedRun, data: DataSource, device: str
+    factory: sessionmaker[Session],
+    claimed: runs.ClaimedRun,
+    data: DataSource,
+    device: str,
+    checkpoints: CheckpointStore,
 ) -> _Prepared | str:
     """Everything the run needs before its first epoch, or its final status when it cannot
     (or need not) train: an invalid stored spec, a cancel, missing data or device."""
@@ -182,7 +217,7 @@ def _prepare(
         if runs.cancel_requested(session, run_id):
             runs.finish_run(session, run_id, "cancelled", owner=owner)
             return "cancelled"
-        checkpoint = runs.latest_checkpoint(session, run_id)
+        reference = runs.latest_checkpoint(session, run_id)
     try:
         arrays = data(spec.data.dataset)
         resolved = resolve_device(device)
@@ -193,11 +228,21 @@ def _prepare(
         "worker": owner,
         "attempt": claimed.attempt,
         "git_revision": _git_revision(),
-        "resumed_from_epoch": None if checkpoint is None else checkpoint.epoch,
+        "resumed_from_epoch": None,
     }
+    resume_from = None
+    if reference is not None:
+        try:
+            resume_from = checkpoints.load(reference)
+            environment["resumed_from_epoch"] = reference.epoch
+        except CheckpointIntegrityError as exc:
+            # Never resume from bytes that are not the ones committed: start over (on the CPU
+            # the replayed epochs write the same numbers again).
+            log.warning("run %s starts over: %s", run_id, exc)
+            environment["checkpoint_rejected"] = str(exc)
     with session_scope(factory) as session:
         runs.set_environment(session, run_id, environment)
-    return _Prepared(claimed, spec, arrays, str(resolved), checkpoint, environment)
+    return _Prepared(claimed, spec, arrays, str(resolved), resume_from, environment)
 
 
 def _epoch_writer(
@@ -206,9 +251,11 @@ def _epoch_writer(
     lease: int,
     beat: _Heartbeat,
     family: str,
+    checkpoints: RunCheckpoints,
 ) -> EpochCallback:
-    """The callback that writes each finished epoch (metrics, gradient flow, checkpoint,
-    progress) in one transaction fenced on the lease; False (stop) once a cancel is asked."""
+    """The callback that writes each finished epoch (metrics, gradient flow, the reference to
+    its checkpoint when one is due, progress) in one transaction fenced on the lease, after
+    the checkpoint's bytes; False (stop) once a cancel is asked."""
     run_id, owner = claimed.run_id, claimed.owner
 
     def on_epoch_end(
@@ -216,17 +263,20 @@ def _epoch_writer(
     ) -> bool:
         if beat.lost.is_set():
             raise runs.LeaseLostError(f"run {run_id} is no longer leased to {owner}")
-        blob = make_checkpoint()
+        started = time.perf_counter()  # the write: checkpoint bytes (when due), then the rows
+        reference = checkpoints.at_epoch_end(metrics.epoch, make_checkpoint)
 
         def write() -> bool:
             with session_scope(factory) as session:
                 runs.record_epoch(
-                    session, run_id, metrics, gradflow, blob, owner=owner, lease_seconds=lease
+                    session, run_id, metrics, gradflow, reference, owner=owner,
+                    lease_seconds=lease,
                 )
                 return runs.cancel_requested(session, run_id)
 
-        started = time.perf_counter()
         cancelled = _retrying(write, f"epoch {metrics.epoch} of run {run_id}")
+        if reference is not None:
+            checkpoints.committed(reference)
         worker_metrics.EPOCH_WRITE_SECONDS.labels(family).observe(time.perf_counter() - started)
         worker_metrics.EPOCH_SECONDS.labels(family).observe(metrics.seconds)
         return not cancelled
@@ -235,38 +285,44 @@ def _epoch_writer(
 
 
 def _train(
-    factory: sessionmaker[Session], prepared: _Prepared, lease: int
+    factory: sessionmaker[Session],
+    prepared: _Prepared,
+    lease: int,
+    beat: _Heartbeat,
+    checkpoints: RunCheckpoints,
+    fit_function: FitFunction | None,
 ) -> TrainingResult | str | None:
-    """Train under a heartbeat: the result, "failed" (recorded) when training raised, or None
-    when the lease moved on. A stop (SIGTERM, Ctrl-C) puts the run back in the queue and
-    re-raises."""
-    from gradlab.core.training_loop import fit
+    """Train under the heartbeat: the result, "failed" (recorded) when training raised, or
+    None when the lease moved on. The last finished epoch's checkpoint is saved at the end and
+    at a stop (SIGTERM, Ctrl-C), which then puts the run back in the queue and re-raises."""
+    if fit_function is None:
+        from gradlab.core.training_loop import fit as fit_function
 
     claimed = prepared.claimed
     run_id, owner = claimed.run_id, claimed.owner
-    beat = _Heartbeat(factory, run_id, owner, lease)
-    beat.start()
     try:
-        return fit(
+        result = fit_function(
             prepared.spec,
             claimed.seed,
             prepared.arrays,
             device=prepared.device,
-            on_epoch_end=_epoch_writer(factory, claimed, lease, beat, prepared.spec.model_family),
-            resume_from=None if prepared.checkpoint is None else prepared.checkpoint.data,
+            on_epoch_end=_epoch_writer(factory, claimed, lease, beat, prepared.spec.model_family,
+                                       checkpoints),
+            resume_from=prepared.resume_from,
         )
+        checkpoints.save_pending(result.status)
+        return result
     except runs.LeaseLostError as exc:
         log.warning("%s; leaving the run to its new owner", exc)
         return None
     except (KeyboardInterrupt, SystemExit):
+        checkpoints.save_pending("shutdown")
         _requeue_on_shutdown(factory, run_id, owner)
         raise
     except Exception as exc:
         log.exception("run %s failed", run_id)
         detail = "".join(traceback.format_exception_only(exc)).strip()
         return _fail(factory, run_id, owner, detail)
-    finally:
-        beat.stop()
 
 
 def _record_outcome(

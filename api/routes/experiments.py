@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import Annotated, Any
 
@@ -11,13 +12,19 @@ from fastapi.responses import Response
 from sqlalchemy.orm import Session, sessionmaker
 
 from gradlab.api.deps import (
+    CheckpointStoreDep,
     ResponseCacheDep,
     RunsToDispatchDep,
     SessionDep,
     SessionFactoryDep,
 )
 from gradlab.api.diagnostics_view import render_diagnostics
-from gradlab.api.errors import InvalidParameterError, NotFoundError, error_responses
+from gradlab.api.errors import (
+    ConflictError,
+    InvalidParameterError,
+    NotFoundError,
+    error_responses,
+)
 from gradlab.api.gradflow_views import GradflowFormat, GradflowQuery, render_gradflow
 from gradlab.api.metrics_views import metrics_cache_key, render_metrics, summarize_experiment
 from gradlab.api.response_cache import CachedResponse, RenderedView, ResponseCache
@@ -40,6 +47,9 @@ from gradlab.science.records import RunStatus
 from gradlab.science.spec import ExperimentSpec
 from gradlab.store import experiments as store
 from gradlab.store.models import Experiment, Run
+from gradlab.store.session import session_scope
+
+log = logging.getLogger(__name__)
 
 router = APIRouter(prefix="/experiments", tags=["experiments"])
 
@@ -140,6 +150,35 @@ def cancel(experiment_id: str, session: SessionDep) -> ExperimentRead:
     if experiment is None:
         raise NotFoundError(f"experiment {experiment_id} not found")
     return _experiment_read(session, experiment)
+
+
+@router.delete(
+    "/{experiment_id}", status_code=status.HTTP_204_NO_CONTENT, responses=error_responses(404, 409)
+)
+def delete(
+    experiment_id: str,
+    factory: SessionFactoryDep,
+    checkpoints: CheckpointStoreDep,
+    cache: ResponseCacheDep,
+) -> Response:
+    """Delete a finished experiment: its runs, metrics, gradient flow and every checkpoint in
+    the checkpoint store. 409 while a run is queued or running (cancel it first) or while a
+    study holds it."""
+    try:
+        with session_scope(factory) as session:
+            run_ids = store.delete_experiment(session, experiment_id)
+    except store.ExperimentInUseError as exc:
+        raise ConflictError(str(exc)) from exc
+    if run_ids is None:
+        raise NotFoundError(f"experiment {experiment_id} not found")
+    cache.discard_experiment(experiment_id)
+    # After the commit: a failure here leaves unreferenced bytes, never a reference to none.
+    for run_id in run_ids:
+        try:
+            checkpoints.delete_run(run_id)
+        except Exception:
+            log.exception("could not delete the checkpoints of run %s", run_id)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
 async def _cached_view(

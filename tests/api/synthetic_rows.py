@@ -16,7 +16,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from gradlab.science.records import GRADFLOW_STATS, GRADFLOW_WINDOWS, EpochMetrics
 from gradlab.science.spec import ExperimentSpec
 from gradlab.store.experiments import create_experiment, refresh_experiment_status
-from gradlab.store.models import EpochMetricsRow, GradFlowRow, Run
+from gradlab.store.float_arrays import pack_floats
+from gradlab.store.models import EpochMetricsRow, GradFlowEpochRow, Run
 
 _STAT_SCALE = {"mean_abs": 1.0, "max_abs": 8.0, "l2": 30.0}
 _WINDOW_SCALE = {"last_batch": 1.0, "epoch_mean": 0.9}
@@ -54,20 +55,20 @@ def write_epochs(
         [{"run_id": run_id, **epoch_metrics(seed, e).to_dict()} for e in epochs],
     )
     session.execute(
-        insert(GradFlowRow),
+        insert(GradFlowEpochRow),
         [
             {
                 "run_id": run_id,
                 "epoch": e,
-                "layer_index": j,
                 **{
-                    f"{w}_{s}": gradflow_value(seed, e, j, layers, s, w)
+                    f"{w}_{s}": pack_floats(
+                        [gradflow_value(seed, e, j, layers, s, w) for j in range(layers)]
+                    )
                     for w in GRADFLOW_WINDOWS
                     for s in GRADFLOW_STATS
                 },
             }
             for e in epochs
-            for j in range(layers)
         ],
     )
 

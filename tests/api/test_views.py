@@ -14,7 +14,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from gradlab.science.layers import layer_names as layer_names_for
 from gradlab.science.spec import ExperimentSpec
-from gradlab.store.models import GradFlowRow, Run
+from gradlab.store.float_arrays import pack_floats, unpack_floats
+from gradlab.store.models import GradFlowEpochRow, Run
 from tests.api.conftest import small_spec
 from tests.api.synthetic_rows import epoch_metrics, gradflow_value, insert_experiment, write_epochs
 
@@ -225,15 +226,11 @@ def test_gradflow_of_a_running_experiment_shows_new_epochs_and_nan_as_null(
     assert client.get(url).json()["runs"][0]["epochs"] == [0]
     with postgres_session_factory() as session:
         write_epochs(session, run_ids[0], 0, [1], len(layers))
-        session.execute(
-            update(GradFlowRow)
-            .where(
-                GradFlowRow.run_id == run_ids[0],
-                GradFlowRow.epoch == 1,
-                GradFlowRow.layer_index == 2,
-            )
-            .values(last_batch_mean_abs=math.nan)
-        )
+        row = session.get(GradFlowEpochRow, (run_ids[0], 1))
+        values = unpack_floats(row.last_batch_mean_abs)
+        values[2] = math.nan
+        row.last_batch_mean_abs = pack_floats(values)
+        session.flush()
         # the worker records an epoch's rows and the run's progress in one transaction
         session.execute(update(Run).where(Run.id == run_ids[0]).values(epochs_done=2))
         session.commit()
@@ -255,9 +252,9 @@ def test_a_finished_experiments_views_are_served_from_the_cache(
     # finished runs never change; a row edited behind the API's back shows it is not re-read
     with postgres_session_factory() as session:
         session.execute(
-            update(GradFlowRow)
-            .where(GradFlowRow.run_id == run_ids[0])
-            .values(last_batch_mean_abs=123.0)
+            update(GradFlowEpochRow)
+            .where(GradFlowEpochRow.run_id == run_ids[0])
+            .values(last_batch_mean_abs=pack_floats([123.0] * len(layers)))
         )
         session.execute(update(Run).where(Run.id == run_ids[0]).values(epochs_done=2))
         session.commit()
@@ -287,9 +284,9 @@ def test_a_running_experiments_view_is_reused_until_a_run_progresses(
     def edit_epoch_0(value: float, progress: bool) -> None:
         with postgres_session_factory() as session:
             session.execute(
-                update(GradFlowRow)
-                .where(GradFlowRow.run_id == run_ids[0], GradFlowRow.epoch == 0)
-                .values(last_batch_mean_abs=value)
+                update(GradFlowEpochRow)
+                .where(GradFlowEpochRow.run_id == run_ids[0], GradFlowEpochRow.epoch == 0)
+                .values(last_batch_mean_abs=pack_floats([value] * len(layers)))
             )
             if progress:
                 session.execute(update(Run).where(Run.id == run_ids[0]).values(epochs_done=2))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import threading
 from datetime import timedelta
 
@@ -14,8 +15,10 @@ from gradlab.science.records import GRADFLOW_STATS, EpochMetrics, GradFlowEpoch
 from gradlab.science.spec import ExperimentSpec
 from gradlab.store import runs
 from gradlab.store.base import utcnow
+from gradlab.store.checkpoint_store import CheckpointRef, checkpoint_key
 from gradlab.store.experiments import create_experiment, request_cancel
-from gradlab.store.models import Checkpoint, EpochMetricsRow, Experiment, GradFlowRow, Run
+from gradlab.store.float_arrays import unpack_floats
+from gradlab.store.models import Checkpoint, EpochMetricsRow, Experiment, GradFlowEpochRow, Run
 from gradlab.store.session import make_engine, make_session_factory, session_scope
 
 LEASE = 60
@@ -41,6 +44,12 @@ def _epoch(epoch: int, scale: float = 1.0) -> tuple[EpochMetrics, GradFlowEpoch]
     metrics = EpochMetrics(epoch, 4.0 * scale, 0.1, 4.1 * scale, 0.09, 1e-3, 2.5)
     per_stat = {s: [scale * (j + 1) * 1e-3 for j in range(len(LAYERS))] for s in GRADFLOW_STATS}
     return metrics, GradFlowEpoch(epoch, LAYERS, per_stat, dict(per_stat))
+
+
+def _ref(run_id: str, epoch: int, data: bytes) -> CheckpointRef:
+    """The reference a worker writes after saving ``data`` for ``epoch``."""
+    return CheckpointRef("database", checkpoint_key(run_id, epoch, 1), epoch, len(data),
+                         hashlib.sha256(data).hexdigest())
 
 
 def _claim(factory: sessionmaker[Session], run_id: str, worker: str, **kw: object) -> object:
@@ -94,7 +103,8 @@ def test_expired_lease_is_taken_over_and_the_old_owner_is_fenced_off(
     with session_scope(factory) as session:
         assert not runs.heartbeat(session, run_id, first.owner, lease_seconds=LEASE)
     with pytest.raises(runs.LeaseLostError), session_scope(factory) as session:
-        runs.record_epoch(session, run_id, metrics, gradflow, b"old", owner=first.owner)
+        runs.record_epoch(session, run_id, metrics, gradflow, _ref(run_id, 0, b"old"),
+                          owner=first.owner)
     with session_scope(factory) as session:
         assert not runs.finish_run(session, run_id, "succeeded", owner=first.owner)
         assert runs.heartbeat(session, run_id, second.owner, lease_seconds=LEASE)
@@ -125,24 +135,23 @@ def test_record_epoch_is_idempotent_and_never_duplicates(factory: sessionmaker[S
     for scale, blob in ((1.0, b"first"), (2.0, b"second")):  # the same epoch delivered twice
         metrics, gradflow = _epoch(0, scale)
         with session_scope(factory) as session:
-            runs.record_epoch(
-                session, run_id, metrics, gradflow, blob, owner=claimed.owner, lease_seconds=LEASE
-            )
+            runs.record_epoch(session, run_id, metrics, gradflow, _ref(run_id, 0, blob),
+                              owner=claimed.owner, lease_seconds=LEASE)
     with factory() as session:
         metric_rows = session.scalars(
             select(EpochMetricsRow).where(EpochMetricsRow.run_id == run_id)
         )
         assert [(m.epoch, m.train_loss) for m in metric_rows] == [(0, 8.0)]
         flow = session.scalars(
-            select(GradFlowRow)
-            .where(GradFlowRow.run_id == run_id)
-            .order_by(GradFlowRow.layer_index)
+            select(GradFlowEpochRow).where(GradFlowEpochRow.run_id == run_id)
         ).all()
-        assert len(flow) == len(LAYERS)
-        assert flow[-1].epoch_mean_l2 == pytest.approx(2.0 * 39e-3)
+        assert [row.epoch for row in flow] == [0]  # one row per epoch, replaced
+        epoch_mean_l2 = unpack_floats(flow[0].epoch_mean_l2)
+        assert len(epoch_mean_l2) == len(LAYERS)
+        assert epoch_mean_l2[-1] == pytest.approx(2.0 * 39e-3)
         run = session.get(Run, run_id)
         assert (run.epochs_done, run.layers) == (1, list(LAYERS))
-        assert runs.latest_checkpoint(session, run_id) == runs.StoredCheckpoint(0, b"second")
+        assert runs.latest_checkpoint(session, run_id) == _ref(run_id, 0, b"second")
 
 
 def test_an_older_epoch_never_replaces_a_newer_checkpoint(factory: sessionmaker[Session]) -> None:
@@ -151,11 +160,30 @@ def test_an_older_epoch_never_replaces_a_newer_checkpoint(factory: sessionmaker[
     for epoch, blob in ((0, b"e0"), (1, b"e1"), (0, b"e0-again")):
         metrics, gradflow = _epoch(epoch)
         with session_scope(factory) as session:
-            runs.record_epoch(session, run_id, metrics, gradflow, blob, owner=claimed.owner)
+            runs.record_epoch(session, run_id, metrics, gradflow, _ref(run_id, epoch, blob),
+                              owner=claimed.owner)
     with factory() as session:
-        assert runs.latest_checkpoint(session, run_id) == runs.StoredCheckpoint(1, b"e1")
+        assert runs.latest_checkpoint(session, run_id) == _ref(run_id, 1, b"e1")
         assert session.get(Run, run_id).epochs_done == 2
         assert session.get(Checkpoint, run_id).size_bytes == 2
+
+
+def test_a_late_checkpoint_is_referenced_only_for_a_recorded_epoch_of_its_owner(
+    factory: sessionmaker[Session],
+) -> None:
+    _, (run_id,) = _new_runs(factory, [0])
+    claimed = _claim(factory, run_id, "w1")
+    metrics, gradflow = _epoch(0)
+    with session_scope(factory) as session:
+        runs.record_epoch(session, run_id, metrics, gradflow, None, owner=claimed.owner)
+    for ref, owner in ((_ref(run_id, 1, b"unrecorded epoch"), claimed.owner),
+                       (_ref(run_id, 0, b"not the owner"), "w2#2")):
+        with pytest.raises(runs.LeaseLostError), session_scope(factory) as session:
+            runs.record_checkpoint(session, run_id, ref, owner=owner)
+    with session_scope(factory) as session:
+        runs.record_checkpoint(session, run_id, _ref(run_id, 0, b"late"), owner=claimed.owner)
+    with factory() as session:
+        assert runs.latest_checkpoint(session, run_id) == _ref(run_id, 0, b"late")
 
 
 def test_record_epoch_rejects_gradflow_with_the_wrong_layer_count(

@@ -123,7 +123,7 @@ def test_results_read_back_what_the_worker_recorded(database_url: str) -> None:
             epoch_mean={"mean_abs": [5e-4, 6e-4], "max_abs": [0.5, 0.6], "l2": [0.7, 0.8]},
         )
         with session_scope(factory) as session:
-            run_repo.record_epoch(session, run_id, metrics, flow, b"ckpt", owner=claimed.owner)
+            run_repo.record_epoch(session, run_id, metrics, flow, None, owner=claimed.owner)
     with session_scope(factory) as session:
         run_repo.finish_run(
             session,

@@ -14,7 +14,8 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from gradlab.store import runs
-from gradlab.store.models import EpochMetricsRow, GradFlowRow, Run
+from gradlab.store.float_arrays import unpack_floats
+from gradlab.store.models import EpochMetricsRow, GradFlowEpochRow, Run
 from tests.support.processes import ServiceProcess, wait_for
 
 pytestmark = [pytest.mark.services, pytest.mark.slow]
@@ -83,16 +84,17 @@ def test_vgg38_gradients_vanish_without_batchnorm_and_not_with_it(
         assert layers[0] == "entry.conv" and layers[-1] == "head.linear"
         ratios[label] = [_first_to_last_ratio(run["values"][0]) for run in flow["runs"]]
 
-        # One metrics row and one gradflow row per layer per run: nothing duplicated.
+        # One metrics and one gradflow row (a value per layer) per epoch: nothing duplicated.
         with store() as session:
             for run in done["runs"]:
                 assert session.scalars(
                     select(EpochMetricsRow.epoch).where(EpochMetricsRow.run_id == run["id"])
                 ).all() == [0]
                 flow_rows = session.scalars(
-                    select(GradFlowRow.layer_index).where(GradFlowRow.run_id == run["id"])
+                    select(GradFlowEpochRow).where(GradFlowEpochRow.run_id == run["id"])
                 ).all()
-                assert sorted(flow_rows) == list(range(len(layers)))
+                assert [row.epoch for row in flow_rows] == [0]
+                assert len(unpack_floats(flow_rows[0].last_batch_mean_abs)) == len(layers)
                 assert runs.latest_checkpoint(session, run["id"]).epoch == 0
 
     # Without BN the first layer's gradient is orders of magnitude below the last layer's

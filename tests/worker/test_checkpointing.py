@@ -1,0 +1,163 @@
+"""The checkpoint cadence: at most every GRADLAB_CHECKPOINT_SECONDS on a GPU (every epoch on
+the CPU), always at the last epoch, and whatever is unsaved at cancel, shutdown or the end
+(real PostgreSQL, a real folder; the training loop stood in for where the cadence is what is
+tested)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy.orm import Session, sessionmaker
+
+from gradlab.science.records import GRADFLOW_STATS, EpochMetrics, GradFlowEpoch, TrainingResult
+from gradlab.science.spec import ExperimentSpec
+from gradlab.settings import Settings
+from gradlab.store import runs
+from gradlab.store.checkpoint_store import CheckpointStore, run_prefix
+from gradlab.store.experiments import create_experiment, request_cancel
+from gradlab.store.models import Run
+from gradlab.store.object_store_filesystem import FilesystemObjectStore
+from gradlab.store.session import session_scope
+from gradlab.worker.checkpointing import CheckpointCadence, RunCheckpoints, cadence_for
+from gradlab.worker.runner import execute_run
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_cadence_waits_its_seconds_but_never_skips_the_last_epoch() -> None:
+    clock = Clock()
+    cadence = CheckpointCadence(60, clock=clock)
+    clock.now += 59
+    assert not cadence.due(last_epoch=False)
+    assert cadence.due(last_epoch=True)
+    clock.now += 1
+    assert cadence.due(last_epoch=False)
+    cadence.saved()
+    assert not cadence.due(last_epoch=False)
+    assert CheckpointCadence(0, clock=clock).due(last_epoch=False)  # 0: every epoch
+    assert CheckpointCadence(60, every_epoch=True, clock=clock).due(last_epoch=False)
+
+
+def test_the_cpu_checkpoints_every_epoch_a_gpu_at_its_cadence() -> None:
+    settings = Settings(checkpoint_seconds=60)
+    assert cadence_for("cpu", settings).due(last_epoch=False)
+    assert not cadence_for("cuda:0", settings).due(last_epoch=False)
+
+
+def _record(factory: sessionmaker[Session], claimed: runs.ClaimedRun, epoch: int,
+            ref: object) -> None:
+    values = {s: [1.0, 2.0] for s in GRADFLOW_STATS}
+    with session_scope(factory) as session:
+        runs.record_epoch(session, claimed.run_id, EpochMetrics(epoch, 1, 0, 1, 0, 1e-3, 1),
+                          GradFlowEpoch(epoch, ("a", "b"), values, values), ref,
+                          owner=claimed.owner)
+
+
+def test_unsaved_epochs_are_saved_on_demand_and_old_checkpoints_pruned(
+    postgres_session_factory: sessionmaker[Session], tmp_path: Path
+) -> None:
+    factory = postgres_session_factory
+    with session_scope(factory) as session:
+        run_id = create_experiment(session, ExperimentSpec(name="cadence", seeds=[0])).runs[0].id
+    with session_scope(factory) as session:
+        claimed = runs.claim_run(session, run_id, "w", lease_seconds=60, max_attempts=3)
+    store = CheckpointStore(FilesystemObjectStore(tmp_path))
+    clock = Clock()
+    checkpoints = RunCheckpoints(factory, store, claimed, CheckpointCadence(60, clock=clock),
+                                 last_epoch=9)
+    made: list[int] = []
+
+    def epoch_end(epoch: int) -> object:
+        ref = checkpoints.at_epoch_end(epoch, lambda: made.append(epoch) or f"{epoch}".encode())
+        _record(factory, claimed, epoch, ref)
+        if ref is not None:
+            checkpoints.committed(ref)
+        return ref
+
+    assert epoch_end(0) is None  # a snapshot in memory, nothing written
+    clock.now += 61
+    first = epoch_end(1)
+    assert first is not None and first.epoch == 1
+    assert epoch_end(2) is None and epoch_end(3) is None
+    assert made == [0, 1, 2, 3]  # a snapshot every epoch: the state at its end
+
+    saved = checkpoints.save_pending("shutdown")  # SIGTERM: the last finished epoch
+    assert saved is not None and saved.epoch == 3 and store.load(saved) == b"3"
+    with factory() as session:
+        assert runs.latest_checkpoint(session, run_id) == saved
+    assert store.objects.keys(run_prefix(run_id)) == [saved.key]  # epoch 1's pruned
+    assert checkpoints.save_pending("end") is None  # nothing unsaved any more
+
+
+def _stopping_fit(stop: BaseException | None, epochs: int) -> Any:
+    """A stand-in for the training loop: ``epochs`` epochs, then ``stop`` raised (a SIGTERM
+    arrives as SystemExit, Ctrl-C as KeyboardInterrupt) or a cancelled result."""
+
+    def fit(*_args: Any, on_epoch_end: Any, **_: Any) -> TrainingResult:
+        values = {s: [1.0, 2.0] for s in GRADFLOW_STATS}
+        for epoch in range(epochs):
+            keep_going = on_epoch_end(EpochMetrics(epoch, 1, 0, 1, 0, 1e-3, 1),
+                                      GradFlowEpoch(epoch, ("a", "b"), values, values),
+                                      lambda e=epoch: f"state {e}".encode())
+            if keep_going is False:
+                return TrainingResult(status="cancelled", layers=("a", "b"))
+        assert stop is not None
+        raise stop
+
+    return fit
+
+
+@pytest.mark.parametrize("stop", [SystemExit(0), KeyboardInterrupt()], ids=["sigterm", "ctrl-c"])
+def test_a_stopped_run_saves_its_last_finished_epoch_and_goes_back_to_the_queue(
+    stop: BaseException, postgres_session_factory: sessionmaker[Session], tmp_path: Path
+) -> None:
+    factory = postgres_session_factory
+    with session_scope(factory) as session:
+        run_id = create_experiment(session, ExperimentSpec(name="stop", seeds=[0])).runs[0].id
+    store = CheckpointStore(FilesystemObjectStore(tmp_path))
+    with pytest.raises(type(stop)):
+        execute_run(run_id, factory, lambda _: None, "cpu", settings=Settings(),
+                    checkpoints=store, cadence=CheckpointCadence(3600),  # a GPU's: none due
+                    fit_function=_stopping_fit(stop, epochs=3))
+    with factory() as session:
+        assert session.get(Run, run_id).status == "queued"
+        saved = runs.latest_checkpoint(session, run_id)
+    assert saved is not None and saved.epoch == 2 and store.load(saved) == b"state 2"
+
+
+def test_a_cancelled_run_keeps_the_checkpoint_of_its_last_epoch(
+    postgres_session_factory: sessionmaker[Session], tmp_path: Path
+) -> None:
+    factory = postgres_session_factory
+    with session_scope(factory) as session:
+        experiment = create_experiment(session, ExperimentSpec(name="cancel", seeds=[0]))
+        run_id, experiment_id = experiment.runs[0].id, experiment.id
+    store = CheckpointStore(FilesystemObjectStore(tmp_path))
+    fit = _stopping_fit(None, epochs=5)
+
+    def cancel_during_epoch_1(*args: Any, **kwargs: Any) -> TrainingResult:
+        on_epoch_end = kwargs["on_epoch_end"]
+
+        def callback(metrics: EpochMetrics, *rest: Any) -> bool:
+            if metrics.epoch == 1:
+                with session_scope(factory) as session:
+                    request_cancel(session, experiment_id)
+            return on_epoch_end(metrics, *rest)
+
+        return fit(*args, **{**kwargs, "on_epoch_end": callback})
+
+    status = execute_run(run_id, factory, lambda _: None, "cpu", settings=Settings(),
+                         checkpoints=store, cadence=CheckpointCadence(3600),
+                         fit_function=cancel_during_epoch_1)
+    assert status == "cancelled"
+    with factory() as session:
+        saved = runs.latest_checkpoint(session, run_id)
+    assert saved is not None and saved.epoch == 1
