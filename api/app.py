@@ -16,6 +16,7 @@ from fastapi import FastAPI
 from fastapi.routing import APIRoute
 
 from gradlab.api.errors import install_error_handlers
+from gradlab.api.request_limits import RequestLimitsMiddleware
 from gradlab.api.request_metrics import RequestMetrics, RequestMetricsMiddleware
 from gradlab.api.response_cache import ResponseCache
 from gradlab.api.routes import experiments, health, studies
@@ -80,6 +81,8 @@ def create_app(
     app.state.request_metrics = RequestMetrics()
 
     install_error_handlers(app)
+    # The last added is the outermost: requests refused for their size or text are counted.
+    app.add_middleware(RequestLimitsMiddleware, max_body_bytes=settings.max_request_bytes)
     app.add_middleware(RequestMetricsMiddleware, metrics=app.state.request_metrics)
     app.include_router(experiments.router)
     app.include_router(health.router)

@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from gradlab.api.request_metrics import RequestMetrics
 from gradlab.api.response_cache import ResponseCache
-from gradlab.dispatch.dispatchers import RunDispatcher
+from gradlab.dispatch.dispatchers import DispatchError, RunDispatcher
 from gradlab.settings import Settings
 from gradlab.store.session import session_scope
 
@@ -44,13 +44,16 @@ def _dispatch_after_commit(request: Request) -> None:
     pending: RunsToDispatch | None = getattr(request.state, "runs_to_dispatch", None)
     if pending is None or not pending.run_ids:
         return
+    # The runs are committed as queued, and the database (not the broker) is the record: the
+    # reaper (or the local worker's poll) picks up what was not sent. Answer the request.
     try:
         dispatcher: RunDispatcher = request.app.state.dispatcher
         dispatcher.dispatch(list(pending.run_ids))
+    except DispatchError as exc:
+        request.app.state.request_metrics.dispatch_failures += len(exc.unsent)
+        log.warning("%s; they stay queued and the reaper will send them", exc)
     except Exception:
-        # The runs are committed as queued, and the database (not the broker) is the record:
-        # the lost-run sweep or the local worker's poll picks them up. Answer the request.
-        request.app.state.request_metrics.dispatch_failures += 1
+        request.app.state.request_metrics.dispatch_failures += len(pending.run_ids)
         log.exception("dispatching runs %s failed; they stay queued", pending.run_ids)
 
 

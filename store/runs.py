@@ -414,6 +414,13 @@ def find_queued_runs(
     return list(session.scalars(query.order_by(*order).limit(limit)))
 
 
+def count_queued(session: Session) -> int:
+    """Runs waiting for a worker (each should have one message in the broker's queue)."""
+    return int(
+        session.scalar(select(func.count()).select_from(Run).where(Run.status == "queued")) or 0
+    )
+
+
 def requeue_running(
     session: Session,
     run_id: str,

@@ -12,7 +12,7 @@ from gradlab.store.base import Base
 from gradlab.store.session import make_engine
 
 TABLES = {"studies", "experiments", "study_cells", "runs", "epoch_metrics", "gradflow_stats",
-          "checkpoints"}
+          "checkpoints", "users", "api_tokens"}
 
 
 def _tables(url: str) -> set[str]:
