@@ -39,22 +39,23 @@ def requeue_lost_runs(session: Session, *, now: datetime | None = None) -> list[
     return requeued
 
 
-def missing_messages(session: Session, dispatcher: RunDispatcher) -> int | None:
+def missing_messages(session: Session, dispatcher: RunDispatcher, sending: int) -> int | None:
     """How many queued runs have no message in the broker's queue, at least: queued runs
-    minus the messages waiting. None when the dispatcher cannot count its queue (then every
-    run queued for longer than a lease is resent; duplicates are refused anyway)."""
+    minus the messages waiting and the ``sending`` about to be sent. None when the dispatcher
+    cannot count its queue (then every run queued for longer than a lease is resent;
+    duplicates are refused anyway)."""
     backlog = getattr(dispatcher, "backlog", None)
     waiting = backlog() if callable(backlog) else None
     if waiting is None:
         return None
-    return max(0, runs.count_queued(session) - waiting)
+    return max(0, runs.count_queued(session) - waiting - sending)
 
 
 def runs_to_resend(
     session: Session, dispatcher: RunDispatcher, *, sent_before: datetime, exclude: list[str]
 ) -> list[str]:
     """Queued runs last sent before ``sent_before`` whose message may be lost, oldest first."""
-    missing = missing_messages(session, dispatcher)
+    missing = missing_messages(session, dispatcher, sending=len(exclude))
     if missing == 0:
         return []
     stale = [r for r in runs.find_queued_runs(session, queued_before=sent_before)

@@ -3,6 +3,12 @@
 Never trusts whoever handed it the run id: the database lease decides whether this process
 trains it, the checkpoint in the database decides where it starts, and every epoch is written
 (metrics, gradient flow, checkpoint, progress) in one transaction fenced on the lease.
+
+How a run can end here: its outcome (succeeded, diverged, cancelled); ``failed`` for a failure
+of the run itself; ``queued`` when it goes back to the queue, either handed back because the
+worker is stopping (``worker.shutdown``; the attempt is not counted) or after an
+infrastructure failure with attempts left (``worker.failures``); None when it was not this
+worker's to train (or its lease moved on).
 """
 
 from __future__ import annotations
@@ -13,7 +19,6 @@ import socket
 import subprocess
 import threading
 import time
-import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,13 +34,17 @@ from gradlab.science.spec import ExperimentSpec
 from gradlab.settings import Settings, get_settings
 from gradlab.store import runs
 from gradlab.store.session import session_scope
+from gradlab.worker.failures import FailureKind, classify, describe
+from gradlab.worker.shutdown import GracefulStop, StopRequested
 
 log = logging.getLogger(__name__)
 
 DataSource = Callable[[str], CifarArrays]
 T = TypeVar("T")
-# Pauses between retries of an epoch or outcome write whose connection was lost.
-WRITE_RETRY_PAUSES = (1.0, 3.0, 10.0)
+# Pauses between retries of an epoch or outcome write whose connection was lost: a minute in
+# all, enough for a database restart or failover; an epoch took minutes to train.
+WRITE_RETRY_PAUSES = (1.0, 2.0, 4.0, 8.0, 15.0, 30.0)
+HANDED_BACK = "queued"
 
 
 def worker_name() -> str:
@@ -86,19 +95,24 @@ class _Heartbeat(threading.Thread):
         self._stop.set()
 
 
-def _requeue_on_shutdown(factory: sessionmaker[Session], run_id: str, owner: str) -> None:
+def _requeue_on_shutdown(factory: sessionmaker[Session], run_id: str, owner: str) -> bool:
     """Put the run back in the queue (this attempt not counted) when the process is told to
     stop, so another worker resumes it from its checkpoint without waiting for the lease."""
-    try:
-        with session_scope(factory) as session:
-            runs.requeue_running(session, run_id, owner=owner, refund_attempt=True)
-    except Exception as exc:  # the lease expires on its own; the reaper takes it from there
-        log.warning("could not release run %s on shutdown: %s", run_id, exc)
+    for _ in range(2):  # a stray interrupt from the grace watcher must not lose the hand-back
+        try:
+            with session_scope(factory) as session:
+                return runs.requeue_running(session, run_id, owner=owner, refund_attempt=True)
+        except KeyboardInterrupt:
+            continue
+        except Exception as exc:  # the lease expires on its own; the reaper takes it from there
+            log.warning("could not release run %s on shutdown: %s", run_id, exc)
+            return False
+    return False
 
 
 def _retrying(write: Callable[[], T], what: str) -> T:
     """Run an idempotent write, retrying a lost connection (a database restart or failover)
-    a few times: an epoch took minutes to train, a failover takes seconds."""
+    for about a minute: an epoch took minutes to train, a failover takes seconds."""
     for attempt, pause in enumerate(WRITE_RETRY_PAUSES):
         try:
             return write()
@@ -112,6 +126,29 @@ def _fail(factory: sessionmaker[Session], run_id: str, owner: str, error: str) -
     with session_scope(factory) as session:
         runs.finish_run(session, run_id, "failed", owner=owner, error=error)
     return "failed"
+
+
+def _failed(
+    factory: sessionmaker[Session], claimed: runs.ClaimedRun, kind: FailureKind, error: str,
+    max_attempts: int,
+) -> str | None:
+    """Record a failure: a failure of the run is final; an infrastructure failure queues the
+    run again while attempts are left (the attempt counts), else it fails naming the cause."""
+    run_id, owner = claimed.run_id, claimed.owner
+    if kind == "run":
+        return _fail(factory, run_id, owner, error)
+    if claimed.attempt >= max_attempts:
+        return _fail(factory, run_id, owner,
+                     f"gave up after {claimed.attempt} attempts; the last failed with {error}")
+    note = f"attempt {claimed.attempt} failed ({error}); queued again"
+    try:
+        with session_scope(factory) as session:
+            requeued = runs.requeue_running(session, run_id, owner=owner, error=note)
+    except Exception as exc:  # the database itself is away: the lease expires, the reaper acts
+        log.warning("could not queue run %s again (%s); its lease will expire", run_id, exc)
+        return None
+    log.warning("run %s: %s", run_id, note)
+    return HANDED_BACK if requeued else None
 
 
 @dataclass
@@ -134,10 +171,12 @@ def execute_run(
     *,
     settings: Settings | None = None,
     worker: str | None = None,
+    stop: GracefulStop | None = None,
 ) -> str | None:
-    """Claim and train ``run_id``; return its final status, or None if it was not ours.
+    """Claim and train ``run_id``; return how it ended here (see the module docstring).
 
-    ``data(dataset)`` returns the arrays (loaded once per process by the caller's cache).
+    ``data(dataset)`` returns the arrays (loaded once per process by the caller's cache);
+    ``stop`` is the process's stop request, checked at every safe point.
     """
     settings = settings or get_settings()
     with session_scope(session_factory) as session:
@@ -152,20 +191,44 @@ def execute_run(
         log.info("run %s is not claimable (finished, leased elsewhere, or missing)", run_id)
         return None
     log.info("claimed run %s (attempt %d) as %s", run_id, claimed.attempt, claimed.owner)
-    prepared = _prepare(session_factory, claimed, data, device)
-    if isinstance(prepared, str):
+    try:
+        prepared = _prepare(session_factory, claimed, data, device, settings.max_attempts)
+        if isinstance(prepared, _Prepared):
+            return _train_and_record(session_factory, prepared, settings, stop)
         return prepared
-    outcome = _train(session_factory, prepared, settings.lease_seconds)
+    except (StopRequested, KeyboardInterrupt) as exc:
+        if stop is None or not stop.requested:
+            _requeue_on_shutdown(session_factory, run_id, claimed.owner)  # Ctrl-C
+            raise
+        stop.begin_hand_back()
+        where = "at the end of an epoch" if isinstance(exc, StopRequested) else "mid-epoch"
+        handed = _requeue_on_shutdown(session_factory, run_id, claimed.owner)
+        log.warning("stopping: run %s handed back %s", run_id, where)
+        return HANDED_BACK if handed else None
+    except SystemExit:  # told to exit outright: hand the run back on the way out
+        _requeue_on_shutdown(session_factory, run_id, claimed.owner)
+        raise
+
+
+def _train_and_record(
+    factory: sessionmaker[Session], prepared: _Prepared, settings: Settings,
+    stop: GracefulStop | None,
+) -> str | None:
+    if stop is not None and stop.requested:
+        raise StopRequested("asked to stop before training began")
+    outcome = _train(factory, prepared, settings, stop)
     if isinstance(outcome, TrainingResult):
-        return _record_outcome(session_factory, prepared, outcome)
+        return _record_outcome(factory, prepared, outcome)
     return outcome
 
 
 def _prepare(
-    factory: sessionmaker[Session], claimed: runs.ClaimedRun, data: DataSource, device: str
-) -> _Prepared | str:
-    """Everything the run needs before its first epoch, or its final status when it cannot
-    (or need not) train: an invalid stored spec, a cancel, missing data or device."""
+    factory: sessionmaker[Session], claimed: runs.ClaimedRun, data: DataSource, device: str,
+    max_attempts: int,
+) -> _Prepared | str | None:
+    """Everything the run needs before its first epoch, or how it ended when it cannot (or
+    need not) train: an invalid stored spec (failed), a cancel, data or device missing on this
+    worker (an infrastructure failure: queued again while attempts are left)."""
     from gradlab.core.environment import describe_environment, resolve_device
 
     run_id, owner = claimed.run_id, claimed.owner
@@ -181,8 +244,8 @@ def _prepare(
     try:
         arrays = data(spec.data.dataset)
         resolved = resolve_device(device)
-    except (OSError, ValueError) as exc:
-        return _fail(factory, run_id, owner, f"{type(exc).__name__}: {exc}")
+    except (OSError, ValueError) as exc:  # this worker's data or device, not the run's
+        return _failed(factory, claimed, "infrastructure", describe(exc), max_attempts)
     environment: dict[str, Any] = {
         **describe_environment(resolved),
         "worker": owner,
@@ -196,10 +259,15 @@ def _prepare(
 
 
 def _epoch_writer(
-    factory: sessionmaker[Session], claimed: runs.ClaimedRun, lease: int, beat: _Heartbeat
+    factory: sessionmaker[Session],
+    claimed: runs.ClaimedRun,
+    lease: int,
+    beat: _Heartbeat,
+    stop: GracefulStop | None,
 ) -> EpochCallback:
     """The callback that writes each finished epoch (metrics, gradient flow, checkpoint,
-    progress) in one transaction fenced on the lease; False (stop) once a cancel is asked."""
+    progress) in one transaction fenced on the lease; False (stop) once a cancel is asked.
+    An epoch just written is the safe point to stop at: ``StopRequested`` when asked."""
     run_id, owner = claimed.run_id, claimed.owner
 
     def on_epoch_end(
@@ -216,21 +284,27 @@ def _epoch_writer(
                 )
                 return runs.cancel_requested(session, run_id)
 
-        return not _retrying(write, f"epoch {metrics.epoch} of run {run_id}")
+        cancel = _retrying(write, f"epoch {metrics.epoch} of run {run_id}")
+        if stop is not None:
+            if stop.requested and not cancel:
+                raise StopRequested(f"asked to stop after epoch {metrics.epoch}")
+            stop.epoch_started(expected_seconds=metrics.seconds)
+        return not cancel
 
     return on_epoch_end
 
 
 def _train(
-    factory: sessionmaker[Session], prepared: _Prepared, lease: int
+    factory: sessionmaker[Session], prepared: _Prepared, settings: Settings,
+    stop: GracefulStop | None,
 ) -> TrainingResult | str | None:
-    """Train under a heartbeat: the result, "failed" (recorded) when training raised, or None
-    when the lease moved on. A stop (SIGTERM, Ctrl-C) puts the run back in the queue and
-    re-raises."""
+    """Train under a heartbeat: the result; or, when training raised, how the failure ended
+    the run here (failed, or queued again for an infrastructure failure); None when the lease
+    moved on. A stop request propagates to ``execute_run``, which hands the run back."""
     from gradlab.core.training_loop import fit
 
     claimed = prepared.claimed
-    run_id, owner = claimed.run_id, claimed.owner
+    run_id, owner, lease = claimed.run_id, claimed.owner, settings.lease_seconds
     beat = _Heartbeat(factory, run_id, owner, lease)
     beat.start()
     try:
@@ -239,19 +313,18 @@ def _train(
             claimed.seed,
             prepared.arrays,
             device=prepared.device,
-            on_epoch_end=_epoch_writer(factory, claimed, lease, beat),
+            on_epoch_end=_epoch_writer(factory, claimed, lease, beat, stop),
             resume_from=None if prepared.checkpoint is None else prepared.checkpoint.data,
         )
     except runs.LeaseLostError as exc:
         log.warning("%s; leaving the run to its new owner", exc)
         return None
-    except (KeyboardInterrupt, SystemExit):
-        _requeue_on_shutdown(factory, run_id, owner)
+    except StopRequested:
         raise
     except Exception as exc:
-        log.exception("run %s failed", run_id)
-        detail = "".join(traceback.format_exception_only(exc)).strip()
-        return _fail(factory, run_id, owner, detail)
+        kind = classify(exc)
+        log.exception("run %s failed (%s failure)", run_id, kind)
+        return _failed(factory, claimed, kind, describe(exc), settings.max_attempts)
     finally:
         beat.stop()
 
