@@ -11,6 +11,7 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from importlib.metadata import PackageNotFoundError, version
+from typing import Any
 
 from fastapi import FastAPI
 from fastapi.routing import APIRoute
@@ -43,6 +44,24 @@ def _package_version() -> str:
         return version("gradlab")
     except PackageNotFoundError:
         return "0.0.0"
+
+
+def _document_auth_as_configured(app: FastAPI, auth_required: bool) -> None:
+    """With auth off no route asks for a token: the schema says so (no security schemes)."""
+    if auth_required:
+        return
+    generate = app.openapi
+
+    def openapi_without_auth() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = generate()
+            for operations in schema.get("paths", {}).values():
+                for operation in operations.values():
+                    operation.pop("security", None)
+            schema.get("components", {}).pop("securitySchemes", None)
+        return app.openapi_schema  # type: ignore[return-value]
+
+    app.openapi = openapi_without_auth  # type: ignore[method-assign]
 
 
 def create_app(
@@ -87,4 +106,5 @@ def create_app(
     app.include_router(experiments.router)
     app.include_router(health.router)
     app.include_router(studies.router)
+    _document_auth_as_configured(app, settings.auth_required)
     return app

@@ -191,10 +191,13 @@ def execute_run(
         log.info("run %s is not claimable (finished, leased elsewhere, or missing)", run_id)
         return None
     log.info("claimed run %s (attempt %d) as %s", run_id, claimed.attempt, claimed.owner)
+    # The lease is renewed from the claim on: loading the data can take longer than a lease.
+    beat = _Heartbeat(session_factory, run_id, claimed.owner, settings.lease_seconds)
+    beat.start()
     try:
         prepared = _prepare(session_factory, claimed, data, device, settings.max_attempts)
         if isinstance(prepared, _Prepared):
-            return _train_and_record(session_factory, prepared, settings, stop)
+            return _train_and_record(session_factory, prepared, settings, stop, beat)
         return prepared
     except (StopRequested, KeyboardInterrupt) as exc:
         if stop is None or not stop.requested:
@@ -208,15 +211,17 @@ def execute_run(
     except SystemExit:  # told to exit outright: hand the run back on the way out
         _requeue_on_shutdown(session_factory, run_id, claimed.owner)
         raise
+    finally:
+        beat.stop()
 
 
 def _train_and_record(
     factory: sessionmaker[Session], prepared: _Prepared, settings: Settings,
-    stop: GracefulStop | None,
+    stop: GracefulStop | None, beat: _Heartbeat,
 ) -> str | None:
     if stop is not None and stop.requested:
         raise StopRequested("asked to stop before training began")
-    outcome = _train(factory, prepared, settings, stop)
+    outcome = _train(factory, prepared, settings, stop, beat)
     if isinstance(outcome, TrainingResult):
         return _record_outcome(factory, prepared, outcome)
     return outcome
@@ -296,17 +301,16 @@ def _epoch_writer(
 
 def _train(
     factory: sessionmaker[Session], prepared: _Prepared, settings: Settings,
-    stop: GracefulStop | None,
+    stop: GracefulStop | None, beat: _Heartbeat,
 ) -> TrainingResult | str | None:
-    """Train under a heartbeat: the result; or, when training raised, how the failure ended
-    the run here (failed, or queued again for an infrastructure failure); None when the lease
-    moved on. A stop request propagates to ``execute_run``, which hands the run back."""
+    """Train (``beat`` renewing the lease): the result; or, when training raised, how the
+    failure ended the run here (failed, or queued again for an infrastructure failure); None
+    when the lease moved on. A stop request propagates to ``execute_run``, which hands the run
+    back."""
     from gradlab.core.training_loop import fit
 
     claimed = prepared.claimed
-    run_id, owner, lease = claimed.run_id, claimed.owner, settings.lease_seconds
-    beat = _Heartbeat(factory, run_id, owner, lease)
-    beat.start()
+    run_id, lease = claimed.run_id, settings.lease_seconds
     try:
         return fit(
             prepared.spec,
@@ -325,8 +329,6 @@ def _train(
         kind = classify(exc)
         log.exception("run %s failed (%s failure)", run_id, kind)
         return _failed(factory, claimed, kind, describe(exc), settings.max_attempts)
-    finally:
-        beat.stop()
 
 
 def _record_outcome(
