@@ -9,8 +9,10 @@ back means queued again with this attempt not counted, and sent to the queue aga
 worker resumes it now instead of after the lease.
 
 The signal handler only notes the time; a watcher thread decides when to interrupt the main
-thread (``_thread.interrupt_main``: a ``KeyboardInterrupt`` at the next Python instruction, so
-within one training step), because a signal handler must not take locks or start threads.
+thread, because a signal handler must not take locks or start threads. It interrupts by
+simulating SIGTERM in the main thread (``_thread.interrupt_main``: the handler runs at the next
+Python instruction, so within one training step) with a flag that makes the handler raise
+``KeyboardInterrupt``; SIGINT would not do, a Celery pool child ignores it.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ class GracefulStop:
     def __init__(self, grace_seconds: float) -> None:
         self.grace_seconds = grace_seconds
         self.requested_at: float | None = None  # written by the signal handler only
+        self._interrupt_now = False
         self._epoch_ends_at: float | None = None
         self._handing_back = threading.Event()
         self._closed = threading.Event()
@@ -48,7 +51,11 @@ class GracefulStop:
         return self.requested_at is not None
 
     def request(self, *_: Any) -> None:
-        """Ask to stop (also usable as a signal handler: it only notes the time)."""
+        """Ask to stop: the SIGTERM handler. It only notes the time, unless the watcher sent
+        the signal to interrupt the main thread now."""
+        if self._interrupt_now:
+            self._interrupt_now = False
+            raise KeyboardInterrupt("the grace period does not leave time for a safe point")
         if self.requested_at is None:
             self.requested_at = time.monotonic()
 
@@ -84,7 +91,8 @@ class GracefulStop:
             if self.requested_at is None or self._handing_back.is_set():
                 continue
             if self._must_interrupt(time.monotonic()):
-                _thread.interrupt_main()
+                self._interrupt_now = True
+                _thread.interrupt_main(signal.SIGTERM)
                 return
 
 
