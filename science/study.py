@@ -217,8 +217,12 @@ def expand(study: StudySpec, scale: str | None = None) -> list[StudyCell]:
     ]
 
 
-def load_study(text: str, *, source: str = "study") -> StudySpec:
-    """Parse a YAML or JSON study; raises ``ValueError`` with every problem and its place."""
+def load_study(
+    text: str, *, source: str = "study", max_cells: int | None = None, max_runs: int | None = None
+) -> StudySpec:
+    """Parse a YAML or JSON study and validate every cell; raises ``ValueError`` with every
+    problem and its place. With ``max_cells``/``max_runs`` the study's size is checked (by
+    counting) before any cell is built."""
     import yaml
 
     try:
@@ -232,6 +236,8 @@ def load_study(text: str, *, source: str = "study") -> StudySpec:
     except ValidationError as exc:
         raise ValueError(f"{source}: {_problems(exc, 'study')}") from None
     try:
+        if max_cells is not None and max_runs is not None:
+            check_study_size(study, max_cells=max_cells, max_runs=max_runs)
         expand(study, scale="full")  # every cell valid, named in the error when not
     except ValueError as exc:
         raise ValueError(f"{source}: {exc}") from None

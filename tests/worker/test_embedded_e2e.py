@@ -92,6 +92,7 @@ def _experiment(serve: Serve, experiment_id: str) -> dict[str, Any]:
 
 def test_serve_trains_a_posted_experiment_and_serves_its_results(serve: Serve) -> None:
     process = serve.start()
+    assert "auth: off (single-user mode)" in process.log_tail()  # says so when it starts
     with serve.client() as http:
         created = http.post("/experiments", json=_spec("embedded", 2, [0, 1]))
         assert created.status_code == 201, created.text
