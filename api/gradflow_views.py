@@ -58,7 +58,7 @@ class GradflowQuery:
         )
 
 
-def layer_names(experiment: Experiment, runs: list[Run]) -> list[str]:
+def recorded_layer_names(experiment: Experiment, runs: list[Run]) -> list[str]:
     """The layers as a worker recorded them, else as the spec's model defines them."""
     for run in runs:
         if run.layers:
@@ -91,7 +91,7 @@ def render_gradflow(session: Session, experiment: Experiment, query: GradflowQue
     runs = select_runs(experiment, query.seed)
     # Statuses are read before the data: a run terminal now has all its rows already.
     final = all(r.status in TERMINAL_RUN_STATUSES for r in runs)
-    layers = layer_names(experiment, runs)
+    layers = recorded_layer_names(experiment, runs)
     series = read_gradflow(
         session,
         [r.id for r in runs],

@@ -12,7 +12,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-RunStatusName = Literal["queued", "running", "succeeded", "failed", "cancelled", "diverged"]
+from gradlab.science.records import RunStatus
+
 GradflowStat = Literal["mean_abs", "max_abs", "l2"]
 GradflowWindow = Literal["last_batch", "epoch_mean"]
 
@@ -49,7 +50,7 @@ class FinalTestRead(_Read):
 class RunBrief(_Read):
     id: str = Field(examples=[_RUN_ID])
     seed: int = Field(examples=[0])
-    status: RunStatusName = Field(examples=["queued"])
+    status: RunStatus = Field(examples=["queued"])
 
 
 class RunRead(RunBrief):
@@ -219,7 +220,7 @@ class GradflowRead(BaseModel):
                     "experiment_id": _ID,
                     "stat": "mean_abs",
                     "window": "last_batch",
-                    "layers": ["entry.conv", "stages.0.blocks.0.conv1", "head.linear"],
+                    "layers": ["entry.conv", "stage0.block0.conv1", "head.linear"],
                     "runs": [
                         {
                             "seed": 0,

@@ -26,7 +26,8 @@ setting in :class:`DiagnosticSettings`. Kinds:
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -433,6 +434,23 @@ def fixes(
     return found
 
 
+@dataclass(frozen=True)
+class _FixCandidate:
+    """A problem of ``without`` and the sibling ``with_`` that differs only by ``flag``."""
+
+    problem: Finding
+    without: CellResult
+    with_: CellResult
+    label: str
+    flag: str
+    cells: Sequence[CellResult]
+    settings: DiagnosticSettings
+
+    @property
+    def refs(self) -> list[ExperimentRef]:
+        return [ExperimentRef.of(self.without.spec), ExperimentRef.of(self.with_.spec)]
+
+
 def _fix(
     problem: Finding,
     without: CellResult,
@@ -443,85 +461,84 @@ def _fix(
     cells: Sequence[CellResult],
     settings: DiagnosticSettings,
 ) -> Finding | None:
-    refs = [ExperimentRef.of(without.spec), ExperimentRef.of(with_.spec)]
-    if problem.kind == "vanishing_gradients" and problem.kind not in remaining:
-        return _gradient_fix(problem, without, with_, label, flag, refs, settings)
-    if problem.kind == "not_training" and problem.kind not in remaining:
-        before = metric_series(without.runs, "train_acc")
-        after = metric_series(with_.runs, "train_acc")
-        epoch = _latest_common(before, after)
-        if epoch is None:
-            return None
-        gain = _at(after, epoch) - _at(before, epoch)
-        if gain < settings.fix_min_gain:
-            return None
-        return Finding(
-            kind="fix",
-            experiments=refs,
-            sentence=(
-                f"{label} made the network train: {with_.name} reaches training accuracy "
-                f"{_at(after, epoch):.3f} at epoch {epoch} where {without.name} is stuck at "
-                f"{_at(before, epoch):.3f} (+{gain:.3f})."
-            ),
-            evidence={
-                "fixes": "not_training",
-                "flag": flag,
-                "epoch": epoch,
-                "train_acc_before": _at(before, epoch),
-                "train_acc_after": _at(after, epoch),
-                "train_acc_gain": gain,
-            },
-        )
-    if problem.kind == "degradation" and problem.kind not in remaining:
-        # The fixed net must not be degraded against its own shallower sibling either.
-        shallow = next((c for c in cells if c.name == problem.evidence["shallow"]), None)
-        if shallow is None:
-            return None
-        s_acc = metric_series(shallow.runs, "train_acc")
-        before = metric_series(without.runs, "train_acc")
-        after = metric_series(with_.runs, "train_acc")
-        common = set(s_acc.epochs) & set(before.epochs) & set(after.epochs)
-        if not common:
-            return None
-        epoch = max(common)
-        if _at(s_acc, epoch) - _at(after, epoch) > settings.degradation_margin:
-            return None  # still worse than the shallow net: not removed
-        gain = _at(after, epoch) - _at(before, epoch)
-        if gain < settings.fix_min_gain:
-            return None
-        versus_shallow = round(_at(after, epoch) - _at(s_acc, epoch), 3) + 0.0  # no "-0.000"
-        return Finding(
-            kind="fix",
-            experiments=[ExperimentRef.of(shallow.spec), *refs],
-            sentence=(
-                f"{label} removed the degradation: {with_.name} reaches training accuracy "
-                f"{_at(after, epoch):.3f} at epoch {epoch}, +{gain:.3f} over {without.name} "
-                f"({_at(before, epoch):.3f}) and {versus_shallow:+.3f} "
-                f"against the shallower {shallow.name} ({_at(s_acc, epoch):.3f})."
-            ),
-            evidence={
-                "fixes": "degradation",
-                "flag": flag,
-                "epoch": epoch,
-                "shallow": shallow.name,
-                "train_acc_shallow": _at(s_acc, epoch),
-                "train_acc_before": _at(before, epoch),
-                "train_acc_after": _at(after, epoch),
-                "train_acc_gain": gain,
-            },
-        )
-    return None
+    """A fix finding when ``with_`` no longer has ``without``'s problem (kinds in
+    ``remaining`` are the problems ``with_`` still has)."""
+    fixer = _FIXERS.get(problem.kind)
+    if fixer is None or problem.kind in remaining:
+        return None
+    return fixer(_FixCandidate(problem, without, with_, label, flag, cells, settings))
 
 
-def _gradient_fix(
-    problem: Finding,
-    without: CellResult,
-    with_: CellResult,
-    label: str,
-    flag: str,
-    refs: list[ExperimentRef],
-    settings: DiagnosticSettings,
-) -> Finding | None:
+def _training_fix(c: _FixCandidate) -> Finding | None:
+    before = metric_series(c.without.runs, "train_acc")
+    after = metric_series(c.with_.runs, "train_acc")
+    epoch = _latest_common(before, after)
+    if epoch is None:
+        return None
+    gain = _at(after, epoch) - _at(before, epoch)
+    if gain < c.settings.fix_min_gain:
+        return None
+    return Finding(
+        kind="fix",
+        experiments=c.refs,
+        sentence=(
+            f"{c.label} made the network train: {c.with_.name} reaches training accuracy "
+            f"{_at(after, epoch):.3f} at epoch {epoch} where {c.without.name} is stuck at "
+            f"{_at(before, epoch):.3f} (+{gain:.3f})."
+        ),
+        evidence={
+            "fixes": "not_training",
+            "flag": c.flag,
+            "epoch": epoch,
+            "train_acc_before": _at(before, epoch),
+            "train_acc_after": _at(after, epoch),
+            "train_acc_gain": gain,
+        },
+    )
+
+
+def _degradation_fix(c: _FixCandidate) -> Finding | None:
+    # The fixed net must not be degraded against its own shallower sibling either.
+    shallow = next((x for x in c.cells if x.name == c.problem.evidence["shallow"]), None)
+    if shallow is None:
+        return None
+    s_acc = metric_series(shallow.runs, "train_acc")
+    before = metric_series(c.without.runs, "train_acc")
+    after = metric_series(c.with_.runs, "train_acc")
+    common = set(s_acc.epochs) & set(before.epochs) & set(after.epochs)
+    if not common:
+        return None
+    epoch = max(common)
+    if _at(s_acc, epoch) - _at(after, epoch) > c.settings.degradation_margin:
+        return None  # still worse than the shallow net: not removed
+    gain = _at(after, epoch) - _at(before, epoch)
+    if gain < c.settings.fix_min_gain:
+        return None
+    versus_shallow = round(_at(after, epoch) - _at(s_acc, epoch), 3) + 0.0  # no "-0.000"
+    return Finding(
+        kind="fix",
+        experiments=[ExperimentRef.of(shallow.spec), *c.refs],
+        sentence=(
+            f"{c.label} removed the degradation: {c.with_.name} reaches training accuracy "
+            f"{_at(after, epoch):.3f} at epoch {epoch}, +{gain:.3f} over {c.without.name} "
+            f"({_at(before, epoch):.3f}) and {versus_shallow:+.3f} "
+            f"against the shallower {shallow.name} ({_at(s_acc, epoch):.3f})."
+        ),
+        evidence={
+            "fixes": "degradation",
+            "flag": c.flag,
+            "epoch": epoch,
+            "shallow": shallow.name,
+            "train_acc_shallow": _at(s_acc, epoch),
+            "train_acc_before": _at(before, epoch),
+            "train_acc_after": _at(after, epoch),
+            "train_acc_gain": gain,
+        },
+    )
+
+
+def _gradient_fix(c: _FixCandidate) -> Finding | None:
+    problem, without, with_, settings = c.problem, c.without, c.with_, c.settings
     after = gradflow_stats(with_.runs, "mean_abs", settings.window)
     if not after.epochs:
         return None
@@ -540,18 +557,18 @@ def _gradient_fix(
         else f"the first-to-last ratio is {after_ratio:.2g} in {with_.name}"
     )
     sentence = (
-        f"{label} restored gradient flow to layer {target}: {detail}; {first} mean |g| "
+        f"{c.label} restored gradient flow to layer {target}: {detail}; {first} mean |g| "
         f"{before_first:.2g} -> {after_first:.2g}, first-to-last ratio "
         f"{float(problem.evidence['first_to_last_ratio'] or math.nan):.2g} -> "  # type: ignore[arg-type]
         f"{after_ratio:.2g} (epoch {after.epochs[-1]})."
     )
     return Finding(
         kind="fix",
-        experiments=refs,
+        experiments=c.refs,
         sentence=sentence,
         evidence={
             "fixes": "vanishing_gradients",
-            "flag": flag,
+            "flag": c.flag,
             "layer": target,
             "layers_restored": restored,
             "layers_restored_count": len(restored),
@@ -564,3 +581,10 @@ def _gradient_fix(
             "epoch": after.epochs[-1],
         },
     )
+
+
+_FIXERS: dict[str, Callable[[_FixCandidate], Finding | None]] = {
+    "vanishing_gradients": _gradient_fix,
+    "not_training": _training_fix,
+    "degradation": _degradation_fix,
+}

@@ -33,10 +33,10 @@ from gradlab.api.schemas import (
     MetricsRead,
     RunBrief,
     RunRead,
-    RunStatusName,
 )
 from gradlab.api.submission import check_active_runs, check_cost, start_submission
 from gradlab.science.bounds import INT32_MAX
+from gradlab.science.records import RunStatus
 from gradlab.science.spec import ExperimentSpec
 from gradlab.store import experiments as store
 from gradlab.store.models import Experiment, Run
@@ -115,7 +115,7 @@ def create(
 def list_(
     session: SessionDep,
     viewer: ViewerDep,
-    status: RunStatusName | None = None,
+    status: RunStatus | None = None,
     name: Annotated[str | None, Query(max_length=200)] = None,
     limit: Annotated[int, Query(ge=1, le=store.MAX_PAGE_SIZE)] = 50,
     cursor: Annotated[str | None, Query(max_length=store.MAX_CURSOR_LENGTH)] = None,

@@ -62,7 +62,7 @@ class TableRow:
         }
 
 
-def parameter_count(cell: CellResult) -> int | None:
+def cell_parameter_count(cell: CellResult) -> int | None:
     """The cell's parameter count (computed from its spec when the result does not carry it)."""
     if cell.parameters is not None:
         return cell.parameters
@@ -90,7 +90,7 @@ def table_rows(cells: list[CellResult]) -> list[TableRow]:
                 residual=spec.residual,
                 learning_rate=spec.hyperparameters.learning_rate,
                 weight_decay=spec.hyperparameters.weight_decay,
-                parameters=parameter_count(cell),
+                parameters=cell_parameter_count(cell),
                 seeds_planned=list(spec.seeds),
                 seeds_finished=sum(1 for r in cell.runs if r.finished),
                 epochs_planned=spec.hyperparameters.epochs,

@@ -79,3 +79,14 @@ def test_metrics_exposes_run_gauges_and_request_counters(
         'status="404"} 1' in lines
     )
     assert "# TYPE gradlab_runs gauge" in lines
+
+
+def test_openapi_examples_name_real_layers(client: TestClient) -> None:
+    # The documented gradient-flow example must use the model's own layer names.
+    from gradlab.science.layers import layer_names
+    from gradlab.science.spec import ExperimentSpec
+
+    schema = client.get("/openapi.json").json()["components"]["schemas"]["GradflowRead"]
+    real = set(layer_names(ExperimentSpec(depth=38, batch_norm=True)))
+    for example in schema["examples"]:
+        assert set(example["layers"]) <= real, example["layers"]

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import os
 import signal
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from gradlab.store import runs
@@ -159,3 +160,35 @@ def test_a_killed_workers_run_is_found_by_its_lease_and_resumes_from_its_checkpo
         assert epochs_written == list(range(epochs))  # every epoch once, none twice
         assert runs.latest_checkpoint(session, run_id).epoch == epochs - 1
     assert celery_worker.alive()
+
+
+def test_a_lost_run_is_requeued_while_the_only_worker_child_is_busy_training(
+    celery_worker: ServiceProcess, http: httpx.Client, store: sessionmaker[Session]
+) -> None:
+    # The reaper's messages have a queue of their own, consumed by `gradlab reaper`: they do
+    # not wait behind runs while every worker child trains.
+    busy = _post(http, _spec("e2e-busy", hyperparameters={"epochs": 200}))
+    lost = _post(http, _spec("e2e-lost"))
+    lost_run = lost["runs"][0]["id"]
+
+    def training_busy() -> bool:
+        run = http.get(f"/experiments/{busy['id']}").json()["runs"][0]
+        return run["status"] == "running"
+
+    wait_for("the only child to train", training_busy, 120, service=celery_worker)
+    with store() as session:  # a worker on another machine died while training this run
+        session.execute(update(Run).where(Run.id == lost_run).values(
+            status="running", worker="gone-host:1#1", attempt=1,
+            lease_expires_at=datetime.now(UTC) - timedelta(minutes=1)))
+        session.commit()
+
+    def requeued() -> bool:
+        with store() as session:
+            return session.get(Run, lost_run).status == "queued"
+
+    wait_for("the reaper to requeue the lost run", requeued, 60, service=celery_worker)
+    still = http.get(f"/experiments/{busy['id']}").json()["runs"][0]
+    assert still["status"] == "running"  # the child never stopped training
+    for experiment in (busy, lost):
+        assert http.post(f"/experiments/{experiment['id']}/cancel").status_code == 200
+    _wait_status(http, busy["id"], {"cancelled"}, 120, celery_worker)
