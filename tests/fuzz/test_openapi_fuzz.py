@@ -14,6 +14,7 @@ import hashlib
 import json
 import os
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -33,10 +34,12 @@ from gradlab.science.layers import layer_names
 from gradlab.science.spec import ExperimentSpec
 from gradlab.science.study import StudySpec
 from gradlab.settings import Settings
-from gradlab.store.session import session_scope
+from gradlab.store import migrate
+from gradlab.store.session import make_engine, make_session_factory, session_scope
 from gradlab.store.studies import submit_study
 from gradlab.store.users import create_token, viewer_for_token
 from tests.api.synthetic_rows import insert_experiment
+from tests.support.databases import create_postgres_database, drop_postgres_database
 
 EXAMPLES = int(os.environ.get("GRADLAB_FUZZ_EXAMPLES", "25"))
 SEED = int(os.environ.get("GRADLAB_FUZZ_SEED", "20261129"))
@@ -77,8 +80,27 @@ def _app(postgres_url: str, auth: bool) -> Any:
 
 
 @pytest.fixture(scope="module")
-def token(postgres_session_factory: sessionmaker[Session]) -> tuple[str, str]:
-    with session_scope(postgres_session_factory) as session:
+def fuzz_url() -> Iterator[str]:
+    """A database of the fuzzer's own: the hundreds of runs it queues stay out of the session
+    database that other tests count in (and out of its single user's run limit)."""
+    url = create_postgres_database("gradlab_fuzz")
+    try:
+        migrate.upgrade(url, "head")
+        yield url
+    finally:
+        drop_postgres_database(url)
+
+
+@pytest.fixture(scope="module")
+def fuzz_factory(fuzz_url: str) -> Iterator[sessionmaker[Session]]:
+    engine = make_engine(fuzz_url)
+    yield make_session_factory(engine)
+    engine.dispose()
+
+
+@pytest.fixture(scope="module")
+def token(fuzz_factory: sessionmaker[Session]) -> tuple[str, str]:
+    with session_scope(fuzz_factory) as session:
         issued = create_token(session, f"fuzz-{uuid.uuid4().hex[:6]}")
         viewer = viewer_for_token(session, issued.token)
     assert viewer is not None and viewer.user_id is not None
@@ -86,20 +108,19 @@ def token(postgres_session_factory: sessionmaker[Session]) -> tuple[str, str]:
 
 
 @pytest.fixture(scope="module")
-def seeded_open(postgres_session_factory: sessionmaker[Session]) -> Seeded:
-    return Seeded(postgres_session_factory, None)
+def seeded_open(fuzz_factory: sessionmaker[Session]) -> Seeded:
+    return Seeded(fuzz_factory, None)
 
 
 @pytest.fixture(scope="module")
-def seeded_owned(postgres_session_factory: sessionmaker[Session],
-                 token: tuple[str, str]) -> Seeded:
-    return Seeded(postgres_session_factory, token[1])
+def seeded_owned(fuzz_factory: sessionmaker[Session], token: tuple[str, str]) -> Seeded:
+    return Seeded(fuzz_factory, token[1])
 
 
 @pytest.fixture(scope="module")
-def schemas(postgres_url: str) -> dict[bool, Any]:
+def schemas(fuzz_url: str) -> dict[bool, Any]:
     """The real app's own schema, served by the app, with auth off and on."""
-    return {auth: schemathesis.openapi.from_asgi("/openapi.json", _app(postgres_url, auth))
+    return {auth: schemathesis.openapi.from_asgi("/openapi.json", _app(fuzz_url, auth))
             for auth in (False, True)}
 
 
@@ -149,12 +170,10 @@ def _is_json(raw: bytes) -> bool:
 
 
 @pytest.mark.parametrize("path", ["/experiments", "/studies"])
-def test_any_bytes_as_a_body_is_a_documented_4xx(
-    path: str, postgres_url: str
-) -> None:
+def test_any_bytes_as_a_body_is_a_documented_4xx(path: str, fuzz_url: str) -> None:
     """Bytes of any kind (mostly not JSON) as the body: 400 when they are not JSON, else a
     documented status (201, 413, 422, 429); never a 5xx."""
-    client = TestClient(_app(postgres_url, auth=False))
+    client = TestClient(_app(fuzz_url, auth=False))
     documented = {int(code) for code in
                   client.get("/openapi.json").json()["paths"][path]["post"]["responses"]}
 

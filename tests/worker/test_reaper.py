@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from gradlab.core.data import DataNotFoundError
 from gradlab.science.spec import ExperimentSpec
 from gradlab.settings import Settings
-from gradlab.store import runs
+from gradlab.store import migrate, runs
 from gradlab.store.base import utcnow
 from gradlab.store.experiments import create_experiment, request_cancel
 from gradlab.store.models import Experiment, Run
@@ -26,6 +26,7 @@ from gradlab.store.session import make_engine, make_session_factory, session_sco
 from gradlab.worker.embedded import requeue_orphans
 from gradlab.worker.reaper import reap
 from gradlab.worker.runner import execute_run
+from tests.support.databases import create_postgres_database, drop_postgres_database
 
 LEASE = 30
 
@@ -36,6 +37,30 @@ class RecordingDispatcher:
 
     def dispatch(self, run_ids: Sequence[str]) -> None:
         self.sent.extend(run_ids)
+
+
+@pytest.fixture(scope="module")
+def reaper_postgres_url() -> Iterator[str]:
+    """Databases of this module's own: what the reaper finds (and how many queued runs it
+    counts) must not depend on what other tests left in the session databases."""
+    url = create_postgres_database("gradlab_reaper")
+    try:
+        migrate.upgrade(url, "head")
+        yield url
+    finally:
+        drop_postgres_database(url)
+
+
+@pytest.fixture(scope="module")
+def reaper_sqlite_url(tmp_path_factory: pytest.TempPathFactory) -> str:
+    url = f"sqlite:///{tmp_path_factory.mktemp('reaper') / 'gradlab.db'}"
+    migrate.upgrade(url, "head")
+    return url
+
+
+@pytest.fixture(params=["postgres", "sqlite"])
+def database_url(request: pytest.FixtureRequest) -> str:
+    return str(request.getfixturevalue(f"reaper_{request.param}_url"))
 
 
 @pytest.fixture
