@@ -144,7 +144,10 @@ def test_fuzz(
 ) -> None:
     operation = schemas[auth][path][method]
     seeded = seeded_owned if auth else seeded_open
-    headers = {"Authorization": f"Bearer {token[0]}"} if auth else None
+    # Valid requests carry the user's token; invalid ones keep whatever auth header the case
+    # has (none or a made-up one is part of what makes them invalid: 401 is their answer).
+    valid = mode is GenerationMode.POSITIVE
+    headers = {"Authorization": f"Bearer {token[0]}"} if auth and valid else None
 
     @hypothesis_seed(SEED)
     @FUZZ
