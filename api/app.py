@@ -11,20 +11,25 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from importlib.metadata import PackageNotFoundError, version
+from typing import Any
 
 from fastapi import FastAPI
+from fastapi.concurrency import run_in_threadpool
 from fastapi.routing import APIRoute
+from sqlalchemy.orm import Session, sessionmaker
 
 from gradlab.api.change_feed import ChangeFeed
 from gradlab.api.errors import install_error_handlers
+from gradlab.api.request_limits import RequestLimitsMiddleware
 from gradlab.api.request_metrics import RequestMetricsMiddleware
 from gradlab.api.response_cache import ResponseCache
 from gradlab.api.routes import dashboard, events, experiments, health, studies
 from gradlab.dispatch.dispatchers import RunDispatcher, make_dispatcher
 from gradlab.observability.logs import configure_logging
 from gradlab.settings import Settings, get_settings
+from gradlab.store import users
 from gradlab.store.checkpoint_store import open_checkpoint_store
-from gradlab.store.session import engine_from_settings, make_session_factory
+from gradlab.store.session import engine_from_settings, make_session_factory, session_scope
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +52,35 @@ def _package_version() -> str:
         return "0.0.0"
 
 
+def _document_auth_as_configured(app: FastAPI, auth_required: bool) -> None:
+    """With auth off no route asks for a token: the schema says so (no security schemes)."""
+    if auth_required:
+        return
+    generate = app.openapi
+
+    def openapi_without_auth() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = generate()
+            for operations in schema.get("paths", {}).values():
+                for operation in operations.values():
+                    operation.pop("security", None)
+            schema.get("components", {}).pop("securitySchemes", None)
+        return app.openapi_schema  # type: ignore[return-value]
+
+    app.openapi = openapi_without_auth  # type: ignore[method-assign]
+
+
+def _register_admin_token(factory: sessionmaker[Session], token: str) -> None:
+    # Every API replica tries; one registers it, the others find it (or lose the race on the
+    # unique hash). A database that is not up yet must not stop the API from starting.
+    try:
+        with session_scope(factory) as session:
+            if users.ensure_token(session, "admin", token, admin=True):
+                log.info("registered the admin token from GRADLAB_ADMIN_TOKEN")
+    except Exception as exc:
+        log.warning("could not register GRADLAB_ADMIN_TOKEN: %s", exc)
+
+
 def create_app(
     settings: Settings | None = None, dispatcher: RunDispatcher | None = None
 ) -> FastAPI:
@@ -60,6 +94,9 @@ def create_app(
         if getattr(app.state, "dispatcher", None) is None:
             app.state.dispatcher = make_dispatcher(settings)
             made_here = True
+        if settings.admin_token:
+            await run_in_threadpool(_register_admin_token, app.state.session_factory,
+                                    settings.admin_token)
         try:
             yield
         finally:
@@ -90,6 +127,8 @@ def create_app(
     )
 
     install_error_handlers(app)
+    # The last added is the outermost: requests refused for their size or text are counted.
+    app.add_middleware(RequestLimitsMiddleware, max_body_bytes=settings.max_request_bytes)
     app.add_middleware(RequestMetricsMiddleware)
     app.include_router(experiments.router)
     app.include_router(events.router)
@@ -97,6 +136,7 @@ def create_app(
     app.include_router(studies.router)
     app.include_router(dashboard.router)
     app.mount(dashboard.STATIC_PATH, dashboard.static_files(), name="dashboard-static")
+    _document_auth_as_configured(app, settings.auth_required)
     return app
 
 

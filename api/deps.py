@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from gradlab.api.prometheus_metrics import DISPATCH_FAILURES
 from gradlab.api.response_cache import ResponseCache
-from gradlab.dispatch.dispatchers import RunDispatcher
+from gradlab.dispatch.dispatchers import DispatchError, RunDispatcher
 from gradlab.settings import Settings
 from gradlab.store.checkpoint_store import CheckpointStore
 from gradlab.store.session import session_scope
@@ -45,13 +45,16 @@ def _dispatch_after_commit(request: Request) -> None:
     pending: RunsToDispatch | None = getattr(request.state, "runs_to_dispatch", None)
     if pending is None or not pending.run_ids:
         return
+    # The runs are committed as queued, and the database (not the broker) is the record: the
+    # reaper (or the local worker's poll) picks up what was not sent. Answer the request.
     try:
         dispatcher: RunDispatcher = request.app.state.dispatcher
         dispatcher.dispatch(list(pending.run_ids))
+    except DispatchError as exc:
+        DISPATCH_FAILURES.inc(len(exc.unsent))
+        log.warning("%s; they stay queued and the reaper will send them", exc)
     except Exception:
-        # The runs are committed as queued, and the database (not the broker) is the record:
-        # the lost-run sweep or the local worker's poll picks them up. Answer the request.
-        DISPATCH_FAILURES.inc()
+        DISPATCH_FAILURES.inc(len(pending.run_ids))
         log.exception("dispatching runs %s failed; they stay queued", pending.run_ids)
 
 

@@ -14,7 +14,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DataError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 log = logging.getLogger(__name__)
@@ -25,6 +25,7 @@ class GradlabError(Exception):
 
     status_code = 500
     type = "internal_error"
+    headers: dict[str, str] | None = None
 
     def __init__(self, detail: str) -> None:
         super().__init__(detail)
@@ -46,19 +47,45 @@ class ConflictError(GradlabError):
     type = "conflict"
 
 
-class InvalidParameterError(GradlabError):
-    """A request that parsed but makes no sense (a query value out of range, a bad cursor)."""
+class UnauthorizedError(GradlabError):
+    """No token, or one that is unknown or revoked (auth on)."""
+
+    status_code = 401
+    type = "unauthorized"
+    headers = {"WWW-Authenticate": "Bearer"}
+
+
+class TooManyRunsError(GradlabError):
+    """The user's queued + running runs would pass their limit."""
+
+    status_code = 429
+    type = "too_many_runs"
+
+
+class InvalidFieldsError(GradlabError):
+    """A request that parsed but makes no sense: one ``(field, reason)`` per problem."""
 
     status_code = 422
     type = "validation_error"
 
-    def __init__(self, field: str, reason: str) -> None:
-        super().__init__(f"{field}: {reason}")
-        self.field = field
-        self.reason = reason
+    def __init__(self, errors: Sequence[tuple[str, str]]) -> None:
+        super().__init__("; ".join(f"{field}: {reason}" for field, reason in errors))
+        self.errors = list(errors)
 
     def body(self) -> dict[str, Any]:
-        return {**super().body(), "errors": [{"field": self.field, "reason": self.reason}]}
+        return {
+            **super().body(),
+            "errors": [{"field": field, "reason": reason} for field, reason in self.errors],
+        }
+
+
+class InvalidParameterError(InvalidFieldsError):
+    """One query value out of range, a bad cursor."""
+
+    def __init__(self, field: str, reason: str) -> None:
+        super().__init__([(field, reason)])
+        self.field = field
+        self.reason = reason
 
 
 # Pydantic prefixes messages of custom validators; the reason reads better without it.
@@ -95,19 +122,27 @@ def _render(status_code: int, body: dict[str, Any]) -> JSONResponse:
 
 async def _gradlab_error(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, GradlabError)
-    return _render(exc.status_code, exc.body())
+    return JSONResponse(exc.body(), status_code=exc.status_code, headers=exc.headers)
 
 
 async def _request_validation_error(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
+    malformed = [e for e in exc.errors() if e.get("type") == "json_invalid"]
+    if malformed:
+        # Not JSON at all: a 400 (bad syntax), not a 422 (well-formed but wrong).
+        problem = malformed[0].get("ctx", {}).get("error", "JSON decode error")
+        return _render(400, {"type": "malformed_json", "detail": f"body is not JSON: {problem}"})
     errors = validation_errors(exc.errors())
     detail = "; ".join(f"{e['field']}: {e['reason']}" for e in errors)
     return _render(422, {"type": "validation_error", "detail": detail, "errors": errors})
 
 
+_HTTP_KINDS = {400: "bad_request", 404: "not_found", 405: "method_not_allowed"}
+
+
 async def _http_error(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
-    kind = "not_found" if exc.status_code == 404 else "http_error"
+    kind = _HTTP_KINDS.get(exc.status_code, "http_error")
     return JSONResponse(
         {"type": kind, "detail": str(exc.detail)},
         status_code=exc.status_code,
@@ -120,6 +155,15 @@ async def _database_unavailable(_: Request, exc: Exception) -> JSONResponse:
     return _render(503, {"type": "service_unavailable", "detail": "database unavailable"})
 
 
+async def _unstorable_value(_: Request, exc: Exception) -> JSONResponse:
+    # A safety net: the validators refuse such values first (gradlab.science.bounds); one that
+    # still reaches the database is the request's fault, not the server's.
+    log.warning("the database refused a value: %s", str(exc).splitlines()[0])
+    detail = "a value in the request cannot be stored or compared (out of range or invalid text)"
+    return _render(422, {"type": "validation_error", "detail": detail,
+                         "errors": [{"field": "request", "reason": detail}]})
+
+
 async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
     log.exception("unhandled error", exc_info=exc)
     return _render(500, {"type": "internal_error", "detail": "internal server error"})
@@ -130,11 +174,29 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, _request_validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(OperationalError, _database_unavailable)
+    app.add_exception_handler(DataError, _unstorable_value)
     app.add_exception_handler(Exception, _unexpected)
+
+
+_DESCRIPTIONS = {
+    400: "The body is not JSON",
+    401: "No bearer token, or an unknown or revoked one (when auth is required)",
+    404: "Not found (or another user's)",
+    413: "The body is larger than GRADLAB_MAX_REQUEST_BYTES",
+    422: "A field, query value, path or cursor is invalid: one reason per field",
+    429: "The user's queued + running runs would pass GRADLAB_MAX_ACTIVE_RUNS_PER_USER",
+    503: "The database is unavailable",
+}
 
 
 def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
     """OpenAPI ``responses=`` entries for the error codes a route can answer."""
     from gradlab.api.schemas import ErrorRead, ValidationErrorRead
 
-    return {code: {"model": ValidationErrorRead if code == 422 else ErrorRead} for code in codes}
+    return {
+        code: {
+            "model": ValidationErrorRead if code == 422 else ErrorRead,
+            "description": _DESCRIPTIONS.get(code, "Error"),
+        }
+        for code in codes
+    }

@@ -281,5 +281,6 @@ class HealthRead(BaseModel):
 class ReadinessRead(BaseModel):
     status: Literal["ready", "not_ready"]
     checks: dict[str, str] = Field(
-        examples=[{"database": "ok", "broker": "not used (embedded mode)"}]
+        description='per dependency: "ok", "unreachable" or "not used (embedded mode)"',
+        examples=[{"database": "ok", "broker": "not used (embedded mode)"}],
     )

@@ -22,9 +22,16 @@ def main() -> None:
 
 def _register_commands() -> None:
     # Imported here so `gradlab --help` stays fast and a module's heavy imports load on use.
-    from gradlab.cli import core_commands, remote_commands, service_commands, study_commands
+    from gradlab.cli import (
+        core_commands,
+        remote_commands,
+        service_commands,
+        study_commands,
+        token_commands,
+    )
 
     core_commands.register(app)
     service_commands.register(app)
     study_commands.register(app)
     remote_commands.register(app)
+    token_commands.register(app)

@@ -23,7 +23,8 @@ def _database_url(db: str | None) -> str | None:
     return f"sqlite:///{Path(db).expanduser().resolve()}"
 
 
-def _settings_with(db: str | None) -> Settings:
+def settings_with_db(db: str | None) -> Settings:
+    """The settings, with ``--db`` (when given) as the database of this process and children."""
     url = _database_url(db)
     if url is not None:
         os.environ["GRADLAB_DATABASE_URL"] = url  # so every process (and child) agrees
@@ -63,7 +64,7 @@ def migrate_command(
     """Bring the database schema to a revision (default: the latest)."""
     from gradlab.store import migrate
 
-    settings = _settings_with(db)
+    settings = settings_with_db(db)
     _migrate_or_exit(settings.database_url, revision)
     revision_now = migrate.current_revision(settings.database_url)
     typer.echo(f"{_without_password(settings.database_url)}: at {revision_now}")
@@ -71,6 +72,16 @@ def migrate_command(
 
 def _exit_on_sigterm(_signum: int, _frame: object) -> None:
     raise SystemExit(0)
+
+
+def auth_notice(settings: Settings) -> str:
+    """One line saying whether requests need a token, printed when a server starts."""
+    if settings.auth_required:
+        return ("auth: on (GRADLAB_AUTH_REQUIRED=true): every route but /healthz, /readyz and "
+                "/metrics needs a bearer token; create one with `gradlab token create --user NAME`")
+    return ("auth: off (single-user mode): anyone who reaches this port can read and cancel "
+            "every experiment; set GRADLAB_AUTH_REQUIRED=true and create tokens with "
+            "`gradlab token create --user NAME` before sharing it")
 
 
 def serve_command(
@@ -94,7 +105,7 @@ def serve_command(
     from gradlab.observability.logs import configure_logging
     from gradlab.worker.embedded import LocalWorker
 
-    settings = _settings_with(db)
+    settings = settings_with_db(db)
     configure_logging(settings.log_format, settings.log_level)
     if settings.broker_url:
         typer.secho(
@@ -111,6 +122,7 @@ def serve_command(
         f"gradlab: API on http://{host}:{port} (docs at /docs), database "
         f"{settings.database_url}, local worker pid {worker.pid}"
     )
+    typer.echo(auth_notice(settings))
     # uvicorn re-raises SIGTERM after its graceful shutdown; as SystemExit (not the default
     # "terminate now") it reaches the finally below, which waits until the local worker has
     # handed its run back.
@@ -153,7 +165,9 @@ def api_command(
         prepare_multiprocess_dir("api")
     import uvicorn
 
-    _broker_url_or_exit(get_settings(), "api")
+    settings = get_settings()
+    _broker_url_or_exit(settings, "api")
+    typer.echo(auth_notice(settings))
     uvicorn.run(
         "gradlab.api.app:create_service_app",
         factory=True,

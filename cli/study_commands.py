@@ -83,8 +83,13 @@ def _load(file: Path, scale: str) -> StudySpec:
         text = file.read_text()
     except OSError as exc:
         raise StudyRunError(f"cannot read study file {file}: {exc.strerror}") from None
+    from gradlab.settings import get_settings
+
+    limits = get_settings()
     try:
-        study = load_study(text, source=str(file))
+        # The same caps as the API's, counted before anything is expanded.
+        study = load_study(text, source=str(file), max_cells=limits.max_study_cells,
+                           max_runs=limits.max_study_runs)
         expand(study, scale=scale)  # every cell valid at this scale before anything is stored
         return study
     except ValueError as exc:

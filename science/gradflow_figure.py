@@ -13,6 +13,8 @@ from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from gradlab.science.plot_text import as_plain_text
+
 
 def plot_gradflow(layers: list[str], epochs: list[int], values: list[list[float]], *,
                   title: str = "", log_scale: bool = False) -> Figure:
@@ -42,7 +44,7 @@ def plot_gradflow(layers: list[str], epochs: list[int], values: list[list[float]
     axes.set_ylabel("Average gradient")
     if log_scale:
         axes.set_yscale("log")
-    axes.set_title(title or "Gradient flow")
+    axes.set_title(as_plain_text(title) if title else "Gradient flow")
     axes.grid(True, alpha=0.3)
     if 0 < len(epochs) <= 12:
         axes.legend(fontsize=7, loc="best")

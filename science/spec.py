@@ -8,14 +8,21 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Mapping
-from typing import Any, Literal, Self
+from typing import Annotated, Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from gradlab.science.bounds import INT32_MAX, StorableText
+
 STAGES = 3
 MIN_DEPTH = 2 + 2 * STAGES  # entry conv + head + one reduction block per stage = 8
+# The deepest model a spec may ask for (32 blocks per stage). Every view and the report are
+# checked at this depth (tests/science/test_spec_bounds.py); past it the gradient-flow figure's
+# layer axis no longer reads, and the cost limits refuse wide ones anyway.
+MAX_BLOCKS_PER_STAGE = 32
 # depth and blocks_per_stage describe the same thing: setting one clears the other.
 DEPTH_FIELDS = {"depth": "blocks_per_stage", "blocks_per_stage": "depth"}
+MAX_SEEDS = 64
 
 
 def depth_for_blocks(blocks_per_stage: int) -> int:
@@ -23,11 +30,16 @@ def depth_for_blocks(blocks_per_stage: int) -> int:
     return 2 + 2 * STAGES * (blocks_per_stage + 1)
 
 
+MAX_DEPTH = depth_for_blocks(MAX_BLOCKS_PER_STAGE)  # 200
+
+
 def blocks_for_depth(depth: int) -> int:
     """Inverse of :func:`depth_for_blocks`; raises ValueError naming the nearest valid depths."""
     step = 2 * STAGES
     if depth < MIN_DEPTH:
         raise ValueError(f"depth must be at least {MIN_DEPTH} for {STAGES} stages")
+    if depth > MAX_DEPTH:
+        raise ValueError(f"depth must be at most {MAX_DEPTH}")
     if (depth - 2) % step != 0:
         lower = depth - (depth - 2) % step
         upper = lower + step
@@ -37,7 +49,12 @@ def blocks_for_depth(depth: int) -> int:
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # allow_inf_nan=False: NaN, Infinity and literals that overflow to them are refused.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+
+AdamBeta = Annotated[float, Field(ge=0, lt=1, allow_inf_nan=False)]
+Seed = Annotated[int, Field(ge=0, le=INT32_MAX)]
 
 
 class Hyperparameters(_Strict):
@@ -49,11 +66,11 @@ class Hyperparameters(_Strict):
     batch_size: int = Field(100, ge=1, le=8192)
     epochs: int = Field(100, ge=1, le=10_000)
     lr_schedule: Literal["cosine", "constant"] = "cosine"
-    min_learning_rate: float = Field(2e-5, ge=0)
+    min_learning_rate: float = Field(2e-5, ge=0, le=10)
     momentum: float = Field(0.9, ge=0, lt=1, description="SGD only")
     nesterov: bool = Field(False, description="SGD only")
-    adam_betas: tuple[float, float] = (0.9, 0.999)
-    adam_eps: float = Field(1e-8, gt=0)
+    adam_betas: tuple[AdamBeta, AdamBeta] = (0.9, 0.999)
+    adam_eps: float = Field(1e-8, gt=0, le=1)
 
     @model_validator(mode="after")
     def _min_below_max(self) -> Self:
@@ -78,6 +95,7 @@ class ExperimentSpec(_Strict):
     model_config = ConfigDict(
         extra="forbid",
         frozen=True,
+        allow_inf_nan=False,
         json_schema_extra={
             "examples": [
                 {
@@ -94,9 +112,11 @@ class ExperimentSpec(_Strict):
         },
     )
 
-    name: str = Field("experiment", min_length=1, max_length=200)
-    depth: int | None = Field(None, description="6k+2 for 3 stages: 8, 14, ..., 38")
-    blocks_per_stage: int | None = Field(None, ge=0, le=100)
+    name: StorableText = Field("experiment", min_length=1, max_length=200)
+    depth: int | None = Field(
+        None, ge=MIN_DEPTH, le=MAX_DEPTH, description="6k+2 for 3 stages: 8, 14, ..., 38, ..., 200"
+    )
+    blocks_per_stage: int | None = Field(None, ge=0, le=MAX_BLOCKS_PER_STAGE)
     width: int = Field(32, ge=1, le=1024)
     batch_norm: bool = False
     residual: bool = False
@@ -105,7 +125,7 @@ class ExperimentSpec(_Strict):
     )
     hyperparameters: Hyperparameters = Hyperparameters()
     data: DataSpec = DataSpec()
-    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1, max_length=64)
+    seeds: list[Seed] = Field(default_factory=lambda: [0], min_length=1, max_length=MAX_SEEDS)
 
     @field_validator("depth")
     @classmethod
@@ -119,8 +139,6 @@ class ExperimentSpec(_Strict):
     def _seeds_are_distinct(cls, seeds: list[int]) -> list[int]:
         if len(set(seeds)) != len(seeds):
             raise ValueError("seeds must be distinct")
-        if any(s < 0 or s >= 2**32 for s in seeds):
-            raise ValueError("seeds must be in [0, 2**32)")
         return seeds
 
     @model_validator(mode="after")

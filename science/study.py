@@ -12,6 +12,8 @@ laid over the base.
 from __future__ import annotations
 
 import itertools
+import math
+import re
 import string
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -19,7 +21,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from gradlab.science.spec import ExperimentSpec
+from gradlab.science.bounds import StorableText, check_json_value
+from gradlab.science.spec import MAX_SEEDS, ExperimentSpec, Seed
 
 Scale = Literal["full", "smoke"]
 SCALES: tuple[str, ...] = ("full", "smoke")
@@ -74,6 +77,16 @@ def apply_scale(spec: ExperimentSpec, scale: str, smoke: SmokeScale = SMOKE) -> 
 # --- the study spec -------------------------------------------------------------------------
 
 
+# Structural caps, checked by the model itself so that validating a study is always cheap;
+# the number of cells and runs a request may create is capped again by the service's settings
+# (``check_study_size``) before anything is expanded.
+MAX_GRID_PATHS = 16
+MAX_VALUES_PER_PATH = 1_000
+MAX_EXPLICIT_CELLS = 1_000
+MAX_TEMPLATE_LENGTH = 200
+MAX_DESCRIPTION_LENGTH = 10_000
+
+
 class StudySpec(BaseModel):
     """A grid (cartesian product) and/or an explicit list of cells over one base spec.
 
@@ -81,33 +94,81 @@ class StudySpec(BaseModel):
     - ``experiments``: explicit cells, each a partial spec over the base (may set ``name`` and
       ``seeds``).
     - ``seeds``: the seeds of every cell that does not name its own (default: the base's).
-    - ``name_template``: how grid cells are named, ``str.format`` over the coordinates by their
-      last path part; for a boolean the format spec is the text shown when true, so
-      ``"vgg{depth:02d}{batch_norm:-bn}"`` gives ``vgg08``, ``vgg38-bn``.
+    - ``name_template``: how grid cells are named: ``{leaf}`` is replaced by the coordinate
+      whose path ends in ``leaf``; nothing is evaluated (no attribute or index access, no
+      conversions). ``{flag:text}`` shows ``text`` when the boolean is true and nothing when
+      false; an integer may be zero-padded with ``{depth:02d}`` (``0`` and one digit, then
+      ``d``), so ``"vgg{depth:02d}{batch_norm:-bn}"`` gives ``vgg08``, ``vgg38-bn``.
     - ``scale``: ``full`` or ``smoke`` (the CLI's ``--scale`` overrides it).
+
+    Validation checks the structure only; :func:`expand` builds and validates every cell.
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
-    name: str = Field(min_length=1, max_length=200)
-    description: str = ""
+    name: StorableText = Field(min_length=1, max_length=200)
+    description: StorableText = Field("", max_length=MAX_DESCRIPTION_LENGTH)
     base: ExperimentSpec = ExperimentSpec()
-    grid: dict[str, list[Any]] = Field(default_factory=dict)
-    name_template: str | None = None
-    experiments: list[dict[str, Any]] = Field(default_factory=list)
-    seeds: list[int] | None = None
+    grid: dict[str, list[Any]] = Field(default_factory=dict, max_length=MAX_GRID_PATHS)
+    name_template: StorableText | None = Field(None, max_length=MAX_TEMPLATE_LENGTH)
+    experiments: list[dict[str, Any]] = Field(
+        default_factory=list, max_length=MAX_EXPLICIT_CELLS
+    )
+    seeds: list[Seed] | None = Field(None, min_length=1, max_length=MAX_SEEDS)
     scale: Scale = "full"
 
     @model_validator(mode="after")
-    def _cells_are_valid(self) -> StudySpec:
-        # Expanding validates every path, value and cell name, so a bad study fails at load
-        # time with the cell named, not half-way through a run.
+    def _structure_is_valid(self) -> StudySpec:
+        # Paths, value types and the template's syntax; never the cells themselves, which
+        # may be many (expansion happens later, off the API's event loop).
         for path, values in self.grid.items():
             _check_path(path)
             if not values:
                 raise ValueError(f"grid.{path}: needs at least one value")
-        expand(self, scale="full")
+            if len(values) > MAX_VALUES_PER_PATH:
+                raise ValueError(f"grid.{path}: at most {MAX_VALUES_PER_PATH} values")
+        check_json_value(self.grid, "grid")
+        check_json_value(self.experiments, "experiments")
+        if self.name_template is not None:
+            _parse_template(self.name_template)
         return self
+
+    def cell_count(self) -> int:
+        """How many cells :func:`expand` would make (computed without expanding)."""
+        grid_cells = math.prod(len(values) for values in self.grid.values()) if self.grid else 0
+        return max(1, grid_cells + len(self.experiments))
+
+    def run_count(self) -> int:
+        """How many runs (cells x seeds) the study asks for, at most (computed without
+        expanding; the smoke scale may keep fewer seeds)."""
+        default_seeds = len(self.seeds if self.seeds is not None else self.base.seeds)
+        grid_cells = self.cell_count() - len(self.experiments) if self.grid else 0
+        runs = grid_cells * default_seeds
+        for raw in self.experiments:
+            own = raw.get("seeds") if isinstance(raw, Mapping) else None
+            runs += len(own) if isinstance(own, list) else default_seeds
+        if not self.grid and not self.experiments:
+            runs = default_seeds
+        return runs
+
+
+class StudyTooLargeError(ValueError):
+    """A study with more cells or runs than one request may create."""
+
+
+def check_study_size(study: StudySpec, *, max_cells: int, max_runs: int) -> None:
+    """Refuse a study past the caps, naming the cap and the count, before expanding it."""
+    cells, runs = study.cell_count(), study.run_count()
+    if cells > max_cells:
+        raise StudyTooLargeError(
+            f"the study has {cells} cells; at most {max_cells} per request "
+            f"(GRADLAB_MAX_STUDY_CELLS), {cells - max_cells} too many"
+        )
+    if runs > max_runs:
+        raise StudyTooLargeError(
+            f"the study asks for {runs} runs (cells x seeds); at most {max_runs} per request "
+            f"(GRADLAB_MAX_STUDY_RUNS), {runs - max_runs} too many"
+        )
 
 
 @dataclass(frozen=True)
@@ -156,8 +217,12 @@ def expand(study: StudySpec, scale: str | None = None) -> list[StudyCell]:
     ]
 
 
-def load_study(text: str, *, source: str = "study") -> StudySpec:
-    """Parse a YAML or JSON study; raises ``ValueError`` with every problem and its place."""
+def load_study(
+    text: str, *, source: str = "study", max_cells: int | None = None, max_runs: int | None = None
+) -> StudySpec:
+    """Parse a YAML or JSON study and validate every cell; raises ``ValueError`` with every
+    problem and its place. With ``max_cells``/``max_runs`` the study's size is checked (by
+    counting) before any cell is built."""
     import yaml
 
     try:
@@ -167,9 +232,16 @@ def load_study(text: str, *, source: str = "study") -> StudySpec:
     if not isinstance(data, Mapping):
         raise ValueError(f"{source}: a study must be a mapping with name, base, grid/experiments")
     try:
-        return StudySpec.model_validate(data)
+        study = StudySpec.model_validate(data)
     except ValidationError as exc:
         raise ValueError(f"{source}: {_problems(exc, 'study')}") from None
+    try:
+        if max_cells is not None and max_runs is not None:
+            check_study_size(study, max_cells=max_cells, max_runs=max_runs)
+        expand(study, scale="full")  # every cell valid, named in the error when not
+    except ValueError as exc:
+        raise ValueError(f"{source}: {exc}") from None
+    return study
 
 
 # --- helpers --------------------------------------------------------------------------------
@@ -228,13 +300,57 @@ def _build(study: StudySpec, overrides: Mapping[str, Any], *, where: str) -> Exp
         raise ValueError(f"{where}: {_problems(exc, 'spec')}") from None
 
 
-class _CellNameFormatter(string.Formatter):
-    """``{flag:text}`` renders ``text`` when the flag is true and nothing when false."""
+_INTEGER_PADDING = re.compile(r"0[1-9]d")
 
-    def format_field(self, value: Any, format_spec: str) -> str:
-        if isinstance(value, bool):
-            return format_spec if value else ""
-        return super().format_field(value, format_spec)
+
+def _parse_template(template: str) -> list[tuple[str, str | None, str]]:
+    """(literal text, field name or None, format spec) of each part; ValueError for anything
+    beyond plain substitution: attribute or index access, conversions, nested fields."""
+    try:
+        parsed = list(string.Formatter().parse(template))
+    except ValueError as exc:
+        raise ValueError(f"name_template {template!r}: {exc}") from None
+    parts: list[tuple[str, str | None, str]] = []
+    for literal, field_name, spec, conversion in parsed:
+        if field_name is not None:
+            if not field_name.isidentifier():
+                raise ValueError(
+                    f"name_template {template!r}: {{{field_name}}} is not a plain field name "
+                    "(no attribute or index access, no positional fields)"
+                )
+            if conversion is not None:
+                raise ValueError(f"name_template {template!r}: conversions (!{conversion}) "
+                                 "are not allowed")
+            if spec and ("{" in spec or "}" in spec):
+                raise ValueError(f"name_template {template!r}: nested fields are not allowed")
+        parts.append((literal, field_name, spec or ""))
+    return parts
+
+
+def _template_value(field_name: str, value: Any, spec: str) -> str:
+    if isinstance(value, bool):
+        return spec if value else ""
+    if spec == "":
+        return str(value)
+    if isinstance(value, int) and _INTEGER_PADDING.fullmatch(spec):
+        return format(value, spec)
+    raise ValueError(
+        f"{{{field_name}:{spec}}}: only {{flag:text}} for booleans and zero-padding such as "
+        "{depth:02d} for integers are allowed"
+    )
+
+
+def render_name_template(template: str, values: Mapping[str, Any]) -> str:
+    """The template with each ``{field}`` replaced by its value (see :class:`StudySpec`)."""
+    out: list[str] = []
+    for literal, field_name, spec in _parse_template(template):
+        out.append(literal)
+        if field_name is None:
+            continue
+        if field_name not in values:
+            raise ValueError(f"{field_name!r} is not a coordinate")
+        out.append(_template_value(field_name, values[field_name], spec))
+    return "".join(out)
 
 
 def _grid_cell_name(study: StudySpec, coordinates: Mapping[str, Any]) -> str:
@@ -246,8 +362,8 @@ def _grid_cell_name(study: StudySpec, coordinates: Mapping[str, Any]) -> str:
         by_leaf[leaf] = value
     if study.name_template is not None:
         try:
-            return _CellNameFormatter().format(study.name_template, **by_leaf)
-        except (KeyError, IndexError, ValueError) as exc:
+            return render_name_template(study.name_template, by_leaf)
+        except ValueError as exc:
             raise ValueError(
                 f"name_template {study.name_template!r}: {exc!s} "
                 f"(coordinates: {', '.join(by_leaf)})"

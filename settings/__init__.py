@@ -21,7 +21,9 @@ class Settings(BaseSettings):
     # None = embedded mode (no broker: a local worker process drives the same task function).
     broker_url: str | None = None
     data_dir: Path | None = None
-    auth_enabled: bool = False
+    # False (the embedded single-user default): no tokens, every request sees everything.
+    # True (the deployment default): bearer tokens on every route but health and metrics.
+    auth_required: bool = False
     # A run whose lease expired (no heartbeat for this long) is presumed lost and re-enqueued.
     lease_seconds: int = 300
     max_attempts: int = 3
@@ -67,6 +69,27 @@ class Settings(BaseSettings):
     # On a GPU a checkpoint is written at most this often (on the CPU every epoch), and always
     # at the end, at cancel and at shutdown. 0: every epoch everywhere.
     checkpoint_seconds: float = Field(60.0, ge=0)
+
+    # A worker told to stop (SIGTERM: an eviction, a rolling update) hands its run back within
+    # this many seconds: at the end of the epoch when that comes in time, else at once (the
+    # epoch in progress is redone from the last checkpoint). Keep it below the pod's
+    # terminationGracePeriodSeconds (30 s by default).
+    shutdown_grace_seconds: float = Field(20.0, gt=0)
+    # An admin token the operator chose (a Kubernetes Secret): the API registers it for the
+    # user "admin" when it starts, so a fresh deployment has a first token without a shell.
+    admin_token: str | None = Field(None, min_length=32)
+
+    # --- limits on what a request may ask for (422/413/429 beyond them) ---
+    max_request_bytes: int = Field(1024 * 1024, ge=1024)
+    # cost of one experiment, estimated from its spec (gradlab.science.cost)
+    max_parameters: int = Field(50_000_000, ge=1)
+    max_activation_bytes: int = Field(32 * 2**30, ge=1)
+    max_checkpoint_bytes: int = Field(512 * 2**20, ge=1)
+    # cells and runs (cells x seeds) one study request may create
+    max_study_cells: int = Field(256, ge=1)
+    max_study_runs: int = Field(1024, ge=1)
+    # queued + running runs one user may have at once
+    max_active_runs_per_user: int = Field(1000, ge=1)
 
     @field_validator("database_url")
     @classmethod

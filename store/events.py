@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session
 
 from gradlab.science.records import EpochMetrics
 from gradlab.store.models import EpochMetricsRow, Experiment, Run, Study, StudyCell
+from gradlab.store.users import EVERYONE, Viewer, visible_to
 
 
 @dataclass(frozen=True)
@@ -108,9 +109,14 @@ def runs_of_experiments(session: Session, experiment_ids: Sequence[str]) -> list
     return _states(session, query)
 
 
-def study_experiment_ids(session: Session, study_id: str) -> list[str] | None:
-    """The experiments of a study's cells (None when the study does not exist)."""
-    if session.get(Study, study_id) is None:
+def study_experiment_ids(
+    session: Session, study_id: str, viewer: Viewer = EVERYONE
+) -> list[str] | None:
+    """The experiments of a study's cells (None when the study does not exist, or is not
+    ``viewer``'s to see)."""
+    owner = session.scalar(select(Study.id).where(Study.id == study_id,
+                                                  visible_to(Study.owner_id, viewer)))
+    if owner is None:
         return None
     query = select(StudyCell.experiment_id).where(StudyCell.study_id == study_id)
     return list(dict.fromkeys(session.scalars(query.order_by(StudyCell.position))))

@@ -11,9 +11,10 @@ import base64
 import binascii
 import hashlib
 import json
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 
 from sqlalchemy import case, delete, func, select, tuple_, update
 from sqlalchemy.orm import Session, selectinload
@@ -30,8 +31,12 @@ from gradlab.store.models import (
     Run,
     StudyCell,
 )
+from gradlab.store.users import EVERYONE, Viewer, visible_to
 
 MAX_PAGE_SIZE = 200
+# A cursor this store hands out is ~90 characters; anything much longer is not one.
+MAX_CURSOR_LENGTH = 256
+_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
 class InvalidCursorError(ValueError):
@@ -65,11 +70,14 @@ def new_queued_run(seed: int, now: datetime) -> Run:
     )
 
 
-def create_experiment(session: Session, spec: ExperimentSpec) -> Experiment:
+def create_experiment(
+    session: Session, spec: ExperimentSpec, owner_id: str | None = None
+) -> Experiment:
     """Add an experiment and one queued run per seed; flushed, so ids and timestamps are set."""
     now = utcnow()
     experiment = Experiment(
         id=new_id(),
+        owner_id=owner_id,
         name=spec.name,
         spec=spec.model_dump(mode="json"),
         spec_hash=spec_hash(spec),
@@ -84,17 +92,37 @@ def create_experiment(session: Session, spec: ExperimentSpec) -> Experiment:
 
 
 def _encode_cursor(created_at: datetime, experiment_id: str) -> str:
+    if created_at.tzinfo is None:  # SQLite hands back the stored UTC time without its zone
+        created_at = created_at.replace(tzinfo=UTC)
     raw = json.dumps([created_at.isoformat(), experiment_id]).encode()
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
 def _decode_cursor(cursor: str) -> tuple[datetime, str]:
+    """The (created_at, id) a cursor stands for; any other shape is refused, so nothing a
+    client makes up ever reaches a query (wrong types, NUL, naive times, huge strings)."""
+    refused = InvalidCursorError("cursor is not one this server handed out")
+    if len(cursor) > MAX_CURSOR_LENGTH or not cursor.isascii():
+        raise refused
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        created_at, experiment_id = json.loads(raw)
-        return datetime.fromisoformat(created_at), str(experiment_id)
-    except (binascii.Error, ValueError, TypeError) as exc:
-        raise InvalidCursorError("cursor is not one this server handed out") from exc
+        decoded = json.loads(raw)
+    except (binascii.Error, ValueError, TypeError, RecursionError) as exc:
+        raise refused from exc
+    if not (
+        isinstance(decoded, list)
+        and len(decoded) == 2
+        and all(isinstance(part, str) for part in decoded)
+        and _UUID.fullmatch(decoded[1])
+    ):
+        raise refused
+    try:
+        created_at = datetime.fromisoformat(decoded[0])
+    except ValueError as exc:
+        raise refused from exc
+    if created_at.tzinfo is None:
+        raise refused
+    return created_at, decoded[1]
 
 
 def list_experiments(
@@ -104,10 +132,12 @@ def list_experiments(
     name: str | None = None,
     limit: int = 50,
     cursor: str | None = None,
+    viewer: Viewer = EVERYONE,
 ) -> ExperimentPage:
-    """Newest first, keyset-paginated on (created_at, id) so pages never skip or repeat rows."""
+    """Newest first, keyset-paginated on (created_at, id) so pages never skip or repeat rows;
+    only what ``viewer`` may see."""
     limit = max(1, min(limit, MAX_PAGE_SIZE))
-    query = select(Experiment)
+    query = select(Experiment).where(visible_to(Experiment.owner_id, viewer))
     if status is not None:
         query = query.where(Experiment.status == status)
     if name is not None:
@@ -150,12 +180,15 @@ def run_progress(session: Session, experiment_ids: Sequence[str]) -> dict[str, R
     }
 
 
-def get_experiment(session: Session, experiment_id: str) -> Experiment | None:
-    """The experiment with its runs (ordered by seed), or None."""
+def get_experiment(
+    session: Session, experiment_id: str, viewer: Viewer = EVERYONE
+) -> Experiment | None:
+    """The experiment with its runs (ordered by seed), or None (also when ``viewer`` may not
+    see it: another user's experiment is not found, never forbidden)."""
     query = (
         select(Experiment)
         .options(selectinload(Experiment.runs))
-        .where(Experiment.id == experiment_id)
+        .where(Experiment.id == experiment_id, visible_to(Experiment.owner_id, viewer))
         .execution_options(populate_existing=True)
     )
     return session.scalars(query).one_or_none()
@@ -190,12 +223,19 @@ def refresh_experiment_status(session: Session, experiment_id: str) -> str:
     return status
 
 
-def request_cancel(session: Session, experiment_id: str) -> Experiment | None:
+def request_cancel(
+    session: Session, experiment_id: str, viewer: Viewer = EVERYONE
+) -> Experiment | None:
     """Ask an experiment to stop: queued runs are cancelled now, running ones at their next epoch.
 
-    Idempotent; an experiment whose runs have all finished is returned unchanged. None if absent.
+    Idempotent; an experiment whose runs have all finished is returned unchanged. None if absent
+    or not ``viewer``'s.
     """
-    experiment = session.get(Experiment, experiment_id)
+    experiment = session.scalars(
+        select(Experiment).where(
+            Experiment.id == experiment_id, visible_to(Experiment.owner_id, viewer)
+        )
+    ).one_or_none()
     if experiment is None:
         return None
     now = utcnow()
@@ -215,7 +255,7 @@ def request_cancel(session: Session, experiment_id: str) -> Experiment | None:
         experiment.cancel_requested_at = now
     session.flush()
     refresh_experiment_status(session, experiment_id)
-    return get_experiment(session, experiment_id)
+    return get_experiment(session, experiment_id, viewer)
 
 
 class ExperimentInUseError(RuntimeError):

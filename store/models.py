@@ -14,6 +14,7 @@ from typing import Any
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     CheckConstraint,
     DateTime,
     Float,
@@ -34,12 +35,44 @@ from gradlab.store.base import Base, TimestampedMixin, new_id, utcnow
 EXPERIMENT_STATUSES = RUN_STATUSES
 
 
+class User(Base):
+    """Someone who holds tokens and owns experiments and studies; admins see everyone's."""
+
+    __tablename__ = "users"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    is_admin: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class ApiToken(Base):
+    """A bearer token, stored as its SHA-256 (the token itself is shown once, never kept).
+
+    Tokens are 256 random bits, so a fast hash is enough: nothing can be guessed from it.
+    """
+
+    __tablename__ = "api_tokens"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    # the token's first characters, so `gradlab token list` can tell tokens apart
+    prefix: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+    user: Mapped[User] = relationship()
+
+
 class Study(TimestampedMixin, Base):
     __tablename__ = "studies"
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
     name: Mapped[str] = mapped_column(String(200), index=True)
     spec: Mapped[dict[str, Any]] = mapped_column(JSON)
+    # NULL: made with auth off (the single user); with auth on only admins see it.
+    owner_id: Mapped[str | None] = mapped_column(ForeignKey("users.id"), index=True)
 
     cells: Mapped[list[StudyCell]] = relationship(
         back_populates="study", cascade="all, delete-orphan", order_by="StudyCell.position"
@@ -60,6 +93,8 @@ class Experiment(TimestampedMixin, Base):
     spec_hash: Mapped[str] = mapped_column(String(64), index=True)
     status: Mapped[str] = mapped_column(String(16), default="queued", index=True)
     cancel_requested_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # NULL: made with auth off (the single user); with auth on only admins see it.
+    owner_id: Mapped[str | None] = mapped_column(ForeignKey("users.id"), index=True)
 
     runs: Mapped[list[Run]] = relationship(
         back_populates="experiment", cascade="all, delete-orphan", order_by="Run.seed"

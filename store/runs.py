@@ -433,6 +433,13 @@ def find_queued_runs(
     return list(session.scalars(query.order_by(*order).limit(limit)))
 
 
+def count_queued(session: Session) -> int:
+    """Runs waiting for a worker (each should have one message in the broker's queue)."""
+    return int(
+        session.scalar(select(func.count()).select_from(Run).where(Run.status == "queued")) or 0
+    )
+
+
 def requeue_running(
     session: Session,
     run_id: str,
@@ -440,6 +447,7 @@ def requeue_running(
     owner: str | None = None,
     lease_expired_before: datetime | None = None,
     refund_attempt: bool = False,
+    error: str | None = None,
     now: datetime | None = None,
 ) -> bool:
     """Put a running run back in the queue: the one way a run is requeued.
@@ -447,7 +455,8 @@ def requeue_running(
     Only if it is still held by ``owner`` and/or its lease expired before the given moment
     (checked in the same UPDATE: its worker may have heartbeated or finished since the caller
     looked). ``refund_attempt``: the attempt does not count (a worker told to stop hands its
-    run back; it did not fail). Returns whether it was requeued; the experiment follows.
+    run back; it did not fail). ``error``: why (an infrastructure failure it will retry).
+    Returns whether it was requeued; the experiment follows.
     """
     now = now or utcnow()
     conditions = [Run.id == run_id, Run.status == "running"]
@@ -459,6 +468,8 @@ def requeue_running(
                               "queued_at": now, "updated_at": now}
     if refund_attempt:
         values["attempt"] = Run.attempt - 1
+    if error is not None:
+        values["error"] = error
     row = session.execute(
         update(Run).where(*conditions).values(**values).returning(Run.experiment_id)
     ).first()

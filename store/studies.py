@@ -33,75 +33,98 @@ from gradlab.store.experiments import (
 )
 from gradlab.store.gradflow import read_gradflow_epochs
 from gradlab.store.models import Experiment, Run, Study, StudyCell
+from gradlab.store.users import EVERYONE, Viewer, owned_by, visible_to
 
 
 @dataclass
 class SubmittedStudy:
-    """The study row, and which of its runs need a worker (queued, new or not)."""
+    """The study row; which of its runs wait for a worker (``queued_run_ids``, queued now or
+    before) and which this submission put in the queue (``newly_queued_run_ids``: new runs and
+    requeued failed ones; only these need sending, the others were sent already)."""
 
     study: Study
     created: bool
     queued_run_ids: list[str] = field(default_factory=list)
     reused_experiment_ids: list[str] = field(default_factory=list)
+    newly_queued_run_ids: list[str] = field(default_factory=list)
 
 
 def _stored_spec(study: StudySpec, scale: str) -> dict[str, Any]:
     return {"study": study.model_dump(mode="json"), "scale": scale}
 
 
-def find_study(session: Session, study: StudySpec, scale: str) -> Study | None:
-    """An earlier submission of exactly this study at this scale, if any."""
+def find_study(
+    session: Session, study: StudySpec, scale: str, owner_id: str | None = None
+) -> Study | None:
+    """This owner's earlier submission of exactly this study at this scale, if any."""
     wanted = _stored_spec(study, scale)
-    for row in session.scalars(select(Study).where(Study.name == study.name)):
+    query = select(Study).where(Study.name == study.name, owned_by(Study.owner_id, owner_id))
+    for row in session.scalars(query):
         if row.spec == wanted:
             return row
     return None
 
 
-def _find_experiment(session: Session, spec: ExperimentSpec) -> Experiment | None:
+def _find_experiment(
+    session: Session, spec: ExperimentSpec, owner_id: str | None
+) -> Experiment | None:
+    # Only the same owner's experiments are reused: a cell never shares another user's runs.
     query = (
         select(Experiment)
         .options(selectinload(Experiment.runs))
-        .where(Experiment.spec_hash == spec_hash(spec))
+        .where(Experiment.spec_hash == spec_hash(spec), owned_by(Experiment.owner_id, owner_id))
         .order_by(Experiment.created_at, Experiment.id)
         .limit(1)
     )
     return session.scalars(query).first()
 
 
-def _add_missing_seeds(session: Session, experiment: Experiment, seeds: Sequence[int]) -> None:
+def _add_missing_seeds(
+    session: Session, experiment: Experiment, seeds: Sequence[int]
+) -> list[str]:
     have = {run.seed for run in experiment.runs}
     missing = sorted(set(seeds) - have)
     if not missing:
-        return
+        return []
     now = utcnow()
-    for seed in missing:
-        experiment.runs.append(new_queued_run(seed, now))
+    added = [new_queued_run(seed, now) for seed in missing]
+    experiment.runs.extend(added)
     # The stored spec lists every seed the experiment has runs for.
     experiment.spec = {**experiment.spec, "seeds": sorted(have | set(missing))}
     experiment.updated_at = now
     session.flush()
     refresh_experiment_status(session, experiment.id)
+    return [run.id for run in added]
 
 
-def submit_study(session: Session, study: StudySpec, scale: str | None = None) -> SubmittedStudy:
-    """Expand ``study`` into experiments and runs (reusing what exists); flushed, not committed."""
+def submit_study(
+    session: Session, study: StudySpec, scale: str | None = None, owner_id: str | None = None
+) -> SubmittedStudy:
+    """Expand ``study`` into experiments and runs (reusing what exists); flushed, not committed.
+
+    Expanding is the expensive part: callers cap the study first (``check_study_size``) and
+    never call this on an event loop.
+    """
     scale = study.scale if scale is None else scale
     cells = expand(study, scale=scale)
-    existing = find_study(session, study, scale)
+    existing = find_study(session, study, scale, owner_id)
     created = existing is None
     reused: list[str] = []
+    new_runs: list[str] = []
     if existing is None:
-        existing = Study(id=new_id(), name=study.name, spec=_stored_spec(study, scale))
+        existing = Study(
+            id=new_id(), name=study.name, spec=_stored_spec(study, scale), owner_id=owner_id
+        )
         session.add(existing)
         session.flush()
         for cell in cells:
-            experiment = _find_experiment(session, cell.spec)
+            experiment = _find_experiment(session, cell.spec, owner_id)
             if experiment is None:
-                experiment = create_experiment(session, cell.spec)
+                experiment = create_experiment(session, cell.spec, owner_id)
+                new_runs += [run.id for run in experiment.runs]
             else:
                 reused.append(experiment.id)
-                _add_missing_seeds(session, experiment, cell.spec.seeds)
+                new_runs += _add_missing_seeds(session, experiment, cell.spec.seeds)
             session.add(
                 StudyCell(
                     study_id=existing.id,
@@ -111,38 +134,42 @@ def submit_study(session: Session, study: StudySpec, scale: str | None = None) -
                 )
             )
         session.flush()
-    _requeue_failed(session, existing)
+    requeued = _requeue_failed(session, existing)
     queued = _queued_runs(session, existing)
-    return SubmittedStudy(existing, created, queued, reused)
+    return SubmittedStudy(existing, created, queued, reused, [*new_runs, *requeued])
 
 
-def _requeue_failed(session: Session, study: Study) -> None:
+def _requeue_failed(session: Session, study: Study) -> list[str]:
     """Resubmitting a study completes it: its failed runs go back to the queue with a fresh
     attempt budget and resume from their last checkpoint (a code failure after a fix, or an
     infrastructure failure past the attempt cap). Diverged runs stay: divergence is
     deterministic. Cancelled runs stay: that was someone's decision."""
     now = utcnow()
     touched: set[str] = set()
+    requeued: list[str] = []
     for runs in cell_runs(session, study).values():
         for run in runs:
             if run.status == "failed":
                 run.status, run.attempt, run.queued_at = "queued", 0, now
                 run.worker = run.lease_expires_at = run.finished_at = None
                 touched.add(run.experiment_id)
+                requeued.append(run.id)
     session.flush()
     for experiment_id in touched:
         refresh_experiment_status(session, experiment_id)
+    return requeued
 
 
 def _json_coordinates(coordinates: dict[str, Any]) -> dict[str, Any]:
     return {k: (list(v) if isinstance(v, tuple) else v) for k, v in coordinates.items()}
 
 
-def get_study(session: Session, study_id: str) -> Study | None:
+def get_study(session: Session, study_id: str, viewer: Viewer = EVERYONE) -> Study | None:
+    """The study with its cells, or None (also when it is not ``viewer``'s to see)."""
     query = (
         select(Study)
         .options(selectinload(Study.cells).selectinload(StudyCell.experiment))
-        .where(Study.id == study_id)
+        .where(Study.id == study_id, visible_to(Study.owner_id, viewer))
         .execution_options(populate_existing=True)
     )
     return session.scalars(query).one_or_none()
@@ -265,11 +292,12 @@ def experiment_result(session: Session, experiment: Experiment) -> CellResult:
     )
 
 
-def list_studies(session: Session, limit: int = 100) -> list[Study]:
-    """The newest studies first, with their cells' experiments loaded."""
+def list_studies(session: Session, limit: int = 100, viewer: Viewer = EVERYONE) -> list[Study]:
+    """The newest studies ``viewer`` may see first, with their cells' experiments loaded."""
     query = (
         select(Study)
         .options(selectinload(Study.cells).selectinload(StudyCell.experiment))
+        .where(visible_to(Study.owner_id, viewer))
         .order_by(Study.created_at.desc(), Study.id.desc())
         .limit(limit)
     )

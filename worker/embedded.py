@@ -12,9 +12,7 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
-import signal
 import socket
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +25,7 @@ from gradlab.store import runs
 from gradlab.store.base import utcnow
 from gradlab.store.session import engine_from_settings, make_session_factory, session_scope
 from gradlab.worker.reaper import reap
+from gradlab.worker.shutdown import GracefulStop, stop_on_sigterm
 
 log = logging.getLogger(__name__)
 
@@ -60,8 +59,9 @@ class LocalWorker:
         )
         self._process.start()
 
-    def stop(self, timeout: float = 10.0) -> None:
-        """Ask it to stop; a run in training is handed back (SIGTERM) and resumes next time."""
+    def stop(self) -> None:
+        """Ask it to stop; a run in training is handed back (SIGTERM) within the grace period
+        and resumes next time."""
         if self._process is None:
             return
         self._stop.set()
@@ -69,7 +69,7 @@ class LocalWorker:
         self._process.join(timeout=1.0)
         if self._process.is_alive():
             self._process.terminate()
-            self._process.join(timeout)
+            self._process.join(self._settings.shutdown_grace_seconds + 5.0)
         if self._process.is_alive():
             self._process.kill()
             self._process.join()
@@ -120,52 +120,53 @@ def requeue_orphans(session: Session) -> list[str]:
     return requeued
 
 
-def _handle_sigterm(_signum: int, _frame: object) -> None:
-    # Raised in the main thread, inside training: execute_run hands the run back. A second
-    # SIGTERM (the group's and then the parent's) must not interrupt that hand-back.
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    sys.exit(0)
-
-
 def run_local_worker(
     settings_dict: dict[str, Any], stop: Any, wake: Any, poll_seconds: float
 ) -> None:
     """The local worker process's main loop (spawned; takes only picklable arguments)."""
-    from gradlab.core.data import load_cifar, resolve_data_dir
-    from gradlab.worker.runner import execute_run
-
-    signal.signal(signal.SIGTERM, _handle_sigterm)
     settings = Settings(**settings_dict)
     configure_logging(settings.log_format, settings.log_level)
     engine = engine_from_settings(settings)
     factory: sessionmaker[Session] = make_session_factory(engine)
-
-    def load_data(dataset: str) -> Any:
-        return load_cifar(resolve_data_dir(settings.data_dir), dataset)
-
     with session_scope(factory) as session:
         orphans = requeue_orphans(session)
     if orphans:
         log.info("resuming %d run(s) interrupted by an earlier shutdown", len(orphans))
-    parent = multiprocessing.parent_process()
+    # SIGTERM (from LocalWorker.stop, or the process group's) hands a run in training back at
+    # its next safe point within the grace period, then the loop ends.
     try:
-        # An orphaned worker (its `gradlab serve` was killed) finishes its run, then leaves.
-        while not stop.is_set() and (parent is None or parent.is_alive()):
-            try:
-                reap(factory, EmbeddedDispatcher(), settings, resend_queued=False)
-                with factory() as session:
-                    queued = runs.find_queued_runs(session, limit=1)
-                if queued:
-                    with log_context(run_id=queued[0]):
-                        execute_run(
-                            queued[0], factory, load_data, settings.device, settings=settings
-                        )
-                    continue
-            except Exception:  # e.g. the database is briefly unreachable: keep serving
-                log.exception("local worker loop failed; retrying")
-            wake.wait(poll_seconds)
-            wake.clear()
+        with stop_on_sigterm(settings.shutdown_grace_seconds) as graceful:
+            _serve_queue(factory, settings, stop, wake, poll_seconds, graceful)
     except KeyboardInterrupt:
         pass
     finally:
         engine.dispose()
+
+
+def _serve_queue(
+    factory: sessionmaker[Session], settings: Settings, stop: Any, wake: Any,
+    poll_seconds: float, graceful: GracefulStop,
+) -> None:
+    """Train the oldest queued run, one at a time, until told to stop."""
+    from gradlab.core.data import load_cifar, resolve_data_dir
+    from gradlab.worker.runner import execute_run
+
+    def load_data(dataset: str) -> Any:
+        return load_cifar(resolve_data_dir(settings.data_dir), dataset)
+
+    parent = multiprocessing.parent_process()
+    # An orphaned worker (its `gradlab serve` was killed) finishes its run, then leaves.
+    while not (stop.is_set() or graceful.requested) and (parent is None or parent.is_alive()):
+        try:
+            reap(factory, EmbeddedDispatcher(), settings, resend_queued=False)
+            with factory() as session:
+                queued = runs.find_queued_runs(session, limit=1)
+            if queued:
+                with log_context(run_id=queued[0]):
+                    execute_run(queued[0], factory, load_data, settings.device,
+                                settings=settings, stop=graceful)
+                continue
+        except Exception:  # e.g. the database is briefly unreachable: keep serving
+            log.exception("local worker loop failed; retrying")
+        wake.wait(poll_seconds)
+        wake.clear()

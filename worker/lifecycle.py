@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 
-from celery.signals import setup_logging, worker_init, worker_process_init
+from celery.signals import setup_logging, worker_init, worker_process_init, worker_shutting_down
 
 from gradlab.observability.logs import configure_logging
 from gradlab.settings import get_settings
@@ -45,8 +46,25 @@ def logs_as_configured(**_: object) -> None:
     configure_logging(settings.log_format, settings.log_level)
 
 
+def parent_tells_children_to_stop(how: str = "Warm", **_: object) -> None:
+    """On a warm shutdown (SIGTERM to the main process only, as Kubernetes sends it), tell the
+    pool's children, so a child training a run hands it back within the grace period instead
+    of the main process waiting for the run to finish (hours) or being killed mid-run."""
+    from billiard.process import active_children
+
+    if how != "Warm":
+        return
+    for child in active_children():
+        if child.pid is not None:
+            try:
+                os.kill(child.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                continue
+
+
 def connect() -> None:
     """Connect the handlers (weakly held by Celery; these are module functions, kept alive)."""
     setup_logging.connect(logs_as_configured)
     worker_init.connect(parent_publishes_gpus)
     worker_process_init.connect(child_pins_gpu_and_drops_inherited_connections)
+    worker_shutting_down.connect(parent_tells_children_to_stop)

@@ -2,9 +2,13 @@
 
 A lost run goes back to ``queued`` (keeping its attempt count, which the next claim checks
 against the cap) and is dispatched; whoever claims it resumes from its last checkpoint.
-Queued runs that have waited longer than a lease while the broker's queue is empty are
-resent too: the broker lost their message (a Redis restart without persistence). A duplicate
-message is harmless, the lease refuses it.
+
+Queued runs whose message may be gone are resent too: the broker lost it (a Redis flush or a
+restart without persistence), or it was never sent (the broker was down at submission). When
+the broker's queue holds fewer messages than the database has queued runs, that many of the
+runs sent longest ago (and at least a lease ago) are sent again, so a queue that is never
+empty (a busy cluster) cannot starve the resend. A duplicate message is harmless: the lease
+refuses it.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ from datetime import datetime, timedelta
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from gradlab.dispatch.dispatchers import RunDispatcher
+from gradlab.dispatch.dispatchers import DispatchError, RunDispatcher
 from gradlab.settings import Settings
 from gradlab.store import runs
 from gradlab.store.base import utcnow
@@ -35,13 +39,28 @@ def requeue_lost_runs(session: Session, *, now: datetime | None = None) -> list[
     return requeued
 
 
-def _queue_may_have_lost_messages(dispatcher: RunDispatcher) -> bool:
-    # A run waits in the queue behind others for as long as it takes; only when the broker's
-    # queue is empty while runs are still queued were their messages lost. A dispatcher that
-    # cannot tell (None, or no backlog method) gets the resend: duplicates are refused anyway.
+def missing_messages(session: Session, dispatcher: RunDispatcher, sending: int) -> int | None:
+    """How many queued runs have no message in the broker's queue, at least: queued runs
+    minus the messages waiting and the ``sending`` about to be sent. None when the dispatcher
+    cannot count its queue (then every run queued for longer than a lease is resent;
+    duplicates are refused anyway)."""
     backlog = getattr(dispatcher, "backlog", None)
-    count = backlog() if callable(backlog) else None
-    return count is None or count == 0
+    waiting = backlog() if callable(backlog) else None
+    if waiting is None:
+        return None
+    return max(0, runs.count_queued(session) - waiting - sending)
+
+
+def runs_to_resend(
+    session: Session, dispatcher: RunDispatcher, *, sent_before: datetime, exclude: list[str]
+) -> list[str]:
+    """Queued runs last sent before ``sent_before`` whose message may be lost, oldest first."""
+    missing = missing_messages(session, dispatcher, sending=len(exclude))
+    if missing == 0:
+        return []
+    stale = [r for r in runs.find_queued_runs(session, queued_before=sent_before)
+             if r not in exclude]
+    return stale if missing is None else stale[:missing]
 
 
 def reap(
@@ -57,14 +76,17 @@ def reap(
     with session_scope(factory) as session:
         lost = requeue_lost_runs(session, now=now)
         stale: list[str] = []
-        if resend_queued and _queue_may_have_lost_messages(dispatcher):
+        if resend_queued:
             cutoff = now - timedelta(seconds=settings.lease_seconds)
-            stale = [
-                r for r in runs.find_queued_runs(session, queued_before=cutoff) if r not in lost
-            ]
+            stale = runs_to_resend(session, dispatcher, sent_before=cutoff, exclude=lost)
             runs.mark_dispatched(session, stale, now=now)
     if lost:
         log.warning("requeued %d lost run(s): %s", len(lost), ", ".join(lost))
+    if stale:
+        log.warning("resending %d queued run(s) whose message may be lost", len(stale))
     if lost or stale:
-        dispatcher.dispatch([*lost, *stale])
+        try:
+            dispatcher.dispatch([*lost, *stale])
+        except DispatchError as exc:  # still queued: the next pass after a lease sends them
+            log.warning("%s", exc)
     return [*lost, *stale]

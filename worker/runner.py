@@ -5,6 +5,12 @@ trains it, the checkpoint the database references (bytes checked against their S
 decides where it starts, and every epoch is written (metrics, gradient flow, the reference to
 a checkpoint saved at the cadence of ``checkpointing``, progress) in one transaction fenced on
 the lease.
+
+How a run can end here: its outcome (succeeded, diverged, cancelled); ``failed`` for a failure
+of the run itself; ``queued`` when it goes back to the queue, either handed back because the
+worker is stopping (``worker.shutdown``; the attempt is not counted, the last finished epoch
+is checkpointed first) or after an infrastructure failure with attempts left
+(``worker.failures``); None when it was not this worker's to train (or its lease moved on).
 """
 
 from __future__ import annotations
@@ -15,7 +21,6 @@ import socket
 import subprocess
 import threading
 import time
-import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +44,8 @@ from gradlab.store.checkpoint_store import (
 from gradlab.store.session import session_scope
 from gradlab.worker import metrics as worker_metrics
 from gradlab.worker.checkpointing import CheckpointCadence, RunCheckpoints, cadence_for
+from gradlab.worker.failures import FailureKind, classify, describe
+from gradlab.worker.shutdown import GracefulStop, StopRequested
 
 log = logging.getLogger(__name__)
 
@@ -46,8 +53,10 @@ DataSource = Callable[[str], CifarArrays]
 # gradlab.core.training_loop.fit, or a stand-in with its signature (bench/cluster_sim.py).
 FitFunction = Callable[..., TrainingResult]
 T = TypeVar("T")
-# Pauses between retries of an epoch or outcome write whose connection was lost.
-WRITE_RETRY_PAUSES = (1.0, 3.0, 10.0)
+# Pauses between retries of an epoch or outcome write whose connection was lost: a minute in
+# all, enough for a database restart or failover; an epoch took minutes to train.
+WRITE_RETRY_PAUSES = (1.0, 2.0, 4.0, 8.0, 15.0, 30.0)
+HANDED_BACK = "queued"
 
 
 def worker_name() -> str:
@@ -100,19 +109,24 @@ class _Heartbeat(threading.Thread):
         self._stop.set()
 
 
-def _requeue_on_shutdown(factory: sessionmaker[Session], run_id: str, owner: str) -> None:
+def _requeue_on_shutdown(factory: sessionmaker[Session], run_id: str, owner: str) -> bool:
     """Put the run back in the queue (this attempt not counted) when the process is told to
     stop, so another worker resumes it from its checkpoint without waiting for the lease."""
-    try:
-        with session_scope(factory) as session:
-            runs.requeue_running(session, run_id, owner=owner, refund_attempt=True)
-    except Exception as exc:  # the lease expires on its own; the reaper takes it from there
-        log.warning("could not release run %s on shutdown: %s", run_id, exc)
+    for _ in range(2):  # a stray interrupt from the grace watcher must not lose the hand-back
+        try:
+            with session_scope(factory) as session:
+                return runs.requeue_running(session, run_id, owner=owner, refund_attempt=True)
+        except KeyboardInterrupt:
+            continue
+        except Exception as exc:  # the lease expires on its own; the reaper takes it from there
+            log.warning("could not release run %s on shutdown: %s", run_id, exc)
+            return False
+    return False
 
 
 def _retrying(write: Callable[[], T], what: str) -> T:
     """Run an idempotent write, retrying a lost connection (a database restart or failover)
-    a few times: an epoch took minutes to train, a failover takes seconds."""
+    for about a minute: an epoch took minutes to train, a failover takes seconds."""
     for attempt, pause in enumerate(WRITE_RETRY_PAUSES):
         try:
             return write()
@@ -126,6 +140,29 @@ def _fail(factory: sessionmaker[Session], run_id: str, owner: str, error: str) -
     with session_scope(factory) as session:
         runs.finish_run(session, run_id, "failed", owner=owner, error=error)
     return "failed"
+
+
+def _failed(
+    factory: sessionmaker[Session], claimed: runs.ClaimedRun, kind: FailureKind, error: str,
+    max_attempts: int,
+) -> str | None:
+    """Record a failure: a failure of the run is final; an infrastructure failure queues the
+    run again while attempts are left (the attempt counts), else it fails naming the cause."""
+    run_id, owner = claimed.run_id, claimed.owner
+    if kind == "run":
+        return _fail(factory, run_id, owner, error)
+    if claimed.attempt >= max_attempts:
+        return _fail(factory, run_id, owner,
+                     f"gave up after {claimed.attempt} attempts; the last failed with {error}")
+    note = f"attempt {claimed.attempt} failed ({error}); queued again"
+    try:
+        with session_scope(factory) as session:
+            requeued = runs.requeue_running(session, run_id, owner=owner, error=note)
+    except Exception as exc:  # the database itself is away: the lease expires, the reaper acts
+        log.warning("could not queue run %s again (%s); its lease will expire", run_id, exc)
+        return None
+    log.warning("run %s: %s", run_id, note)
+    return HANDED_BACK if requeued else None
 
 
 @dataclass
@@ -151,13 +188,15 @@ def execute_run(
     checkpoints: CheckpointStore | None = None,
     cadence: CheckpointCadence | None = None,
     fit_function: FitFunction | None = None,
+    stop: GracefulStop | None = None,
 ) -> str | None:
-    """Claim and train ``run_id``; return its final status, or None if it was not ours.
+    """Claim and train ``run_id``; return how it ended here (see the module docstring).
 
     ``data(dataset)`` returns the arrays (loaded once per process by the caller's cache).
     ``checkpoints``: the store (default: the one the settings name); ``cadence``: when to
     checkpoint (default ``checkpointing.cadence_for`` the device); ``fit_function``: the
-    training loop (default ``gradlab.core.training_loop.fit``).
+    training loop (default ``gradlab.core.training_loop.fit``); ``stop``: the process's stop
+    request, checked at every safe point.
     """
     settings = settings or get_settings()
     checkpoints = checkpoints or open_checkpoint_store(settings, session_factory)
@@ -174,12 +213,15 @@ def execute_run(
         return None
     bind_log_context(experiment_id=claimed.experiment_id, run_id=run_id, attempt=claimed.attempt)
     log.info("claimed run %s (attempt %d) as %s", run_id, claimed.attempt, claimed.owner)
-    # From the claim on: loading the data and the checkpoint may take longer than a lease.
+    # The lease is renewed from the claim on: loading the data and the checkpoint may take
+    # longer than a lease.
     beat = _Heartbeat(session_factory, run_id, claimed.owner, settings.lease_seconds)
     beat.start()
+    run_checkpoints: RunCheckpoints | None = None
     try:
-        prepared = _prepare(session_factory, claimed, data, device, checkpoints)
-        if isinstance(prepared, str):
+        prepared = _prepare(session_factory, claimed, data, device, checkpoints,
+                            settings.max_attempts)
+        if not isinstance(prepared, _Prepared):
             return prepared
         run_checkpoints = RunCheckpoints(
             session_factory,
@@ -188,24 +230,52 @@ def execute_run(
             cadence or cadence_for(prepared.device, settings),
             last_epoch=prepared.spec.hyperparameters.epochs - 1,
         )
-        outcome = _train(session_factory, prepared, settings.lease_seconds, beat,
-                         run_checkpoints, fit_function)
+        return _train_and_record(session_factory, prepared, settings, stop, beat,
+                                 run_checkpoints, fit_function)
+    except (StopRequested, KeyboardInterrupt) as exc:
+        _save_at_shutdown(run_checkpoints)
+        if stop is None or not stop.requested:
+            _requeue_on_shutdown(session_factory, run_id, claimed.owner)  # Ctrl-C
+            raise
+        stop.begin_hand_back()
+        where = "at the end of an epoch" if isinstance(exc, StopRequested) else "mid-epoch"
+        handed = _requeue_on_shutdown(session_factory, run_id, claimed.owner)
+        log.warning("stopping: run %s handed back %s", run_id, where)
+        return HANDED_BACK if handed else None
+    except SystemExit:  # told to exit outright: hand the run back on the way out
+        _save_at_shutdown(run_checkpoints)
+        _requeue_on_shutdown(session_factory, run_id, claimed.owner)
+        raise
     finally:
         beat.stop()
+
+
+def _save_at_shutdown(checkpoints: RunCheckpoints | None) -> None:
+    # The last finished epoch, if the cadence had not saved it yet: the run resumes there.
+    if checkpoints is not None:
+        checkpoints.save_pending("shutdown")
+
+
+def _train_and_record(
+    factory: sessionmaker[Session], prepared: _Prepared, settings: Settings,
+    stop: GracefulStop | None, beat: _Heartbeat, checkpoints: RunCheckpoints,
+    fit_function: FitFunction | None,
+) -> str | None:
+    if stop is not None and stop.requested:
+        raise StopRequested("asked to stop before training began")
+    outcome = _train(factory, prepared, settings, stop, beat, checkpoints, fit_function)
     if isinstance(outcome, TrainingResult):
-        return _record_outcome(session_factory, prepared, outcome)
+        return _record_outcome(factory, prepared, outcome)
     return outcome
 
 
 def _prepare(
-    factory: sessionmaker[Session],
-    claimed: runs.ClaimedRun,
-    data: DataSource,
-    device: str,
-    checkpoints: CheckpointStore,
-) -> _Prepared | str:
-    """Everything the run needs before its first epoch, or its final status when it cannot
-    (or need not) train: an invalid stored spec, a cancel, missing data or device."""
+    factory: sessionmaker[Session], claimed: runs.ClaimedRun, data: DataSource, device: str,
+    checkpoints: CheckpointStore, max_attempts: int,
+) -> _Prepared | str | None:
+    """Everything the run needs before its first epoch, or how it ended when it cannot (or
+    need not) train: an invalid stored spec (failed), a cancel, data or device missing on this
+    worker (an infrastructure failure: queued again while attempts are left)."""
     from gradlab.core.environment import describe_environment, resolve_device
 
     run_id, owner = claimed.run_id, claimed.owner
@@ -221,8 +291,8 @@ def _prepare(
     try:
         arrays = data(spec.data.dataset)
         resolved = resolve_device(device)
-    except (OSError, ValueError) as exc:
-        return _fail(factory, run_id, owner, f"{type(exc).__name__}: {exc}")
+    except (OSError, ValueError) as exc:  # this worker's data or device, not the run's
+        return _failed(factory, claimed, "infrastructure", describe(exc), max_attempts)
     environment: dict[str, Any] = {
         **describe_environment(resolved),
         "worker": owner,
@@ -252,10 +322,12 @@ def _epoch_writer(
     beat: _Heartbeat,
     family: str,
     checkpoints: RunCheckpoints,
+    stop: GracefulStop | None,
 ) -> EpochCallback:
     """The callback that writes each finished epoch (metrics, gradient flow, the reference to
     its checkpoint when one is due, progress) in one transaction fenced on the lease, after
-    the checkpoint's bytes; False (stop) once a cancel is asked."""
+    the checkpoint's bytes; False (stop) once a cancel is asked. An epoch just written is the
+    safe point to stop at: ``StopRequested`` when asked."""
     run_id, owner = claimed.run_id, claimed.owner
 
     def on_epoch_end(
@@ -274,32 +346,34 @@ def _epoch_writer(
                 )
                 return runs.cancel_requested(session, run_id)
 
-        cancelled = _retrying(write, f"epoch {metrics.epoch} of run {run_id}")
+        cancel = _retrying(write, f"epoch {metrics.epoch} of run {run_id}")
         if reference is not None:
             checkpoints.committed(reference)
         worker_metrics.EPOCH_WRITE_SECONDS.labels(family).observe(time.perf_counter() - started)
         worker_metrics.EPOCH_SECONDS.labels(family).observe(metrics.seconds)
-        return not cancelled
+        if stop is not None:
+            if stop.requested and not cancel:
+                raise StopRequested(f"asked to stop after epoch {metrics.epoch}")
+            stop.epoch_started(expected_seconds=metrics.seconds)
+        return not cancel
 
     return on_epoch_end
 
 
 def _train(
-    factory: sessionmaker[Session],
-    prepared: _Prepared,
-    lease: int,
-    beat: _Heartbeat,
-    checkpoints: RunCheckpoints,
+    factory: sessionmaker[Session], prepared: _Prepared, settings: Settings,
+    stop: GracefulStop | None, beat: _Heartbeat, checkpoints: RunCheckpoints,
     fit_function: FitFunction | None,
 ) -> TrainingResult | str | None:
-    """Train under the heartbeat: the result, "failed" (recorded) when training raised, or
-    None when the lease moved on. The last finished epoch's checkpoint is saved at the end and
-    at a stop (SIGTERM, Ctrl-C), which then puts the run back in the queue and re-raises."""
+    """Train (``beat`` renewing the lease): the result; or, when training raised, how the
+    failure ended the run here (failed, or queued again for an infrastructure failure); None
+    when the lease moved on. The last finished epoch's checkpoint is saved at the end; a stop
+    request propagates to ``execute_run``, which saves it and hands the run back."""
     if fit_function is None:
         from gradlab.core.training_loop import fit as fit_function
 
     claimed = prepared.claimed
-    run_id, owner = claimed.run_id, claimed.owner
+    run_id, lease = claimed.run_id, settings.lease_seconds
     try:
         result = fit_function(
             prepared.spec,
@@ -307,7 +381,7 @@ def _train(
             prepared.arrays,
             device=prepared.device,
             on_epoch_end=_epoch_writer(factory, claimed, lease, beat, prepared.spec.model_family,
-                                       checkpoints),
+                                       checkpoints, stop),
             resume_from=prepared.resume_from,
         )
         checkpoints.save_pending(result.status)
@@ -315,14 +389,12 @@ def _train(
     except runs.LeaseLostError as exc:
         log.warning("%s; leaving the run to its new owner", exc)
         return None
-    except (KeyboardInterrupt, SystemExit):
-        checkpoints.save_pending("shutdown")
-        _requeue_on_shutdown(factory, run_id, owner)
+    except StopRequested:
         raise
     except Exception as exc:
-        log.exception("run %s failed", run_id)
-        detail = "".join(traceback.format_exception_only(exc)).strip()
-        return _fail(factory, run_id, owner, detail)
+        kind = classify(exc)
+        log.exception("run %s failed (%s failure)", run_id, kind)
+        return _failed(factory, claimed, kind, describe(exc), settings.max_attempts)
 
 
 def _record_outcome(

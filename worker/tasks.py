@@ -2,27 +2,45 @@
 
 from __future__ import annotations
 
+import logging
+
 from celery import Celery, Task
 
-from gradlab.dispatch.dispatchers import CeleryDispatcher
+from gradlab.dispatch.dispatchers import CeleryDispatcher, DispatchError
 from gradlab.dispatch.queues import REAP_TASK, TRAIN_TASK
 from gradlab.observability.logs import log_context
 from gradlab.settings import get_settings
 from gradlab.worker import process_state
 from gradlab.worker.reaper import reap
-from gradlab.worker.runner import execute_run
+from gradlab.worker.runner import HANDED_BACK, execute_run
+from gradlab.worker.shutdown import stop_on_sigterm
+
+log = logging.getLogger(__name__)
 
 
-def train_run_task(run_id: str) -> None:
-    """Claim the run's lease (or return), train it, write every epoch; Postgres is the record."""
-    with log_context(run_id=run_id):  # every line of this run names it (and, once claimed,
-        execute_run(  # its experiment and attempt)
+def train_run_task(task: Task, run_id: str) -> None:
+    """Claim the run's lease (or return), train it, write every epoch; Postgres is the record.
+
+    SIGTERM (forwarded by the main process when the worker shuts down) hands the run back at
+    the next safe point within the grace period; a run handed back, or queued again after an
+    infrastructure failure, is sent to the queue again at once for another worker.
+    """
+    settings = get_settings()
+    # every line of this run names it (and, once claimed, its experiment and attempt)
+    with log_context(run_id=run_id), stop_on_sigterm(settings.shutdown_grace_seconds) as stop:
+        status = execute_run(
             run_id,
             process_state.session_factory(),
             process_state.load_data,
             process_state.device(),
-            settings=get_settings(),
+            settings=settings,
+            stop=stop,
         )
+    if status == HANDED_BACK:
+        try:
+            CeleryDispatcher(task.app).dispatch([run_id])
+        except DispatchError as exc:  # it stays queued; the reaper sends it later
+            log.warning("%s", exc)
 
 
 def reap_lost_runs_task(task: Task) -> list[str]:
@@ -31,5 +49,5 @@ def reap_lost_runs_task(task: Task) -> list[str]:
 
 
 def register(app: Celery) -> None:
-    app.task(name=TRAIN_TASK)(train_run_task)
+    app.task(name=TRAIN_TASK, bind=True)(train_run_task)
     app.task(name=REAP_TASK, bind=True)(reap_lost_runs_task)

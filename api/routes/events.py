@@ -9,22 +9,25 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Annotated
 
-from fastapi import APIRouter, Header, Query, Request
+from fastapi import APIRouter, Depends, Header, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 from sqlalchemy.orm import Session, sessionmaker
 
+from gradlab.api.auth import ViewerDep, get_viewer
 from gradlab.api.deps import SessionFactoryDep, SettingsDep
 from gradlab.api.errors import NotFoundError, error_responses
 from gradlab.api.event_stream import StreamSource, event_stream, parse_event_id
 from gradlab.settings import Settings
 from gradlab.store import experiments as experiment_store
 from gradlab.store.events import study_experiment_ids
+from gradlab.store.users import Viewer
 
-router = APIRouter(tags=["events"])
+# Every route needs a token when auth is on (the dependency runs before the stream starts).
+router = APIRouter(tags=["events"], dependencies=[Depends(get_viewer)])
 
 _SSE_RESPONSES = {
-    **error_responses(404, 422),
+    **error_responses(401, 404, 422),
     200: {
         "content": {"text/event-stream": {"schema": {"type": "string"}}},
         "description": "snapshot | epoch | status | end events; ids resume with Last-Event-ID",
@@ -47,16 +50,18 @@ def _resume_from(header: str | None, query: str | None) -> datetime | None:
     return None if not value else parse_event_id(value)
 
 
-def _experiment_ids(factory: sessionmaker[Session], experiment_id: str) -> list[str]:
+def _experiment_ids(
+    factory: sessionmaker[Session], experiment_id: str, viewer: Viewer
+) -> list[str]:
     with factory() as session:
-        if experiment_store.get_experiment(session, experiment_id) is None:
+        if experiment_store.get_experiment(session, experiment_id, viewer) is None:
             raise NotFoundError(f"experiment {experiment_id} not found")
     return [experiment_id]
 
 
-def _study_ids(factory: sessionmaker[Session], study_id: str) -> list[str]:
+def _study_ids(factory: sessionmaker[Session], study_id: str, viewer: Viewer) -> list[str]:
     with factory() as session:
-        ids = study_experiment_ids(session, study_id)
+        ids = study_experiment_ids(session, study_id, viewer)
     if ids is None:
         raise NotFoundError(f"study {study_id} not found")
     return ids
@@ -92,12 +97,13 @@ async def experiment_events(
     request: Request,
     settings: SettingsDep,
     factory: SessionFactoryDep,
+    viewer: ViewerDep,
     last_event_id: LastEventIdHeader = None,
     last_event_id_query: LastEventIdQuery = None,
 ) -> StreamingResponse:
     """Follow an experiment: a snapshot, then an event per epoch and per status change."""
     resume_from = _resume_from(last_event_id, last_event_id_query)
-    ids = await run_in_threadpool(_experiment_ids, factory, experiment_id)
+    ids = await run_in_threadpool(_experiment_ids, factory, experiment_id, viewer)
     return _response(request, settings, factory, ids, "experiment", resume_from)
 
 
@@ -107,10 +113,11 @@ async def study_events(
     request: Request,
     settings: SettingsDep,
     factory: SessionFactoryDep,
+    viewer: ViewerDep,
     last_event_id: LastEventIdHeader = None,
     last_event_id_query: LastEventIdQuery = None,
 ) -> StreamingResponse:
     """Follow every run of a study's cells (events name their experiment)."""
     resume_from = _resume_from(last_event_id, last_event_id_query)
-    ids = await run_in_threadpool(_study_ids, factory, study_id)
+    ids = await run_in_threadpool(_study_ids, factory, study_id, viewer)
     return _response(request, settings, factory, ids, "study", resume_from)

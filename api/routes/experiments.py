@@ -6,17 +6,19 @@ import logging
 from collections.abc import Callable
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, status
+from fastapi import APIRouter, Depends, Query, status
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 from sqlalchemy.orm import Session, sessionmaker
 
+from gradlab.api.auth import ViewerDep, get_viewer
 from gradlab.api.deps import (
     CheckpointStoreDep,
     ResponseCacheDep,
     RunsToDispatchDep,
     SessionDep,
     SessionFactoryDep,
+    SettingsDep,
 )
 from gradlab.api.diagnostics_view import render_diagnostics
 from gradlab.api.errors import (
@@ -43,19 +45,30 @@ from gradlab.api.schemas import (
     RunBrief,
     RunRead,
 )
+from gradlab.api.submission import check_active_runs, check_cost, start_submission
+from gradlab.science.bounds import INT32_MAX
 from gradlab.science.records import RunStatus
 from gradlab.science.spec import ExperimentSpec
 from gradlab.store import experiments as store
 from gradlab.store.models import Experiment, Run
 from gradlab.store.session import session_scope
+from gradlab.store.users import Viewer
 
 log = logging.getLogger(__name__)
 
-router = APIRouter(prefix="/experiments", tags=["experiments"])
+# Every route here needs the viewer (a token when auth is required).
+router = APIRouter(
+    prefix="/experiments",
+    tags=["experiments"],
+    dependencies=[Depends(get_viewer)],
+    responses=error_responses(401),
+)
+# Integers in queries stay inside the database's INTEGER columns they are compared with.
+EpochQuery = Annotated[int | None, Query(ge=0, le=INT32_MAX)]
 
 
-def _get_or_404(session: Session, experiment_id: str) -> Experiment:
-    experiment = store.get_experiment(session, experiment_id)
+def _get_or_404(session: Session, experiment_id: str, viewer: Viewer) -> Experiment:
+    experiment = store.get_experiment(session, experiment_id, viewer)
     if experiment is None:
         raise NotFoundError(f"experiment {experiment_id} not found")
     return experiment
@@ -86,13 +99,23 @@ def _experiment_read(session: Session, experiment: Experiment) -> ExperimentRead
     "",
     status_code=status.HTTP_201_CREATED,
     response_model=ExperimentCreated,
-    responses=error_responses(422),
+    responses=error_responses(400, 413, 422, 429),
 )
 def create(
-    spec: ExperimentSpec, session: SessionDep, pending: RunsToDispatchDep
+    spec: ExperimentSpec,
+    session: SessionDep,
+    pending: RunsToDispatchDep,
+    viewer: ViewerDep,
+    settings: SettingsDep,
 ) -> ExperimentCreated:
-    """Store an experiment and one queued run per seed; the runs are dispatched after commit."""
-    experiment = store.create_experiment(session, spec)
+    """Store an experiment and one queued run per seed; the runs are dispatched after commit.
+
+    Refused (422) when its estimated cost passes a limit, and (429) when the user's queued and
+    running runs would pass theirs."""
+    check_cost([("", spec)], settings)
+    start_submission(session, viewer)
+    experiment = store.create_experiment(session, spec, viewer.user_id)
+    check_active_runs(session, viewer, settings, len(experiment.runs))
     pending.add([run.id for run in experiment.runs])
     # Built before the commit (in the dependency) so no attribute is reloaded after it.
     return ExperimentCreated(
@@ -105,14 +128,18 @@ def create(
 @router.get("", name="list", response_model=ExperimentPageRead, responses=error_responses(422))
 def list_(
     session: SessionDep,
+    viewer: ViewerDep,
     status: RunStatus | None = None,
-    name: str | None = None,
+    name: Annotated[str | None, Query(max_length=200)] = None,
     limit: Annotated[int, Query(ge=1, le=store.MAX_PAGE_SIZE)] = 50,
-    cursor: str | None = None,
+    cursor: Annotated[str | None, Query(max_length=store.MAX_CURSOR_LENGTH)] = None,
 ) -> ExperimentPageRead:
-    """Experiments, newest first; pass ``next_cursor`` back as ``cursor`` for the next page."""
+    """Your experiments (everyone's for an admin), newest first; pass ``next_cursor`` back as
+    ``cursor`` for the next page."""
     try:
-        page = store.list_experiments(session, status=status, name=name, limit=limit, cursor=cursor)
+        page = store.list_experiments(
+            session, status=status, name=name, limit=limit, cursor=cursor, viewer=viewer
+        )
     except store.InvalidCursorError as exc:
         raise InvalidParameterError("cursor", str(exc)) from exc
     progress = store.run_progress(session, [e.id for e in page.items])
@@ -135,18 +162,22 @@ def _list_row(experiment: Experiment, progress: store.RunProgress | None) -> Exp
     return row
 
 
-@router.get("/{experiment_id}", response_model=ExperimentRead, responses=error_responses(404))
-def read(experiment_id: str, session: SessionDep) -> ExperimentRead:
+@router.get(
+    "/{experiment_id}", response_model=ExperimentRead, responses=error_responses(404, 422)
+)
+def read(experiment_id: str, session: SessionDep, viewer: ViewerDep) -> ExperimentRead:
     """Spec, status, runs (seed, status, epochs done, last error) and the final-metrics summary."""
-    return _experiment_read(session, _get_or_404(session, experiment_id))
+    return _experiment_read(session, _get_or_404(session, experiment_id, viewer))
 
 
 @router.post(
-    "/{experiment_id}/cancel", response_model=ExperimentRead, responses=error_responses(404)
+    "/{experiment_id}/cancel",
+    response_model=ExperimentRead,
+    responses=error_responses(404, 413, 422),
 )
-def cancel(experiment_id: str, session: SessionDep) -> ExperimentRead:
+def cancel(experiment_id: str, session: SessionDep, viewer: ViewerDep) -> ExperimentRead:
     """Stop an experiment: queued runs are cancelled now, running ones after their epoch."""
-    experiment = store.request_cancel(session, experiment_id)
+    experiment = store.request_cancel(session, experiment_id, viewer)
     if experiment is None:
         raise NotFoundError(f"experiment {experiment_id} not found")
     return _experiment_read(session, experiment)
@@ -186,6 +217,7 @@ async def _cached_view(
     key: tuple[Any, ...],
     factory: sessionmaker[Session],
     experiment_id: str,
+    viewer: Viewer,
     render: Callable[[Session, Experiment], RenderedView],
 ) -> Response:
     """A rendered view from the cache, else rendered in a worker thread.
@@ -195,13 +227,17 @@ async def _cached_view(
     a run records an epoch, changes status or restarts (the worker writes an epoch's rows and
     the run's progress in one transaction), so they are cached under ``key`` plus that version:
     a dashboard polling between epochs costs one small read of the runs.
+
+    The key starts with who may see it (the owner's id, or everyone's view): an entry is only
+    put after the viewer was allowed to read the experiment, so a hit needs no ownership read.
     """
+    key = (_visibility(viewer), *key)
     hit = cache.get(key)
     if hit is None:
 
         def build() -> CachedResponse:
             with factory() as session:
-                experiment = _get_or_404(session, experiment_id)
+                experiment = _get_or_404(session, experiment_id, viewer)
                 # read before the data, so the data is at least as new as the version
                 version = tuple((r.id, r.status, r.epochs_done, r.attempt) for r in experiment.runs)
                 versioned = (*key, version)
@@ -214,6 +250,10 @@ async def _cached_view(
 
         hit = await run_in_threadpool(build)
     return _response(hit)
+
+
+def _visibility(viewer: Viewer) -> str:
+    return "*" if viewer.sees_all else f"owner:{viewer.user_id}"
 
 
 def _response(entry: CachedResponse) -> Response:
@@ -229,9 +269,14 @@ async def metrics(
     experiment_id: str,
     factory: SessionFactoryDep,
     cache: ResponseCacheDep,
+    viewer: ViewerDep,
     max_points: Annotated[
         int | None,
-        Query(ge=2, description="at most this many epochs per series (first and last kept)"),
+        Query(
+            ge=2,
+            le=INT32_MAX,
+            description="at most this many epochs per series (first and last kept)",
+        ),
     ] = None,
 ) -> Response:
     """Per run and epoch: losses, accuracies, lr and seconds; mean/std across seeds; test result."""
@@ -240,6 +285,7 @@ async def metrics(
         metrics_cache_key(experiment_id, max_points),
         factory,
         experiment_id,
+        viewer,
         lambda session, experiment: render_metrics(session, experiment, max_points),
     )
 
@@ -263,11 +309,12 @@ async def gradflow(
     experiment_id: str,
     factory: SessionFactoryDep,
     cache: ResponseCacheDep,
+    viewer: ViewerDep,
     stat: GradflowStat = "mean_abs",
     window: GradflowWindow = "last_batch",
-    seed: int | None = None,
-    epoch_from: Annotated[int | None, Query(ge=0)] = None,
-    epoch_to: Annotated[int | None, Query(ge=0)] = None,
+    seed: Annotated[int | None, Query(ge=0, le=INT32_MAX)] = None,
+    epoch_from: EpochQuery = None,
+    epoch_to: EpochQuery = None,
     format: GradflowFormat = "json",
     log_scale: Annotated[bool, Query(description="png only: logarithmic value axis")] = False,
 ) -> Response:
@@ -281,6 +328,7 @@ async def gradflow(
         query.cache_key(experiment_id),
         factory,
         experiment_id,
+        viewer,
         lambda session, experiment: render_gradflow(session, experiment, query),
     )
 
@@ -288,13 +336,13 @@ async def gradflow(
 @router.get(
     "/{experiment_id}/diagnostics",
     response_model=DiagnosticsRead,
-    responses=error_responses(404),
+    responses=error_responses(404, 422),
 )
 async def diagnostics(
-    experiment_id: str, factory: SessionFactoryDep, cache: ResponseCacheDep
+    experiment_id: str, factory: SessionFactoryDep, cache: ResponseCacheDep, viewer: ViewerDep
 ) -> Response:
     """What went wrong so far, in words: vanishing or exploding gradients, not training,
     overfitting (the study diagnostics on this experiment's seeds), with their evidence."""
     return await _cached_view(
-        cache, ("diagnostics", experiment_id), factory, experiment_id, render_diagnostics
+        cache, ("diagnostics", experiment_id), factory, experiment_id, viewer, render_diagnostics
     )

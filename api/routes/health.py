@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
@@ -14,8 +16,12 @@ from gradlab.settings import Settings
 from gradlab.store import health as store_health
 
 router = APIRouter(tags=["health"])
+log = logging.getLogger(__name__)
 
 BROKER_TIMEOUT_SECONDS = 2.0
+# What /readyz says about a dependency that does not answer: which one, never where it is
+# (the error's text would name hosts, ports, users and databases; it goes to the log).
+UNREACHABLE = "unreachable"
 
 
 @router.get("/healthz", response_model=HealthRead)
@@ -29,7 +35,8 @@ def _check_database(factory: sessionmaker[Session]) -> str:
         with factory() as session:
             store_health.ping(session)
     except Exception as exc:
-        return f"error: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        log.warning("readiness: the database does not answer: %s", exc)
+        return UNREACHABLE
     return "ok"
 
 
@@ -42,7 +49,8 @@ def _check_broker(settings: Settings) -> str:
         with Connection(settings.broker_url, connect_timeout=BROKER_TIMEOUT_SECONDS) as conn:
             conn.ensure_connection(max_retries=1, timeout=BROKER_TIMEOUT_SECONDS)
     except Exception as exc:
-        return f"error: {type(exc).__name__}: {exc}"
+        log.warning("readiness: the broker does not answer: %s", exc)
+        return UNREACHABLE
     return "ok"
 
 
@@ -52,7 +60,8 @@ def _check_broker(settings: Settings) -> str:
     responses={503: {"model": ReadinessRead, "description": "a dependency is unreachable"}},
 )
 async def readyz(request: Request) -> JSONResponse:
-    """Ready when the database answers and, in cluster mode, the broker accepts a connection."""
+    """Ready when the database answers and, in cluster mode, the broker accepts a connection;
+    otherwise 503 naming what is down ("unreachable"), without its address."""
     state = request.app.state
     checks = {
         "database": await run_in_threadpool(_check_database, state.session_factory),

@@ -6,20 +6,30 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Query, status
+from fastapi import APIRouter, Depends, Query, status
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
 from sqlalchemy.orm import Session
 
-from gradlab.api.deps import ResponseCacheDep, RunsToDispatchDep, SessionDep
-from gradlab.api.errors import NotFoundError, error_responses
+from gradlab.api.auth import ViewerDep, get_viewer
+from gradlab.api.deps import ResponseCacheDep, RunsToDispatchDep, SessionDep, SettingsDep
+from gradlab.api.errors import InvalidFieldsError, NotFoundError, error_responses
 from gradlab.api.response_cache import CachedResponse
+from gradlab.api.submission import check_active_runs, check_cost, start_submission
 from gradlab.science.records import TERMINAL_RUN_STATUSES
-from gradlab.science.study import StudySpec
+from gradlab.science.study import StudySpec, StudyTooLargeError, check_study_size, expand
+from gradlab.settings import Settings
 from gradlab.store import studies as store
 from gradlab.store.models import Study
+from gradlab.store.users import Viewer
 
-router = APIRouter(prefix="/studies", tags=["studies"])
+# Every route here needs the viewer (a token when auth is required).
+router = APIRouter(
+    prefix="/studies",
+    tags=["studies"],
+    dependencies=[Depends(get_viewer)],
+    responses=error_responses(401),
+)
 
 
 class StudyCreated(BaseModel):
@@ -74,41 +84,68 @@ class StudyRequeued(BaseModel):
     runs_queued: int = Field(description="queued runs sent to the workers by this request")
 
 
-def _get_or_404(session: Session, study_id: str) -> Study:
-    study = store.get_study(session, study_id)
+def _get_or_404(session: Session, study_id: str, viewer: Viewer) -> Study:
+    study = store.get_study(session, study_id, viewer)
     if study is None:
         raise NotFoundError(f"study {study_id} not found")
     return study
+
+
+def _expand_within_limits(study: StudySpec, settings: Settings) -> None:
+    """422 for a study past the per-request caps (counted, not expanded), with a cell that is
+    not a valid spec, or with a cell past the cost limits."""
+    try:
+        check_study_size(
+            study, max_cells=settings.max_study_cells, max_runs=settings.max_study_runs
+        )
+        cells = expand(study)
+    except StudyTooLargeError as exc:
+        raise InvalidFieldsError([("grid", str(exc))]) from None
+    except ValueError as exc:
+        raise InvalidFieldsError([("study", str(exc))]) from None
+    check_cost([(f"cells[{c.position}] ({c.name}).", c.spec) for c in cells], settings)
 
 
 @router.post(
     "",
     status_code=status.HTTP_201_CREATED,
     response_model=StudyCreated,
-    responses=error_responses(422),
+    responses=error_responses(400, 413, 422, 429),
 )
-def create(study: StudySpec, session: SessionDep, pending: RunsToDispatchDep) -> StudyCreated:
+def create(
+    study: StudySpec,
+    session: SessionDep,
+    pending: RunsToDispatchDep,
+    viewer: ViewerDep,
+    settings: SettingsDep,
+) -> StudyCreated:
     """Expand the study into experiments (one per cell, one run per seed) and queue its runs.
 
-    A cell whose spec matches an existing experiment reuses it (missing seeds get new runs);
-    submitting the same study again returns it and re-queues nothing new.
+    A cell whose spec matches an existing experiment of yours reuses it (missing seeds get new
+    runs); submitting the same study again returns it and sends nothing already queued. The
+    number of cells and runs is capped before anything is expanded (422), each cell's cost is
+    checked (422), and so is your limit on queued and running runs (429). Expansion runs in a
+    worker thread, never on the event loop.
     """
-    submitted = store.submit_study(session, study)
-    pending.add(submitted.queued_run_ids)
+    _expand_within_limits(study, settings)
+    start_submission(session, viewer)
+    submitted = store.submit_study(session, study, owner_id=viewer.user_id)
+    check_active_runs(session, viewer, settings, len(submitted.newly_queued_run_ids))
+    pending.add(submitted.newly_queued_run_ids)
     return StudyCreated(
         id=submitted.study.id,
         name=submitted.study.name,
         scale=str(submitted.study.spec["scale"]),
         created=submitted.created,
         cells=len(submitted.study.cells),
-        runs_queued=len(submitted.queued_run_ids),
+        runs_queued=len(submitted.newly_queued_run_ids),
         reused_experiment_ids=submitted.reused_experiment_ids,
     )
 
 
 @router.get("", name="list", response_model=list[StudyListItem])
 def list_(
-    session: SessionDep, limit: Annotated[int, Query(ge=1, le=500)] = 100
+    session: SessionDep, viewer: ViewerDep, limit: Annotated[int, Query(ge=1, le=500)] = 100
 ) -> list[StudyListItem]:
     """Studies, newest first, with their cells' experiment ids."""
     return [
@@ -120,30 +157,32 @@ def list_(
             created_at=study.created_at,
             experiment_ids=[c.experiment_id for c in study.cells],
         )
-        for study in store.list_studies(session, limit)
+        for study in store.list_studies(session, limit, viewer)
     ]
 
 
 @router.post("/{study_id}/resubmit", response_model=StudyRequeued, responses=error_responses(404))
-def resubmit(study_id: str, session: SessionDep, pending: RunsToDispatchDep) -> StudyRequeued:
+def resubmit(
+    study_id: str, session: SessionDep, viewer: ViewerDep, pending: RunsToDispatchDep
+) -> StudyRequeued:
     """Send the study's failed runs back to the queue (fresh attempts, resuming from their last
     checkpoint), as submitting the study again does; diverged and cancelled runs stay."""
-    queued = store.resubmit_failed(session, _get_or_404(session, study_id))
+    queued = store.resubmit_failed(session, _get_or_404(session, study_id, viewer))
     pending.add(queued)
     return StudyRequeued(id=study_id, runs_queued=len(queued))
 
 
 @router.post("/{study_id}/cancel", response_model=StudyRead, responses=error_responses(404))
-def cancel(study_id: str, session: SessionDep) -> StudyRead:
+def cancel(study_id: str, session: SessionDep, viewer: ViewerDep) -> StudyRead:
     """Stop every cell: queued runs are cancelled now, running ones after their epoch."""
-    store.cancel_study(session, _get_or_404(session, study_id))
-    return read(study_id, session)
+    store.cancel_study(session, _get_or_404(session, study_id, viewer))
+    return read(study_id, session, viewer)
 
 
-@router.get("/{study_id}", response_model=StudyRead, responses=error_responses(404))
-def read(study_id: str, session: SessionDep) -> StudyRead:
+@router.get("/{study_id}", response_model=StudyRead, responses=error_responses(404, 422))
+def read(study_id: str, session: SessionDep, viewer: ViewerDep) -> StudyRead:
     """The study's spec and its cell x seed completion matrix (status, epochs done)."""
-    study = _get_or_404(session, study_id)
+    study = _get_or_404(session, study_id, viewer)
     cells = store.completion(session, study)
     seeds = [s for c in cells for s in c["seeds"]]
     return StudyRead(
@@ -165,11 +204,12 @@ def report(
     study_id: str,
     session: SessionDep,
     cache: ResponseCacheDep,
+    viewer: ViewerDep,
     format: Literal["json", "html"] = "json",
 ) -> Response:
     """The study's report so far: table, findings, completion (JSON), or the whole HTML page
     with its figures embedded. Works while runs are still going (numbers say how many seeds)."""
-    study = _get_or_404(session, study_id)
+    study = _get_or_404(session, study_id, viewer)
     # Rendering a large study's HTML takes seconds; the report changes only when one of its
     # runs moves, so it is cached under the runs' version (a finished study's never changes).
     key = ("study-report", study.id, format, store.runs_version(session, study))

@@ -18,6 +18,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from gradlab.science.aggregate import GradFlowStats, gradflow_stats, metric_series
+from gradlab.science.plot_text import as_plain_text
 from gradlab.science.study_results import CellResult
 
 CURVE_METRICS: tuple[tuple[str, str], ...] = (
@@ -67,7 +68,7 @@ def curves_figure(cells: Sequence[CellResult]) -> PlotFigure:
             lower = [m - s for m, s in zip(series.mean, series.std, strict=True)]
             upper = [m + s for m, s in zip(series.mean, series.std, strict=True)]
             colour = _colour(i, len(cells))
-            ax.plot(x, series.mean, color=colour, linewidth=1.4, label=cell.name)
+            ax.plot(x, series.mean, color=colour, linewidth=1.4, label=as_plain_text(cell.name))
             ax.fill_between(x, lower, upper, color=colour, alpha=0.18, linewidth=0)
             data["metrics"][metric][cell.name] = {
                 "epochs": series.epochs,
@@ -176,7 +177,7 @@ def heatmap_figure(cell: CellResult, window: str) -> PlotFigure | None:
     ticks = indices if len(indices) <= 20 else indices[:: max(1, len(indices) // 10)]
     ax.set_xticks(ticks, [str(flow.epochs[i]) for i in ticks], fontsize=7)
     ax.set_xlabel("epoch")
-    ax.set_title(f"{cell.name}: log10 mean |g|")
+    ax.set_title(as_plain_text(f"{cell.name}: log10 mean |g|"))
     figure.colorbar(shown, ax=ax, label="log10 mean |g|")
     return PlotFigure(
         name=f"heatmap-{cell.name}",
@@ -233,7 +234,7 @@ def comparison_figure(group: Sequence[CellResult], window: str) -> PlotFigure | 
             )
         ax.set_yscale("log")
         ax.set_xticks(positions, list(flow.layers), rotation="vertical", fontsize=5)
-        ax.set_title(cell.name)
+        ax.set_title(as_plain_text(cell.name))
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=7)
         data["cells"].append({"name": cell.name, **_flow_data(flow, indices)})

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import math
+import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,30 +27,53 @@ def json_safe(value: Any) -> Any:
     return value
 
 
+# Figure names hold cell names (user text): as file names they keep only these characters,
+# stay short enough for any file system, and never collide.
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+MAX_STEM_LENGTH = 80
+
+
+def file_stems(names: Sequence[str]) -> dict[str, str]:
+    """A safe, unique file stem for each figure name (letters, digits, ``.``, ``_``, ``-``)."""
+    stems: dict[str, str] = {}
+    taken: set[str] = set()
+    for name in names:
+        stem = _UNSAFE.sub("_", name).strip("._-")[:MAX_STEM_LENGTH] or "figure"
+        if stem != name or stem.lower() in taken:
+            # a short hash of the real name tells apart names that clean up the same
+            stem = f"{stem}-{hashlib.sha256(name.encode('utf-8', 'replace')).hexdigest()[:8]}"
+        while stem.lower() in taken:  # same hash prefix: vanishingly rare, still handled
+            stem += "_"
+        taken.add(stem.lower())
+        stems[name] = stem
+    return stems
+
+
 def write_report(report: Report, out_dir: Path, *, svg: bool = True) -> Path:
     """Write everything; returns the path of ``report.html``. Closes nothing the caller needs."""
     out_dir.mkdir(parents=True, exist_ok=True)
     figures_dir = out_dir / "figures"
     figures_dir.mkdir(exist_ok=True)
     files: dict[str, dict[str, str]] = {}
+    stems = file_stems([fig.name for fig in report.figures])
     for fig in report.figures:
-        stem = figures_dir / fig.name
-        entry = {"png": f"figures/{fig.name}.png"}
-        stem.with_suffix(".png").write_bytes(figure_png(fig))
+        name = stems[fig.name]
+        entry = {"png": f"figures/{name}.png"}
+        (figures_dir / f"{name}.png").write_bytes(figure_png(fig))
         if svg:
-            fig.figure.savefig(stem.with_suffix(".svg"), format="svg")
-            entry["svg"] = f"figures/{fig.name}.svg"
-        stem.with_suffix(".json").write_text(json.dumps(json_safe(fig.data), indent=1))
-        entry["json"] = f"figures/{fig.name}.json"
+            fig.figure.savefig(figures_dir / f"{name}.svg", format="svg")
+            entry["svg"] = f"figures/{name}.svg"
+        (figures_dir / f"{name}.json").write_text(json.dumps(json_safe(fig.data), indent=1))
+        entry["json"] = f"figures/{name}.json"
         if fig.rows:
-            with stem.with_suffix(".csv").open("w", newline="") as handle:
+            with (figures_dir / f"{name}.csv").open("w", newline="") as handle:
                 writer = csv.DictWriter(handle, fieldnames=list(fig.rows[0]), lineterminator="\n")
                 writer.writeheader()
                 for row in fig.rows:
                     writer.writerow(
                         {k: repr(v) if isinstance(v, float) else v for k, v in row.items()}
                     )
-            entry["csv"] = f"figures/{fig.name}.csv"
+            entry["csv"] = f"figures/{name}.csv"
         files[fig.name] = entry
     (out_dir / "table.csv").write_text(table_csv(report.rows))
     (out_dir / "report.json").write_text(

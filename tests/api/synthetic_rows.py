@@ -80,6 +80,7 @@ def insert_experiment(
     *,
     epochs: int | dict[int, int],
     status: str = "succeeded",
+    owner_id: str | None = None,
 ) -> tuple[str, dict[int, str]]:
     """An experiment whose runs have ``epochs`` epochs (or {seed: epochs}) and ``status``.
 
@@ -87,7 +88,7 @@ def insert_experiment(
     """
     per_seed = epochs if isinstance(epochs, dict) else dict.fromkeys(spec.seeds, epochs)
     with factory() as session:
-        experiment = create_experiment(session, spec)
+        experiment = create_experiment(session, spec, owner_id)
         run_ids = {run.seed: run.id for run in experiment.runs}
         for seed, run_id in run_ids.items():
             done = per_seed[seed]

@@ -21,7 +21,7 @@ from gradlab.store.session import make_engine, make_session_factory
 
 NOW = datetime(2026, 11, 27, tzinfo=UTC)
 TABLES = {"studies", "experiments", "study_cells", "runs", "epoch_metrics", "gradflow_epochs",
-          "checkpoints", "checkpoint_objects"}
+          "checkpoints", "checkpoint_objects", "users", "api_tokens"}
 
 
 def _tables(url: str) -> set[str]:

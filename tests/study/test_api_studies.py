@@ -64,8 +64,8 @@ def test_resubmitting_and_overlapping_studies_reuse_cells(client: TestClient) ->
     )
     created = client.post("/studies", json=other).json()
     assert created["created"] and len(created["reused_experiment_ids"]) == 2
-    # still-queued runs of the reused cells are sent again (claiming makes that harmless)
-    assert created["runs_queued"] == 6
+    # still-queued runs of the reused cells are not sent again: only the new seed-2 runs
+    assert created["runs_queued"] == 2
     first_cells = client.get(f"/studies/{first['id']}").json()["cells"]
     other_cells = client.get(f"/studies/{created['id']}").json()["cells"]
     assert [c["experiment_id"] for c in other_cells] == [

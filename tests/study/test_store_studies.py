@@ -49,6 +49,8 @@ def test_submit_expands_cells_and_resubmitting_reuses_everything(database_url: s
         again = submit_study(session, study, "full")
         assert not again.created and again.study.id == study_id
         assert sorted(again.queued_run_ids) == sorted(first.queued_run_ids)
+        # the runs still wait in the queue: a resubmission sends nothing again
+        assert again.newly_queued_run_ids == []
         assert _experiments(session, tag) == 2
         stored = get_study(session, study_id)
         assert [c.coordinates for c in stored.cells] == [{"depth": 8}, {"depth": 14}]

@@ -125,3 +125,10 @@ def test_the_seed_study_example_is_the_seed_investigation() -> None:
     full = cells["vgg38"]
     assert full.hyperparameters.epochs == 100 and full.data.train_limit is None
     assert full.hyperparameters.learning_rate == 1e-3 and full.hyperparameters.batch_size == 100
+
+
+def test_a_study_file_past_the_caps_is_refused_before_expansion() -> None:
+    huge = {"name": "huge", "grid": {"width": list(range(1, 1001)),
+                                     "hyperparameters.epochs": list(range(1, 1001))}}
+    with pytest.raises(ValueError, match="1000000 cells; at most 256"):
+        load_study(json.dumps(huge), source="huge.yaml", max_cells=256, max_runs=1024)

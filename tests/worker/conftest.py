@@ -13,6 +13,7 @@ import pytest
 import redis
 from sqlalchemy.orm import Session, sessionmaker
 
+from gradlab.science.records import TrainingResult
 from gradlab.store import migrate
 from gradlab.store.session import make_engine, make_session_factory
 from tests.support.databases import create_postgres_database, drop_postgres_database
@@ -36,6 +37,14 @@ def data_dir() -> Path:
     if found is None:
         pytest.skip("real CIFAR-100 not available (set GRADLAB_DATA_DIR)")
     return found
+
+
+@pytest.fixture(scope="session")
+def reference(data_dir: Path) -> TrainingResult:
+    """The fault tests' run trained without interruption, here (see reference_run.py)."""
+    from tests.worker.reference_run import train_reference
+
+    return train_reference(data_dir)
 
 
 @pytest.fixture(scope="module")
@@ -80,32 +89,44 @@ def service_env(service_postgres_url: str, data_dir: Path) -> Iterator[dict[str,
     delete_queue_keys(queue)
 
 
+def start_reaper(env: dict[str, str], logs: Path, name: str = "reaper") -> ServiceProcess:
+    """``gradlab reaper`` (beat plus the one consumer of the reaper queue), ready."""
+    reaper = ServiceProcess(
+        name, [str(VENV_BIN / "gradlab"), "reaper", "--schedule", str(logs / f"{name}-beat")],
+        env, logs,
+    )
+    wait_ready(reaper)
+    return reaper
+
+
+def start_worker(env: dict[str, str], logs: Path, name: str = "celery-worker") -> ServiceProcess:
+    """``gradlab worker`` with one prefork child, ready."""
+    worker = ServiceProcess(
+        name, [str(VENV_BIN / "gradlab"), "worker", "--concurrency", "1"], env, logs
+    )
+    wait_ready(worker)
+    return worker
+
+
+def wait_ready(process: ServiceProcess) -> None:
+    wait_for(f"the {process.name} to be ready", lambda: "ready." in process.log_tail(20_000),
+             timeout=120, service=process)
+
+
 @pytest.fixture(scope="module")
 def celery_worker(
     service_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[ServiceProcess]:
     """One training worker (one prefork child) and the reaper beside it, as deployed."""
     logs = tmp_path_factory.mktemp("celery")
-    reaper = ServiceProcess(
-        "reaper",
-        [str(VENV_BIN / "gradlab"), "reaper", "--schedule", str(logs / "beat-schedule")],
-        service_env,
-        tmp_path_factory.mktemp("reaper"),
-    )
-    worker = ServiceProcess(
-        "celery-worker",
-        [str(VENV_BIN / "gradlab"), "worker", "--concurrency", "1"],
-        service_env,
-        logs,
-    )
+    reaper = start_reaper(service_env, logs)
     try:
-        for process in (reaper, worker):
-            wait_for(f"the {process.name} to be ready",
-                     lambda p=process: "ready." in p.log_tail(20_000), timeout=90,
-                     service=process)
-        yield worker
+        worker = start_worker(service_env, logs)
+        try:
+            yield worker
+        finally:
+            worker.stop()
     finally:
-        worker.stop()
         reaper.stop()
 
 

@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from gradlab.core.data import DataNotFoundError
 from gradlab.science.spec import ExperimentSpec
 from gradlab.settings import Settings
-from gradlab.store import runs
+from gradlab.store import migrate, runs
 from gradlab.store.base import utcnow
 from gradlab.store.experiments import create_experiment, request_cancel
 from gradlab.store.models import Experiment, Run
@@ -26,6 +26,7 @@ from gradlab.store.session import make_engine, make_session_factory, session_sco
 from gradlab.worker.embedded import requeue_orphans
 from gradlab.worker.reaper import reap
 from gradlab.worker.runner import execute_run
+from tests.support.databases import create_postgres_database, drop_postgres_database
 
 LEASE = 30
 
@@ -36,6 +37,30 @@ class RecordingDispatcher:
 
     def dispatch(self, run_ids: Sequence[str]) -> None:
         self.sent.extend(run_ids)
+
+
+@pytest.fixture(scope="module")
+def reaper_postgres_url() -> Iterator[str]:
+    """Databases of this module's own: what the reaper finds (and how many queued runs it
+    counts) must not depend on what other tests left in the session databases."""
+    url = create_postgres_database("gradlab_reaper")
+    try:
+        migrate.upgrade(url, "head")
+        yield url
+    finally:
+        drop_postgres_database(url)
+
+
+@pytest.fixture(scope="module")
+def reaper_sqlite_url(tmp_path_factory: pytest.TempPathFactory) -> str:
+    url = f"sqlite:///{tmp_path_factory.mktemp('reaper') / 'gradlab.db'}"
+    migrate.upgrade(url, "head")
+    return url
+
+
+@pytest.fixture(params=["postgres", "sqlite"])
+def database_url(request: pytest.FixtureRequest) -> str:
+    return str(request.getfixturevalue(f"reaper_{request.param}_url"))
 
 
 @pytest.fixture
@@ -121,23 +146,53 @@ def test_orphans_of_a_dead_local_process_are_requeued_at_once(
     assert ids["alive"] not in requeued and ids["elsewhere"] not in requeued
 
 
-def test_execute_run_refuses_a_run_it_cannot_claim_and_fails_clearly_without_data(
+def test_an_infrastructure_failure_is_retried_up_to_the_attempt_limit(
     factory: sessionmaker[Session], database_url: str
 ) -> None:
+    """Data missing on this worker is the worker's problem, not the run's: the run is queued
+    again (the attempt counts) until the limit, then fails naming the cause."""
     settings = _settings(database_url)
     _, run_id = _new_run(factory)
 
     def no_data(dataset: str) -> None:
         raise DataNotFoundError(f"data folder /nowhere does not exist ({dataset})")
 
+    for attempt in (1, 2):
+        assert execute_run(run_id, factory, no_data, "cpu", settings=settings) == "queued"
+        with factory() as session:
+            run = session.get(Run, run_id)
+            assert (run.status, run.attempt) == ("queued", attempt)
+            assert f"attempt {attempt} failed" in run.error and "DataNotFoundError" in run.error
     assert execute_run(run_id, factory, no_data, "cpu", settings=settings) == "failed"
     with factory() as session:
         run = session.get(Run, run_id)
-        assert run.status == "failed"
+        assert (run.status, run.attempt) == ("failed", 3)
+        assert run.error.startswith("gave up after 3 attempts")
         assert "DataNotFoundError: data folder /nowhere does not exist" in run.error
     # Finished: a redelivered message for it is refused without touching it.
     assert execute_run(run_id, factory, no_data, "cpu", settings=settings) is None
     assert execute_run("no-such-run", factory, no_data, "cpu", settings=settings) is None
+
+
+def test_a_failure_of_the_run_itself_is_final_at_the_first_attempt(
+    factory: sessionmaker[Session], database_url: str
+) -> None:
+    """Training raises for the run's own reason (here: its spec wants CIFAR-100, the data is
+    CIFAR-10): retrying would fail the same way, so it fails at once."""
+    import numpy as np
+
+    from gradlab.core.data import CifarArrays
+
+    settings = _settings(database_url)
+    _, run_id = _new_run(factory)
+    images = np.zeros((4, 32, 32, 3), dtype=np.uint8)
+    labels = np.zeros(4, dtype=np.int64)
+    cifar10 = CifarArrays("cifar10", images, labels, images, labels, source="made here")
+    assert execute_run(run_id, factory, lambda _: cifar10, "cpu", settings=settings) == "failed"
+    with factory() as session:
+        run = session.get(Run, run_id)
+        assert (run.status, run.attempt) == ("failed", 1)
+        assert "spec wants cifar100 but the data is cifar10" in run.error
 
 
 def test_execute_run_ends_a_run_cancelled_before_it_started_without_training(
@@ -194,14 +249,24 @@ class DispatcherWithBacklog(RecordingDispatcher):
         return self._backlog
 
 
-def test_queued_runs_are_not_resent_while_the_broker_still_holds_messages(
+def test_as_many_queued_runs_are_resent_as_the_broker_queue_is_missing(
     factory: sessionmaker[Session], database_url: str
 ) -> None:
-    _, run_id = _new_run(factory)
+    """A queue that still holds messages (a busy cluster) does not starve the resend: when it
+    holds fewer than the queued runs, that many of the runs sent longest ago go again."""
+    _new_run(factory)
     later = utcnow() + timedelta(seconds=LEASE + 1)
-    busy = DispatcherWithBacklog(backlog=5)  # a deep queue: the run is just waiting its turn
-    reap(factory, busy, _settings(database_url), now=later)
-    assert run_id not in busy.sent
-    drained = DispatcherWithBacklog(backlog=0)  # queue empty yet the run is queued: lost
-    reap(factory, drained, _settings(database_url), now=later)
-    assert run_id in drained.sent
+    # first a pass that requeues (and sends) the runs other tests left running, resending none
+    reap(factory, DispatcherWithBacklog(backlog=10**6), _settings(database_url), now=later)
+    with factory() as session:
+        queued = runs.count_queued(session)
+    complete = DispatcherWithBacklog(backlog=queued)  # one message per queued run: all waiting
+    reap(factory, complete, _settings(database_url), now=later)
+    assert complete.sent == []
+    short = DispatcherWithBacklog(backlog=queued - 2)  # two messages lost, queue not empty
+    reap(factory, short, _settings(database_url), now=later)
+    assert len(short.sent) == 2
+    # each is sent at most once per lease
+    again = DispatcherWithBacklog(backlog=queued - 2)
+    reap(factory, again, _settings(database_url), now=later + timedelta(seconds=1))
+    assert not set(again.sent) & set(short.sent)

@@ -1,0 +1,177 @@
+"""Faults of the services around the workers, survived: PostgreSQL restarted during a run, and
+Redis flushed and restarted with runs queued and running. Each test runs its own PostgreSQL
+cluster or Redis server (tests/support/private_services.py), never the shared ones."""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from gradlab.dispatch.dispatchers import CeleryDispatcher
+from gradlab.dispatch.queues import producer_app
+from gradlab.science.records import TrainingResult
+from gradlab.science.spec import ExperimentSpec
+from gradlab.settings import Settings
+from gradlab.store import migrate
+from gradlab.store.base import utcnow
+from gradlab.store.experiments import create_experiment
+from gradlab.store.models import EpochMetricsRow, Run
+from gradlab.store.session import make_engine, make_session_factory, session_scope
+from tests.support.databases import create_postgres_database, drop_postgres_database
+from tests.support.private_services import PrivatePostgres, PrivateRedis
+from tests.support.processes import ServiceProcess, wait_for
+from tests.worker.conftest import REDIS_URL, delete_queue_keys, start_reaper, start_worker
+from tests.worker.reference_run import assert_matches_reference, spec_named
+
+pytestmark = [pytest.mark.services, pytest.mark.slow]
+
+TINY = {"depth": 8, "width": 8, "hyperparameters": {"epochs": 1},
+        "data": {"train_limit": 200, "val_limit": 100, "test_limit": 100}}
+
+
+def _env(database_url: str, broker_url: str, data_dir: Path, **extra: str) -> dict[str, str]:
+    return {
+        **os.environ,
+        "GRADLAB_DATABASE_URL": database_url,
+        "GRADLAB_BROKER_URL": broker_url,
+        "GRADLAB_CELERY_QUEUE": f"gradlab-fault-{uuid.uuid4().hex[:8]}",
+        "GRADLAB_DATA_DIR": str(data_dir),
+        "GRADLAB_LEASE_SECONDS": "8",
+        "GRADLAB_MAX_ATTEMPTS": "3",
+        "GRADLAB_DEVICE": "cpu",
+        "PYTHONUNBUFFERED": "1",
+        **extra,
+    }
+
+
+def _submit(factory: sessionmaker[Session], env: dict[str, str], spec: dict) -> list[str]:
+    """Store an experiment and send its runs, as the API does (commit, then dispatch)."""
+    with session_scope(factory) as session:
+        run_ids = [r.id for r in create_experiment(session, ExperimentSpec(**spec)).runs]
+    settings = Settings(broker_url=env["GRADLAB_BROKER_URL"],
+                        celery_queue=env["GRADLAB_CELERY_QUEUE"])
+    app = producer_app(settings)
+    try:
+        CeleryDispatcher(app).dispatch(run_ids)
+    finally:
+        app.close()
+    return run_ids
+
+
+def _runs(factory: sessionmaker[Session], run_ids: list[str]) -> list[Run]:
+    with factory() as session:
+        return list(session.scalars(select(Run).where(Run.id.in_(run_ids))))
+
+
+def _wait_all(factory: sessionmaker[Session], run_ids: list[str], status: str,
+              service: ServiceProcess, timeout: float = 900) -> list[Run]:
+    def done() -> list[Run] | None:
+        found = _runs(factory, run_ids)
+        return found if all(r.status == status for r in found) else None
+
+    return wait_for(f"{len(run_ids)} run(s) to be {status}", done, timeout, interval=1.0,
+                    service=service)
+
+
+def _epochs_once(factory: sessionmaker[Session], run: Run, epochs: int) -> None:
+    with factory() as session:
+        written = session.scalars(select(EpochMetricsRow.epoch).where(
+            EpochMetricsRow.run_id == run.id).order_by(EpochMetricsRow.epoch)).all()
+    assert written == list(range(epochs)), (run.id, written)
+
+
+@pytest.fixture
+def private_postgres() -> Iterator[PrivatePostgres]:
+    server = PrivatePostgres()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.destroy()
+
+
+def test_postgres_restarted_during_a_run_loses_nothing_and_writes_nothing_twice(
+    private_postgres: PrivatePostgres, data_dir: Path, reference: TrainingResult,
+    tmp_path: Path,
+) -> None:
+    url = private_postgres.create_database("gradlab_restart")
+    migrate.upgrade(url)
+    # A lease longer than the outage: the worker's own retries carry the run through it.
+    env = _env(url, REDIS_URL, data_dir, GRADLAB_LEASE_SECONDS="90")
+    engine = make_engine(url)
+    factory = make_session_factory(engine)
+    worker = start_worker(env, tmp_path)
+    try:
+        (run_id,) = _submit(factory, env, spec_named("pg-restart"))
+
+        def an_epoch() -> float | None:
+            with factory() as session:
+                seconds = session.scalars(select(EpochMetricsRow.seconds).where(
+                    EpochMetricsRow.run_id == run_id)).first()
+            return seconds
+
+        epoch_seconds = wait_for("the first epoch", an_epoch, 300, service=worker)
+        engine.dispose()
+        private_postgres.stop()
+        # Down for longer than an epoch, so an epoch's write meets the outage.
+        time.sleep(min(2 * epoch_seconds + 3, 40))
+        private_postgres.start()
+        (done,) = _wait_all(factory, [run_id], "succeeded", worker)
+        assert done.attempt == 1  # carried through by retries, never re-claimed
+        log = worker.log_tail(200_000)
+        assert "failed (" in log and "retry" in log, "no write met the outage"
+        assert_matches_reference(factory, run_id, reference)
+    finally:
+        worker.stop()
+        engine.dispose()
+        delete_queue_keys(env["GRADLAB_CELERY_QUEUE"])
+
+
+def test_redis_flushed_and_restarted_with_runs_queued_and_running_every_run_finishes(
+    data_dir: Path, reference: TrainingResult, tmp_path: Path,
+) -> None:
+    url = create_postgres_database("gradlab_flush")
+    migrate.upgrade(url)
+    broker = PrivateRedis(tmp_path)
+    env = _env(url, broker.url, data_dir)
+    queue = env["GRADLAB_CELERY_QUEUE"]
+    engine = make_engine(url)
+    factory = make_session_factory(engine)
+    reaper = start_reaper(env, tmp_path)
+    worker = start_worker(env, tmp_path)
+    try:
+        (running,) = _submit(factory, env, spec_named("flush-running"))
+        wait_for("the run to start", lambda: _runs(factory, [running])[0].status == "running",
+                 300, service=worker)
+        queued = _submit(factory, env, {**TINY, "name": "flush-queued", "seeds": [0, 1]})
+        time.sleep(9)  # older than a lease: the reaper may resend them
+        assert broker.client().llen(queue) == 2
+        flushed_at = utcnow()
+        broker.flush_and_restart()  # their messages are gone
+        # New runs after the restart: their messages wait in a queue that is not empty.
+        later = _submit(factory, env, {**TINY, "name": "flush-later", "seeds": [0, 1]})
+
+        def resent() -> bool:
+            return all(r.queued_at > flushed_at for r in _runs(factory, queued))
+
+        wait_for("the lost runs to be sent again", resent, 120, service=reaper)
+        waiting = [r.status for r in _runs(factory, later)]
+        assert "queued" in waiting, "the resend should not wait for the queue to empty"
+
+        runs_done = _wait_all(factory, [running, *queued, *later], "succeeded", worker)
+        for run in runs_done:
+            _epochs_once(factory, run, 6 if run.id == running else 1)
+        assert_matches_reference(factory, running, reference)
+    finally:
+        worker.stop()
+        reaper.stop()
+        broker.stop()
+        engine.dispose()
+        drop_postgres_database(url)
