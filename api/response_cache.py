@@ -67,10 +67,10 @@ class ResponseCache:
                 self._size -= len(evicted.body)
 
     def discard_experiment(self, experiment_id: str) -> None:
-        """Forget every view of a deleted experiment (keys are ``(view, experiment id, ...)``)."""
+        """Forget every view of a deleted experiment, whoever it was cached for (keys are
+        tuples holding the experiment id: ``(visibility, view, experiment id, ...)``)."""
         with self._lock:
-            for key in [k for k in self._entries if isinstance(k, tuple) and k[1:2] == (
-                    experiment_id,)]:
+            for key in [k for k in self._entries if isinstance(k, tuple) and experiment_id in k]:
                 self._size -= len(self._entries.pop(key).body)
 
     @property

@@ -184,19 +184,23 @@ def cancel(experiment_id: str, session: SessionDep, viewer: ViewerDep) -> Experi
 
 
 @router.delete(
-    "/{experiment_id}", status_code=status.HTTP_204_NO_CONTENT, responses=error_responses(404, 409)
+    "/{experiment_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    responses=error_responses(404, 409, 422),
 )
 def delete(
     experiment_id: str,
     factory: SessionFactoryDep,
     checkpoints: CheckpointStoreDep,
     cache: ResponseCacheDep,
+    viewer: ViewerDep,
 ) -> Response:
     """Delete a finished experiment: its runs, metrics, gradient flow and every checkpoint in
     the checkpoint store. 409 while a run is queued or running (cancel it first) or while a
     study holds it."""
     try:
         with session_scope(factory) as session:
+            _get_or_404(session, experiment_id, viewer)  # another user's: not found
             run_ids = store.delete_experiment(session, experiment_id)
     except store.ExperimentInUseError as exc:
         raise ConflictError(str(exc)) from exc

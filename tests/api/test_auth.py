@@ -131,7 +131,8 @@ def test_another_users_experiment_is_404_on_every_route_and_an_admin_sees_it(
     spec = ExperimentSpec.model_validate(small_spec(f"owned-{uuid.uuid4().hex[:6]}"))
     experiment_id, _ = insert_experiment(postgres_session_factory, spec, layer_names(spec),
                                          epochs=2, owner_id=alice.user_id)
-    reads = [f"/experiments/{experiment_id}", f"/experiments/{experiment_id}/metrics"] + [
+    reads = [f"/experiments/{experiment_id}", f"/experiments/{experiment_id}/metrics",
+             f"/experiments/{experiment_id}/diagnostics"] + [
         f"/experiments/{experiment_id}/gradflow?format={f}" for f in ("json", "csv", "png")
     ]
     for path in reads:  # alice first: her views are now cached
@@ -147,6 +148,12 @@ def test_another_users_experiment_is_404_on_every_route_and_an_admin_sees_it(
     assert [e["id"] for e in mine.json()["items"]] == [experiment_id]
     cancel = auth_client.post(f"/experiments/{experiment_id}/cancel", headers=bob.headers)
     assert cancel.status_code == 404
+    with auth_client.stream("GET", f"/experiments/{experiment_id}/events",
+                            headers=bob.headers) as events:
+        assert events.status_code == 404
+    deleted = auth_client.delete(f"/experiments/{experiment_id}", headers=bob.headers)
+    assert deleted.status_code == 404
+    assert auth_client.get(reads[0], headers=alice.headers).status_code == 200  # still there
 
 
 def test_studies_are_owned_and_never_reuse_another_users_experiments(
@@ -169,6 +176,13 @@ def test_studies_are_owned_and_never_reuse_another_users_experiments(
     for cell in cells:
         path = f"/experiments/{cell['experiment_id']}"
         assert auth_client.get(path, headers=bob.headers).status_code == 404
+    listed = auth_client.get("/studies", headers=bob.headers).json()
+    assert mine["id"] not in {s["id"] for s in listed}
+    for action in ("resubmit", "cancel"):
+        path = f"/studies/{mine['id']}/{action}"
+        assert auth_client.post(path, headers=bob.headers).status_code == 404, path
+    with auth_client.stream("GET", f"/studies/{mine['id']}/events", headers=bob.headers) as ev:
+        assert ev.status_code == 404
 
 
 def test_queued_and_running_runs_are_capped_per_user_with_429_naming_the_limit(
