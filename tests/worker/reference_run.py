@@ -10,7 +10,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from gradlab.science.records import GRADFLOW_STATS, GRADFLOW_WINDOWS, TrainingResult
-from gradlab.store.models import EpochMetricsRow, GradFlowRow
+from gradlab.store.float_arrays import unpack_floats
+from gradlab.store.models import EpochMetricsRow, GradFlowEpochRow
 
 EPOCHS = 6
 # Small enough for a shared 2-core machine, long enough (about a second an epoch or more)
@@ -46,10 +47,15 @@ def stored(factory: sessionmaker[Session], run_id: str) -> tuple[list[Any], dict
             select(EpochMetricsRow).where(EpochMetricsRow.run_id == run_id)
             .order_by(EpochMetricsRow.epoch)
         ).scalars().all()
-        flows = session.execute(select(GradFlowRow).where(GradFlowRow.run_id == run_id)).scalars()
+        flows = session.execute(
+            select(GradFlowEpochRow).where(GradFlowEpochRow.run_id == run_id)
+        ).scalars()
         columns = [f"{w}_{s}" for w in GRADFLOW_WINDOWS for s in GRADFLOW_STATS]
-        gradflow = {(r.epoch, r.layer_index): tuple(getattr(r, c) for c in columns)
-                    for r in flows}
+        gradflow = {}
+        for row in flows:  # one row per epoch, one array per column: a value per layer
+            per_column = [unpack_floats(getattr(row, c)) for c in columns]
+            for layer, values in enumerate(zip(*per_column, strict=True)):
+                gradflow[(row.epoch, layer)] = values
         return [(m.epoch, *(getattr(m, f) for f in METRIC_FIELDS)) for m in metrics], gradflow
 
 
