@@ -25,10 +25,12 @@ demo: setup
 services:
 	bash scripts/ensure_services.sh
 
+# Everything but the container tests (building the CUDA worker image from Debian takes over
+# ten minutes cold, which would double the suite): those run with `make test-deploy`.
 test: setup services
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -m "not docker"
 
 # The deployment's tests alone (tests/deploy): Helm chart, compose file, Dockerfiles, and the
 # images built and run with Docker (minutes on a first build, reused afterwards).

@@ -272,8 +272,8 @@ def test_connection_urls_come_from_secrets_and_settings_from_the_configmap(
 
 def test_a_new_setting_needs_no_chart_change_and_rolls_the_pods() -> None:
     before = find(manifests(), "Deployment", "-worker")
-    objects = manifests({"settings": {"GRADLAB_WORKER_METRICS_PORT": 9100}})
-    assert find(objects, "ConfigMap", "-settings")["data"]["GRADLAB_WORKER_METRICS_PORT"] == "9100"
+    objects = manifests({"settings": {"GRADLAB_CHECKPOINT_SECONDS": 120}})
+    assert find(objects, "ConfigMap", "-settings")["data"]["GRADLAB_CHECKPOINT_SECONDS"] == "120"
     after = find(objects, "Deployment", "-worker")
 
     def checksum(deployment: Manifest) -> str:
@@ -282,16 +282,51 @@ def test_a_new_setting_needs_no_chart_change_and_rolls_the_pods() -> None:
     assert checksum(before) != checksum(after)
 
 
-def test_network_policies_let_in_only_the_api_port(default_objects: list[Manifest]) -> None:
+def test_network_policies_let_in_only_the_api_and_metrics_ports(
+    default_objects: list[Manifest],
+) -> None:
     api = find(default_objects, "NetworkPolicy", "-api")["spec"]
     assert api["policyTypes"] == ["Ingress", "Egress"]
     assert api["ingress"] == [{"ports": [{"port": "http", "protocol": "TCP"}]}]
     workers = find(default_objects, "NetworkPolicy", "-workers")["spec"]
-    assert workers["policyTypes"] == ["Ingress", "Egress"] and "ingress" not in workers
+    assert workers["policyTypes"] == ["Ingress", "Egress"]
+    assert workers["ingress"] == [{"ports": [{"port": "metrics", "protocol": "TCP"}]}]
     assert workers["podSelector"]["matchExpressions"][0]["values"] == [
         "worker", "reaper", "migrations"]
     ports = {p["port"] for rule in workers["egress"] for p in rule["ports"]}
     assert {53, 5432, 6379} <= ports
+
+
+def test_workers_serve_metrics_on_a_named_port_prometheus_finds(
+    default_objects: list[Manifest],
+) -> None:
+    worker = find(default_objects, "Deployment", "-worker")
+    spec = container(worker, "worker")
+    assert spec["ports"] == [{"name": "metrics", "containerPort": 9100, "protocol": "TCP"}]
+    assert {"name": "GRADLAB_WORKER_METRICS_PORT", "value": "9100"} in spec["env"]
+    annotations = worker["spec"]["template"]["metadata"]["annotations"]
+    assert annotations["prometheus.io/scrape"] == "true"
+    assert annotations["prometheus.io/port"] == "9100"
+
+
+def test_metrics_off_leaves_workers_without_ports_or_ingress() -> None:
+    objects = manifests({"worker": {"metrics": {"enabled": False}}})
+    spec = container(find(objects, "Deployment", "-worker"), "worker")
+    assert "ports" not in spec
+    assert "GRADLAB_WORKER_METRICS_PORT" not in {e["name"] for e in spec["env"]}
+    assert "ingress" not in find(objects, "NetworkPolicy", "-workers")["spec"]
+
+
+def test_s3_credentials_come_from_the_named_secret_for_api_and_workers() -> None:
+    objects = manifests({"checkpoints": {"s3CredentialsSecret": "ckpt-s3"},
+                         "settings": {"GRADLAB_CHECKPOINT_STORE": "s3://bucket/gradlab"}})
+    for name in ("-api", "-worker"):
+        env = {e["name"]: e.get("valueFrom") for e in
+               container(find(objects, "Deployment", name), name[1:])["env"]}
+        for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+            assert env[key] == {"secretKeyRef": {"name": "ckpt-s3", "key": key}}
+    default_env = container(find(manifests(), "Deployment", "-worker"), "worker")["env"]
+    assert "AWS_ACCESS_KEY_ID" not in {e["name"] for e in default_env}
 
 
 BAD_VALUES = {
@@ -305,6 +340,7 @@ BAD_VALUES = {
     "pull policy": ({"image": {"api": {"repository": "x", "pullPolicy": "Sometimes"}}},
                     "pullPolicy"),
     "not a PostgreSQL URL": ({"database": {"url": "mysql://db/gradlab"}}, "/database/url"),
+    "metrics port below 1024": ({"worker": {"metrics": {"port": 80}}}, "/worker/metrics/port"),
     "zero API processes": ({"api": {"processes": 0}}, "/api/processes"),
     "short grace period": ({"worker": {"terminationGracePeriodSeconds": 5}},
                            "terminationGracePeriodSeconds"),

@@ -90,6 +90,18 @@ app.kubernetes.io/component: {{ . }}
     secretKeyRef:
       name: {{ include "gradlab.brokerSecret" . }}
       key: {{ include "gradlab.brokerSecretKey" . }}
+{{- with .Values.checkpoints.s3CredentialsSecret }}
+- name: AWS_ACCESS_KEY_ID
+  valueFrom:
+    secretKeyRef:
+      name: {{ . }}
+      key: AWS_ACCESS_KEY_ID
+- name: AWS_SECRET_ACCESS_KEY
+  valueFrom:
+    secretKeyRef:
+      name: {{ . }}
+      key: AWS_SECRET_ACCESS_KEY
+{{- end }}
 {{- end }}
 
 {{- define "gradlab.envFrom" -}}
