@@ -100,6 +100,14 @@ class ProgressRead(BaseModel):
     runs_finished: int
     epochs_done: int = Field(description="epochs recorded, summed over the runs")
     epochs_planned: int = Field(description="the spec's epochs times the runs")
+    current_train_loss: float | None = Field(
+        None, description="training loss of the latest epoch an unfinished run recorded"
+    )
+    eta_seconds: float | None = Field(
+        None,
+        description="estimated seconds to the end: epochs left x mean epoch time, divided by "
+        "the runs training now (null when finished or before the first epoch)",
+    )
 
 
 class ExperimentListRow(ExperimentListItem):

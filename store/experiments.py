@@ -162,22 +162,64 @@ class RunProgress:
     runs: int
     runs_finished: int
     epochs_done: int
+    # the latest recorded epoch of an unfinished run (None when none has one)
+    current_train_loss: float | None = None
+    # mean seconds per recorded epoch over the experiment's runs (None before the first)
+    mean_epoch_seconds: float | None = None
+    runs_running: int = 0
 
 
 def run_progress(session: Session, experiment_ids: Sequence[str]) -> dict[str, RunProgress]:
-    """Per experiment: its runs, how many finished, and their epochs done (one grouped query)."""
+    """Per experiment: its runs, how many finished and are running, their epochs done, the
+    current training loss and the mean epoch time (three grouped queries, whatever the page)."""
     if not experiment_ids:
         return {}
+    ids = list(experiment_ids)
     finished = func.sum(case((Run.status.in_(TERMINAL_RUN_STATUSES), 1), else_=0))
+    running = func.sum(case((Run.status == "running", 1), else_=0))
     query = (
-        select(Run.experiment_id, func.count(), finished, func.sum(Run.epochs_done))
-        .where(Run.experiment_id.in_(list(experiment_ids)))
+        select(Run.experiment_id, func.count(), finished, func.sum(Run.epochs_done), running)
+        .where(Run.experiment_id.in_(ids))
         .group_by(Run.experiment_id)
     )
+    seconds = _mean_epoch_seconds(session, ids)
+    losses = _current_train_losses(session, ids)
     return {
-        row[0]: RunProgress(int(row[1]), int(row[2] or 0), int(row[3] or 0))
+        row[0]: RunProgress(
+            int(row[1]), int(row[2] or 0), int(row[3] or 0),
+            current_train_loss=losses.get(row[0]), mean_epoch_seconds=seconds.get(row[0]),
+            runs_running=int(row[4] or 0),
+        )
         for row in session.execute(query)
     }
+
+
+def _mean_epoch_seconds(session: Session, experiment_ids: list[str]) -> dict[str, float]:
+    query = (
+        select(Run.experiment_id, func.avg(EpochMetricsRow.seconds))
+        .join(EpochMetricsRow, EpochMetricsRow.run_id == Run.id)
+        .where(Run.experiment_id.in_(experiment_ids))
+        .group_by(Run.experiment_id)
+    )
+    return {row[0]: float(row[1]) for row in session.execute(query) if row[1] is not None}
+
+
+def _current_train_losses(session: Session, experiment_ids: list[str]) -> dict[str, float]:
+    """The training loss of each experiment's most recently recorded epoch among its
+    unfinished runs: what a live list shows moving."""
+    newest_first = func.row_number().over(
+        partition_by=Run.experiment_id,
+        order_by=(EpochMetricsRow.recorded_at.desc(), EpochMetricsRow.epoch.desc()),
+    )
+    ranked = (
+        select(Run.experiment_id, EpochMetricsRow.train_loss, newest_first.label("rank"))
+        .join(EpochMetricsRow, EpochMetricsRow.run_id == Run.id)
+        .where(Run.experiment_id.in_(experiment_ids),
+               Run.status.not_in(TERMINAL_RUN_STATUSES))
+        .subquery()
+    )
+    query = select(ranked.c.experiment_id, ranked.c.train_loss).where(ranked.c.rank == 1)
+    return {row[0]: float(row[1]) for row in session.execute(query)}
 
 
 def get_experiment(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable
 from typing import Annotated, Any
 
@@ -153,13 +154,32 @@ def _list_row(experiment: Experiment, progress: store.RunProgress | None) -> Exp
     row = ExperimentListRow.model_validate(experiment)
     if progress is not None:
         epochs = int((experiment.spec.get("hyperparameters") or {}).get("epochs") or 0)
+        planned = epochs * progress.runs
         row.progress = ProgressRead(
             runs=progress.runs,
             runs_finished=progress.runs_finished,
             epochs_done=progress.epochs_done,
-            epochs_planned=epochs * progress.runs,
+            epochs_planned=planned,
+            current_train_loss=_finite_or_none(progress.current_train_loss),
+            eta_seconds=_eta_seconds(progress, planned),
         )
     return row
+
+
+def _finite_or_none(value: float | None) -> float | None:
+    return value if value is not None and math.isfinite(value) else None
+
+
+def _eta_seconds(progress: store.RunProgress, epochs_planned: int) -> float | None:
+    """Epochs left times the mean epoch time, shared by the runs training now: a rough figure
+    (queued runs wait for a worker first) that a list can show without a request per run."""
+    left = epochs_planned - progress.epochs_done
+    if progress.runs_finished == progress.runs or left <= 0:
+        return None
+    seconds = _finite_or_none(progress.mean_epoch_seconds)
+    if seconds is None:
+        return None
+    return round(left * seconds / max(1, progress.runs_running), 1)
 
 
 @router.get(

@@ -184,6 +184,43 @@ def test_a_live_runs_page_updates_without_reload(
     assert tab.problems == []
 
 
+def test_front_page_shows_a_running_experiments_current_loss_and_eta(
+    tab: Page, api_url: str, worker: StoreWorker,
+    spec_factory: Callable[..., dict[str, object]],
+) -> None:
+    created = _experiment(api_url, spec_factory(seeds=(0, 1), epochs=3))
+    first, second = (run["id"] for run in created["runs"])
+    worker.claim(first)
+    worker.epoch(first, 0, 0)  # 2.5 s
+    worker.epoch(first, 0, 1)  # 3.5 s: mean 3 s an epoch, 4 of 6 epochs left, one run training
+    listed = httpx.get(f"{api_url}/experiments", params={"limit": 100}).json()["items"]
+    progress = next(e for e in listed if e["id"] == created["id"])["progress"]
+    assert progress["epochs_done"] == 2 and progress["epochs_planned"] == 6
+    assert math.isclose(progress["current_train_loss"], 4.6 - 0.3 * 1)
+    assert progress["eta_seconds"] == 4 * 3.0
+
+    page = tab.open("")
+    row = f"#experiments tr[data-id='{created['id']}']"
+    page.wait_for_selector(f"{row} .eta")
+    assert page.inner_text(f"{row} .loss").strip() == "loss 4.300"
+    assert page.inner_text(f"{row} .eta").strip() == "ETA ~12 s"
+    tab.shot("front-page-live")
+
+    worker.epoch(first, 0, 2)
+    worker.finish(first)
+    worker.claim(second)
+    for epoch in range(3):
+        worker.epoch(second, 1, epoch)
+    worker.finish(second)
+    listed = httpx.get(f"{api_url}/experiments", params={"limit": 100}).json()["items"]
+    progress = next(e for e in listed if e["id"] == created["id"])["progress"]
+    assert progress["current_train_loss"] is None and progress["eta_seconds"] is None
+    page.reload()
+    page.wait_for_selector(f"{row} .progress")
+    assert page.locator(f"{row} .eta").count() == 0
+    assert tab.problems == []
+
+
 def test_study_page_matrix_siblings_report_resubmit_and_cancel(
     tab: Page, api_url: str, worker: StoreWorker, unique_name: str
 ) -> None:

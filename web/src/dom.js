@@ -25,6 +25,13 @@ export function when(iso) {
   return d.toLocaleString(undefined, { dateStyle: "short", timeStyle: "short" });
 }
 
+export function duration(seconds) {
+  if (!Number.isFinite(seconds) || seconds <= 0) return "-";
+  if (seconds < 90) return `${Math.round(seconds)} s`;
+  if (seconds < 5400) return `${Math.round(seconds / 60)} min`;
+  return `${(seconds / 3600).toFixed(1)} h`;
+}
+
 export function debounce(fn, ms) {
   let timer = null;
   return (...args) => {

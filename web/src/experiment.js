@@ -4,7 +4,7 @@
 
 import { download, get, post } from "./api.js";
 import { bandChart, gradflowChart, heatmap, formatValue } from "./charts.js";
-import { h, statusBadge, debounce, errorBox } from "./dom.js";
+import { h, statusBadge, debounce, errorBox, duration } from "./dom.js";
 import { follow } from "./events.js";
 
 function evenPick(count, max = 5) {
@@ -12,13 +12,6 @@ function evenPick(count, max = 5) {
   const picks = new Set();
   for (let k = 0; k < max; k++) picks.add(Math.round((k * (count - 1)) / (max - 1)));
   return [...picks];
-}
-
-function duration(seconds) {
-  if (!Number.isFinite(seconds) || seconds <= 0) return "-";
-  if (seconds < 90) return `${Math.round(seconds)} s`;
-  if (seconds < 5400) return `${Math.round(seconds / 60)} min`;
-  return `${(seconds / 3600).toFixed(1)} h`;
 }
 
 export function experimentPage(root, id) {

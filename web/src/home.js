@@ -2,7 +2,7 @@
 // again every few seconds while the tab is visible (one small request, not one per item).
 
 import { get } from "./api.js";
-import { h, statusBadge, when, errorBox } from "./dom.js";
+import { h, statusBadge, when, errorBox, duration } from "./dom.js";
 
 const REFRESH_MS = 5000;
 
@@ -11,7 +11,10 @@ function progressCell(p) {
   const pct = p.epochs_planned ? Math.round((100 * p.epochs_done) / p.epochs_planned) : 0;
   return h("div", { class: "progress", title: `${p.epochs_done}/${p.epochs_planned} epochs` },
     h("div", { class: "bar", style: `width:${pct}%` }),
-    h("span", {}, `${p.epochs_done}/${p.epochs_planned} epochs, ${p.runs_finished}/${p.runs} runs`));
+    h("span", {}, `${p.epochs_done}/${p.epochs_planned} epochs, ${p.runs_finished}/${p.runs} runs`),
+    p.current_train_loss == null ? null
+      : h("span", { class: "loss" }, ` loss ${p.current_train_loss.toFixed(3)}`),
+    p.eta_seconds == null ? null : h("span", { class: "eta" }, ` ETA ~${duration(p.eta_seconds)}`));
 }
 
 async function render(root) {
