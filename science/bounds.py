@@ -5,6 +5,8 @@ body, query, path, CLI flag, study file).
   UTF-16 surrogate (JSON's ``"\\ud800"`` decodes to one; it has no UTF-8 encoding).
 - Finite numbers: JSON's ``NaN``/``Infinity`` and literals that overflow a double (``1e999``).
 - Integers inside the database's 32-bit ``INTEGER`` columns (seeds, epochs, indexes).
+- Numbers that are numbers: JSON's ``true`` is not 1 (pydantic's lax mode would read it as 1,
+  and a typo would train a width-1 network).
 
 ``check_json_value`` walks free-form values (a study's grid and explicit cells) so that a bad
 value anywhere is named by its place, not only where a typed field happens to read it.
@@ -16,12 +18,23 @@ import math
 from collections.abc import Mapping
 from typing import Annotated, Any
 
-from pydantic import AfterValidator
+from pydantic import AfterValidator, BeforeValidator
 
 # PostgreSQL INTEGER: seeds, epochs, layer indexes and attempts are stored in such columns.
 INT32_MAX = 2**31 - 1
 # How deeply nested a free-form value (a grid value, an explicit cell) may be.
 MAX_NESTING = 8
+
+
+def _not_a_boolean(value: Any) -> Any:
+    if isinstance(value, bool):
+        raise ValueError("must be a number, not true or false")
+    return value
+
+
+# int and float fields of the spec: every lax conversion but bool -> number.
+WholeNumber = Annotated[int, BeforeValidator(_not_a_boolean)]
+RealNumber = Annotated[float, BeforeValidator(_not_a_boolean)]
 
 
 def text_problem(text: str) -> str | None:

@@ -12,7 +12,7 @@ from typing import Annotated, Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from gradlab.science.bounds import INT32_MAX, StorableText
+from gradlab.science.bounds import INT32_MAX, RealNumber, StorableText, WholeNumber
 
 STAGES = 3
 MIN_DEPTH = 2 + 2 * STAGES  # entry conv + head + one reduction block per stage = 8
@@ -53,24 +53,24 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
-AdamBeta = Annotated[float, Field(ge=0, lt=1, allow_inf_nan=False)]
-Seed = Annotated[int, Field(ge=0, le=INT32_MAX)]
+AdamBeta = Annotated[RealNumber, Field(ge=0, lt=1, allow_inf_nan=False)]
+Seed = Annotated[WholeNumber, Field(ge=0, le=INT32_MAX)]
 
 
 class Hyperparameters(_Strict):
     """Optimiser and schedule settings of one experiment."""
 
     optimizer: Literal["adam", "sgd"] = "adam"
-    learning_rate: float = Field(1e-3, gt=0, le=10)
-    weight_decay: float = Field(0.0, ge=0, le=1)
-    batch_size: int = Field(100, ge=1, le=8192)
-    epochs: int = Field(100, ge=1, le=10_000)
+    learning_rate: RealNumber = Field(1e-3, gt=0, le=10)
+    weight_decay: RealNumber = Field(0.0, ge=0, le=1)
+    batch_size: WholeNumber = Field(100, ge=1, le=8192)
+    epochs: WholeNumber = Field(100, ge=1, le=10_000)
     lr_schedule: Literal["cosine", "constant"] = "cosine"
-    min_learning_rate: float = Field(2e-5, ge=0, le=10)
-    momentum: float = Field(0.9, ge=0, lt=1, description="SGD only")
+    min_learning_rate: RealNumber = Field(2e-5, ge=0, le=10)
+    momentum: RealNumber = Field(0.9, ge=0, lt=1, description="SGD only")
     nesterov: bool = Field(False, description="SGD only")
     adam_betas: tuple[AdamBeta, AdamBeta] = (0.9, 0.999)
-    adam_eps: float = Field(1e-8, gt=0, le=1)
+    adam_eps: RealNumber = Field(1e-8, gt=0, le=1)
 
     @model_validator(mode="after")
     def _min_below_max(self) -> Self:
@@ -83,9 +83,9 @@ class DataSpec(_Strict):
     """Which data set and how much of it (limits are for quick runs; null means all)."""
 
     dataset: Literal["cifar100", "cifar10"] = "cifar100"
-    train_limit: int | None = Field(None, ge=1, le=47_500)
-    val_limit: int | None = Field(None, ge=1, le=2_500)
-    test_limit: int | None = Field(None, ge=1, le=10_000)
+    train_limit: WholeNumber | None = Field(None, ge=1, le=47_500)
+    val_limit: WholeNumber | None = Field(None, ge=1, le=2_500)
+    test_limit: WholeNumber | None = Field(None, ge=1, le=10_000)
     augment: bool = True
 
 
@@ -113,11 +113,11 @@ class ExperimentSpec(_Strict):
     )
 
     name: StorableText = Field("experiment", min_length=1, max_length=200)
-    depth: int | None = Field(
+    depth: WholeNumber | None = Field(
         None, ge=MIN_DEPTH, le=MAX_DEPTH, description="6k+2 for 3 stages: 8, 14, ..., 38, ..., 200"
     )
-    blocks_per_stage: int | None = Field(None, ge=0, le=MAX_BLOCKS_PER_STAGE)
-    width: int = Field(32, ge=1, le=1024)
+    blocks_per_stage: WholeNumber | None = Field(None, ge=0, le=MAX_BLOCKS_PER_STAGE)
+    width: WholeNumber = Field(32, ge=1, le=1024)
     batch_norm: bool = False
     residual: bool = False
     reduction_skip: Literal["none", "avgpool"] = Field(

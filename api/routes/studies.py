@@ -143,7 +143,7 @@ def create(
     )
 
 
-@router.get("", name="list", response_model=list[StudyListItem])
+@router.get("", name="list", response_model=list[StudyListItem], responses=error_responses(422))
 def list_(
     session: SessionDep, viewer: ViewerDep, limit: Annotated[int, Query(ge=1, le=500)] = 100
 ) -> list[StudyListItem]:
@@ -161,7 +161,9 @@ def list_(
     ]
 
 
-@router.post("/{study_id}/resubmit", response_model=StudyRequeued, responses=error_responses(404))
+@router.post(
+    "/{study_id}/resubmit", response_model=StudyRequeued, responses=error_responses(404, 422)
+)
 def resubmit(
     study_id: str, session: SessionDep, viewer: ViewerDep, pending: RunsToDispatchDep
 ) -> StudyRequeued:
@@ -172,7 +174,9 @@ def resubmit(
     return StudyRequeued(id=study_id, runs_queued=len(queued))
 
 
-@router.post("/{study_id}/cancel", response_model=StudyRead, responses=error_responses(404))
+@router.post(
+    "/{study_id}/cancel", response_model=StudyRead, responses=error_responses(404, 422)
+)
 def cancel(study_id: str, session: SessionDep, viewer: ViewerDep) -> StudyRead:
     """Stop every cell: queued runs are cancelled now, running ones after their epoch."""
     store.cancel_study(session, _get_or_404(session, study_id, viewer))

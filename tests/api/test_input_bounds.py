@@ -60,6 +60,26 @@ def test_adam_betas_must_be_in_zero_one(
     assert any(field.startswith("hyperparameters.adam_betas") for field in errors), errors
 
 
+BOOLEANS_AS_NUMBERS = {
+    "width": {"width": True},
+    "seeds.0": {"seeds": [True]},
+    "hyperparameters.learning_rate": {"hyperparameters": {"learning_rate": True}},
+    "hyperparameters.epochs": {"hyperparameters": {"epochs": False}},
+    "data.train_limit": {"data": {"train_limit": True}},
+}
+
+
+@pytest.mark.parametrize(("field", "changes"), BOOLEANS_AS_NUMBERS.items(),
+                         ids=BOOLEANS_AS_NUMBERS.keys())
+def test_true_or_false_is_not_a_number(
+    client: TestClient, unique_name: str, field: str, changes: dict[str, object]
+) -> None:
+    response = client.post("/experiments", json=small_spec(unique_name, **changes))
+    errors = _errors(response)
+    assert field in errors, errors
+    assert "not true or false" in response.text
+
+
 def test_depth_has_an_upper_bound_and_the_deepest_model_is_accepted(
     client: TestClient, unique_name: str
 ) -> None:

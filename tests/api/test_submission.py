@@ -154,6 +154,17 @@ def test_openapi_has_readable_operation_ids_and_examples(client: TestClient) -> 
     assert schema["components"]["schemas"]["ExperimentSpec"]["examples"][0]["depth"] == 38
 
 
+def test_every_documented_422_is_the_apis_own_error_shape(client: TestClient) -> None:
+    """FastAPI documents its own HTTPValidationError for a route that does not say otherwise,
+    but every 422 this API sends is ValidationErrorRead: a client generated from the schema
+    would misread it."""
+    schema = client.get("/openapi.json").json()
+    wrong = [f"{method.upper()} {path}" for path, operations in schema["paths"].items()
+             for method, operation in operations.items()
+             if "HTTPValidationError" in str(operation.get("responses", {}).get("422"))]
+    assert wrong == []
+
+
 class _CommitFailsSession(Session):
     """A session whose commit fails like a database that went away at that moment."""
 
