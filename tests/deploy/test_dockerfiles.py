@@ -54,4 +54,6 @@ def test_build_requirements_follow_the_extras() -> None:
     assert not any(r.startswith("fastapi") for r in worker)
     torch = requirements("worker", "--only", "torch", "torchvision")
     pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
-    assert torch == pyproject["project"]["optional-dependencies"]["worker"]
+    pinned = [r for r in pyproject["project"]["optional-dependencies"]["worker"]
+              if r.startswith(("torch==", "torchvision=="))]
+    assert torch == pinned == ["torch==2.14.1", "torchvision==0.29.1"]
