@@ -1,6 +1,6 @@
 """Build gradlab's images on a machine without an image registry, reusing them by content.
 
-    python3 scripts/build_images.py [api worker postgres redis] [--json] [--prune]
+    python3 scripts/build_images.py [api worker postgres redis pgbouncer] [--json] [--prune]
 
 - The base image (GRADLAB_BASE_IMAGE, default ``gradlab-base:bookworm``) is made once with
   ``debootstrap --variant=minbase`` from this machine's Debian mirror and ``docker import``.
@@ -32,7 +32,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 APP_TARGETS = ("api", "worker")
-SERVICE_TARGETS = ("postgres", "redis")
+SERVICE_TARGETS = ("postgres", "redis", "pgbouncer")
 DEFAULT_BASE_IMAGE = "gradlab-base:bookworm"
 LOG_DIR = REPO / "runs" / "image-builds"
 HASH_TAG = re.compile(r"^[0-9a-f]{12}$")
@@ -259,7 +259,7 @@ def ensure_image(target: str, base_image: str, torch_variant: str,
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("targets", nargs="*", help="api, worker, postgres, redis (default: all)")
+    parser.add_argument("targets", nargs="*", help="api, worker, postgres, redis, pgbouncer (default: all)")
     parser.add_argument("--base-image",
                         default=os.environ.get("GRADLAB_BASE_IMAGE", DEFAULT_BASE_IMAGE))
     parser.add_argument("--torch-variant", choices=["cuda", "cpu"],
@@ -274,7 +274,7 @@ def main(argv: list[str] | None = None) -> None:
     targets = list(dict.fromkeys(args.targets or [*APP_TARGETS, *SERVICE_TARGETS]))
     unknown = sorted(set(targets) - {*APP_TARGETS, *SERVICE_TARGETS})
     if unknown:
-        parser.error(f"unknown image(s) {unknown}: choose from api, worker, postgres, redis")
+        parser.error(f"unknown image(s) {unknown}: choose from api, worker, postgres, redis, pgbouncer")
     if run(["docker", "info"]).returncode != 0:
         raise SystemExit("docker is not running (start dockerd, or `make services-docker`)")
     started = time.monotonic()

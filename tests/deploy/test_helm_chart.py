@@ -27,7 +27,8 @@ from tests.deploy.chart import (
     render,
 )
 
-VALUE_SETS = {"defaults": {}, "gpu-keda-ingress-hpa": GPU_KEDA_INGRESS_HPA}
+VALUE_SETS = {"defaults": {}, "gpu-keda-ingress-hpa": GPU_KEDA_INGRESS_HPA,
+              "pgbouncer": {"pgbouncer": {"enabled": True}}}
 HOOK_ANNOTATIONS = {"helm.sh/hook": "pre-install,pre-upgrade",
                     "helm.sh/hook-delete-policy": "before-hook-creation,hook-succeeded"}
 
@@ -141,7 +142,8 @@ def test_every_pod_is_non_root_read_only_and_without_capabilities(
     values: dict[str, Any],
 ) -> None:
     templates = pod_templates(manifests(values))
-    assert len(templates) == 4  # api, worker, reaper, migrations
+    # api, worker, reaper, migrations (and the optional PgBouncer)
+    assert len(templates) == 4 + bool(values.get("pgbouncer", {}).get("enabled"))
     for name, pod in templates:
         assert pod["securityContext"]["runAsNonRoot"] is True, name
         assert pod["securityContext"]["runAsUser"] == 10001, name

@@ -83,8 +83,17 @@ app.kubernetes.io/component: {{ . }}
 - name: GRADLAB_DATABASE_URL
   valueFrom:
     secretKeyRef:
+      {{- if .Values.pgbouncer.enabled }}
+      name: {{ include "gradlab.fullname" . }}-pgbouncer
+      key: database-url
+      {{- else }}
       name: {{ include "gradlab.databaseSecret" . }}
       key: {{ include "gradlab.databaseSecretKey" . }}
+      {{- end }}
+{{- if .Values.pgbouncer.enabled }}
+- name: GRADLAB_DATABASE_POOLER
+  value: pgbouncer
+{{- end }}
 - name: GRADLAB_BROKER_URL
   valueFrom:
     secretKeyRef:
@@ -149,9 +158,31 @@ checksum/secret: {{ include (print $.Template.BasePath "/secret.yaml") . | sha25
 - ports:
     - port: {{ .Values.networkPolicy.databasePort }}
       protocol: TCP
+    {{- if .Values.pgbouncer.enabled }}
+    - port: {{ .Values.pgbouncer.port }}
+      protocol: TCP
+    {{- end }}
     - port: {{ .Values.networkPolicy.brokerPort }}
       protocol: TCP
 {{- with .Values.networkPolicy.extraEgress }}
 {{ toYaml . }}
 {{- end }}
+{{- end }}
+
+{{/* database.url taken apart for PgBouncer: user, password, host, port, database. */}}
+{{- define "gradlab.pgbouncerUpstream" -}}
+{{- if .Values.database.existingSecret }}
+{{- fail "pgbouncer.enabled needs database.url: the chart writes PgBouncer's configuration from it (database.existingSecret cannot be read at render time)" }}
+{{- end }}
+{{- $url := urlParse (.Values.database.url | replace "postgresql+psycopg://" "postgresql://") }}
+{{- if contains "%" $url.userinfo }}
+{{- fail "pgbouncer.enabled: a database.url password with %-escapes is not supported; choose one without" }}
+{{- end }}
+{{- $user := splitList ":" $url.userinfo }}
+{{- $hostPort := splitList ":" $url.host }}
+{{- $database := trimPrefix "/" $url.path }}
+{{- if or (ne (len $user) 2) (not $database) }}
+{{- fail "pgbouncer.enabled: database.url must be postgresql://USER:PASSWORD@HOST[:PORT]/DATABASE" }}
+{{- end }}
+{{- toJson (dict "user" (index $user 0) "password" (index $user 1) "host" (index $hostPort 0) "port" (ternary (index $hostPort 1) "5432" (eq (len $hostPort) 2)) "database" $database "userinfo" $url.userinfo) }}
 {{- end }}
