@@ -259,7 +259,8 @@ def ensure_image(target: str, base_image: str, torch_variant: str,
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("targets", nargs="*", help="api, worker, postgres, redis, pgbouncer (default: all)")
+    names = ", ".join([*APP_TARGETS, *SERVICE_TARGETS])
+    parser.add_argument("targets", nargs="*", help=f"{names} (default: all)")
     parser.add_argument("--base-image",
                         default=os.environ.get("GRADLAB_BASE_IMAGE", DEFAULT_BASE_IMAGE))
     parser.add_argument("--torch-variant", choices=["cuda", "cpu"],
@@ -274,7 +275,7 @@ def main(argv: list[str] | None = None) -> None:
     targets = list(dict.fromkeys(args.targets or [*APP_TARGETS, *SERVICE_TARGETS]))
     unknown = sorted(set(targets) - {*APP_TARGETS, *SERVICE_TARGETS})
     if unknown:
-        parser.error(f"unknown image(s) {unknown}: choose from api, worker, postgres, redis, pgbouncer")
+        parser.error(f"unknown image(s) {unknown}: choose from {names}")
     if run(["docker", "info"]).returncode != 0:
         raise SystemExit("docker is not running (start dockerd, or `make services-docker`)")
     started = time.monotonic()
