@@ -36,5 +36,12 @@ if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null
 fi
 chromium --version
 
+# The dashboard bundle's test rebuilds web/src with the pinned esbuild from the npm registry.
+if ! command -v npm >/dev/null 2>&1; then
+  echo "installing nodejs and npm"
+  apt-get update -q
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q nodejs npm
+fi
+
 # Docker for the deployment tests (tests/deploy); never fatal.
 bash "$(dirname "$0")/ensure_docker.sh"
