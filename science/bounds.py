@@ -5,8 +5,8 @@ body, query, path, CLI flag, study file).
   UTF-16 surrogate (JSON's ``"\\ud800"`` decodes to one; it has no UTF-8 encoding).
 - Finite numbers: JSON's ``NaN``/``Infinity`` and literals that overflow a double (``1e999``).
 - Integers inside the database's 32-bit ``INTEGER`` columns (seeds, epochs, indexes).
-- Numbers that are numbers: JSON's ``true`` is not 1 (pydantic's lax mode would read it as 1,
-  and a typo would train a width-1 network).
+- Numbers that are numbers and flags that are flags: JSON's ``true`` is not 1 nor ``0`` false
+  (pydantic's lax mode would convert either way, and a typo would train something else).
 
 ``check_json_value`` walks free-form values (a study's grid and explicit cells) so that a bad
 value anywhere is named by its place, not only where a typed field happens to read it.
@@ -18,7 +18,7 @@ import math
 from collections.abc import Mapping
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BeforeValidator
+from pydantic import AfterValidator, BeforeValidator, Strict
 
 # PostgreSQL INTEGER: seeds, epochs, layer indexes and attempts are stored in such columns.
 INT32_MAX = 2**31 - 1
@@ -35,6 +35,8 @@ def _not_a_boolean(value: Any) -> Any:
 # int and float fields of the spec: every lax conversion but bool -> number.
 WholeNumber = Annotated[int, BeforeValidator(_not_a_boolean)]
 RealNumber = Annotated[float, BeforeValidator(_not_a_boolean)]
+# bool fields: only true or false (no 0, 1, "yes" or "off").
+Flag = Annotated[bool, Strict()]
 
 
 def text_problem(text: str) -> str | None:

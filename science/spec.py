@@ -12,7 +12,7 @@ from typing import Annotated, Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from gradlab.science.bounds import INT32_MAX, RealNumber, StorableText, WholeNumber
+from gradlab.science.bounds import INT32_MAX, Flag, RealNumber, StorableText, WholeNumber
 
 STAGES = 3
 MIN_DEPTH = 2 + 2 * STAGES  # entry conv + head + one reduction block per stage = 8
@@ -68,7 +68,7 @@ class Hyperparameters(_Strict):
     lr_schedule: Literal["cosine", "constant"] = "cosine"
     min_learning_rate: RealNumber = Field(2e-5, ge=0, le=10)
     momentum: RealNumber = Field(0.9, ge=0, lt=1, description="SGD only")
-    nesterov: bool = Field(False, description="SGD only")
+    nesterov: Flag = Field(False, description="SGD only")
     adam_betas: tuple[AdamBeta, AdamBeta] = (0.9, 0.999)
     adam_eps: RealNumber = Field(1e-8, gt=0, le=1)
 
@@ -86,7 +86,7 @@ class DataSpec(_Strict):
     train_limit: WholeNumber | None = Field(None, ge=1, le=47_500)
     val_limit: WholeNumber | None = Field(None, ge=1, le=2_500)
     test_limit: WholeNumber | None = Field(None, ge=1, le=10_000)
-    augment: bool = True
+    augment: Flag = True
 
 
 class ExperimentSpec(_Strict):
@@ -118,8 +118,8 @@ class ExperimentSpec(_Strict):
     )
     blocks_per_stage: WholeNumber | None = Field(None, ge=0, le=MAX_BLOCKS_PER_STAGE)
     width: WholeNumber = Field(32, ge=1, le=1024)
-    batch_norm: bool = False
-    residual: bool = False
+    batch_norm: Flag = False
+    residual: Flag = False
     reduction_skip: Literal["none", "avgpool"] = Field(
         "avgpool", description="identity skip over reduction blocks (residual only)"
     )

@@ -80,6 +80,26 @@ def test_true_or_false_is_not_a_number(
     assert "not true or false" in response.text
 
 
+NUMBERS_AS_FLAGS = {"batch_norm": {"batch_norm": 0.0}, "residual": {"residual": 1},
+                    "data.augment": {"data": {"augment": "no"}}}
+
+
+@pytest.mark.parametrize(("field", "changes"), NUMBERS_AS_FLAGS.items(),
+                         ids=NUMBERS_AS_FLAGS.keys())
+def test_a_flag_is_true_or_false_not_a_number_or_word(
+    client: TestClient, unique_name: str, field: str, changes: dict[str, object]
+) -> None:
+    errors = _errors(client.post("/experiments", json=small_spec(unique_name, **changes)))
+    assert field in errors, errors
+
+
+def test_a_study_base_refuses_a_number_as_a_flag(client: TestClient, unique_name: str) -> None:
+    """What the fuzz test found: a study's base with batch_norm 0.0 was created (201)."""
+    response = client.post("/studies", json={"name": unique_name, "base": {"batch_norm": 0.0}})
+    assert response.status_code == 422, response.text
+    assert "batch_norm" in response.text
+
+
 def test_depth_has_an_upper_bound_and_the_deepest_model_is_accepted(
     client: TestClient, unique_name: str
 ) -> None:

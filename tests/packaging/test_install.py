@@ -15,7 +15,8 @@ import pytest
 from tests.support.processes import REPO
 from tests.support.venvs import fresh_venv, run
 
-PARTS = ("api", "cli", "core", "dispatch", "migrations", "science", "settings", "store", "worker")
+PARTS = ("api", "cli", "client", "core", "dispatch", "migrations", "observability", "science",
+         "settings", "store", "worker")
 # Every part imported; migrations applied (found as package data through importlib.resources).
 IMPORT_CHECK = """
 import importlib, json, sys, tempfile
