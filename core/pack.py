@@ -251,22 +251,31 @@ def train_pack_epoch(pack: Pack, epoch: int, on_step: Callable[[], None] = lambd
 
 def _fused_step(pack: Pack, batches: list[tuple[torch.Tensor, torch.Tensor]],
                 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Forward, backward, gradient flow and optimiser steps of the active members: their
-    losses and accuracies, on the device (no host sync)."""
     x = stack_inputs([b[0] for b in batches])
     y = torch.stack([b[1] for b in batches])  # [N, B]
+    return fused_step(pack.forward, [m.trainer for m in pack.active], x, y, pack.autocast)
+
+
+def fused_step(forward: Callable[[torch.Tensor], torch.Tensor], trainers: list[Trainer],
+               x: torch.Tensor, y: torch.Tensor,
+               autocast: Callable[[], contextlib.AbstractContextManager[None]],
+               capture: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """Forward, backward, gradient flow and optimiser steps of the runs of ``trainers`` on
+    stacked inputs ``x`` [B, 3N, H, W] and labels ``y`` [N, B]: their losses and accuracies,
+    on the device (no host sync)."""
     count, size = y.shape
-    with pack.autocast():
-        logits = pack.forward(x)  # [N, B, K]
+    with autocast():
+        logits = forward(x)  # [N, B, K]
         losses = F.cross_entropy(logits.float().reshape(count * size, -1), y.reshape(-1),
                                  reduction="none").view(count, size).mean(1)
-    for member in pack.active:
-        member.trainer.optimizer.zero_grad(set_to_none=True)
+    for trainer in trainers:
+        trainer.optimizer.zero_grad(set_to_none=True)
     # Each run's gradient is d(sum of losses)/d(its parameters) = d(its loss)/d(them).
     losses.sum().backward()
-    for member in pack.active:
-        member.trainer.recorder.after_backward()
-        member.trainer.optimizer.step()
+    for trainer in trainers:
+        if capture:
+            trainer.recorder.after_backward()
+        trainer.optimizer.step()
     correct = (logits.detach().argmax(2) == y).float().mean(1)
     return losses.detach(), correct
 
