@@ -125,8 +125,6 @@ def fusable(runs: list[PackRun]) -> None:
     if len(keys) != 1:
         raise ValueError("the runs of a pack must share their fusion key "
                          "(model, batch size, epochs and data)")
-    if runs[0].spec.hyperparameters.batch_size < 1:
-        raise ValueError("batch size must be positive")
 
 
 def build_member(run: PackRun, data: CifarArrays, dev: torch.device,
