@@ -371,7 +371,10 @@ def _epoch_writer(
         if beat.lost.is_set():
             raise runs.LeaseLostError(f"run {run_id} is no longer leased to {owner}")
         started = time.perf_counter()  # the write: checkpoint bytes (when due), then the rows
-        reference = checkpoints.at_epoch_end(metrics.epoch, make_checkpoint)
+        # The checkpoint store may be the database itself: an outage met while writing the
+        # bytes is retried like the epoch's rows (a write of the same object is idempotent).
+        reference = _retrying(lambda: checkpoints.at_epoch_end(metrics.epoch, make_checkpoint),
+                              f"the checkpoint of epoch {metrics.epoch} of run {run_id}")
 
         def write() -> bool:
             with session_scope(factory) as session:
