@@ -65,6 +65,10 @@ class RunRead(RunBrief):
     test: FinalTestRead | None = None
     diverged_epoch: int | None = None
     diverged_step: int | None = None
+    pack: str | None = Field(
+        None, examples=[None],
+        description="the fused pack its last attempt trained in (runs of the same shape "
+                    "trained as one model, GRADLAB_PACK_SIZE); null when trained alone")
 
 
 class ExperimentCreated(_Read):

@@ -273,6 +273,13 @@ def bench_command(
     quick: Annotated[bool, typer.Option("--quick", help="one repeat each (a smoke check)")] = False,
     threads: Annotated[int | None, typer.Option(min=1, help="torch CPU threads (default: "
                                                             "torch's choice)")] = None,
+    pack: Annotated[str | None, typer.Option(
+        "--pack", help="fused packs instead: N (sizes 1, 2, 4, ... up to N) or a list "
+                       "such as 1,2,4,8,16; aggregate images/s and the ratio to N separate "
+                       "steps")] = None,
+    cuda_graphs: Annotated[bool, typer.Option(
+        "--cuda-graphs/--no-cuda-graphs", help="with --pack on CUDA: compile the fused "
+                                               "forward into CUDA graphs")] = True,
 ) -> None:
     """Measure matmul peak, VGG08/VGG38 step and epoch rates and gradient-flow overhead."""
     from gradlab.core.benchmark import FORWARD_MFLOP, run_benchmark
@@ -285,6 +292,9 @@ def bench_command(
         import torch
 
         torch.set_num_threads(threads)
+    if pack is not None:
+        _bench_packs(_pack_sizes(pack), chosen, device, steps, quick, cuda_graphs, as_json)
+        return
     try:
         report = run_benchmark(
             device, models=chosen, steps=None if steps is None else dict.fromkeys(chosen, steps),
@@ -309,6 +319,47 @@ def bench_command(
                    f"  {r['epoch_images_per_s']:11.1f}  {r['epoch_fraction_of_step']:10.1%}  "
                    f"{r['gradflow_overhead']:+8.2%}  {r['gradflow_overhead_ab']:+7.2%}  "
                    f"{r['conv_fraction_of_peak']:11.1%}")
+
+
+def _pack_sizes(text: str) -> tuple[int, ...]:
+    """``16`` -> (1, 2, 4, 8, 16); ``1,4,6`` -> (1, 4, 6)."""
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise _fail(f"--pack takes N or a list such as 1,2,4; got {text!r}") from None
+    if not values or min(values) < 1 or max(values) > 64:
+        raise _fail(f"--pack sizes must lie in 1..64; got {text!r}")
+    if len(values) > 1:
+        return tuple(values)
+    sizes = [1 << i for i in range(values[0].bit_length()) if 1 << i < values[0]]
+    return (*sizes, values[0])
+
+
+def _bench_packs(sizes: tuple[int, ...], models: tuple[str, ...], device: str,
+                 steps: int | None, quick: bool, cuda_graphs: bool, as_json: bool) -> None:
+    from gradlab.core.pack_benchmark import run_pack_benchmark
+
+    try:
+        report = run_pack_benchmark(
+            device, sizes=sizes, models=models, steps=steps, quick=quick,
+            cuda_graphs=cuda_graphs,
+            progress=None if as_json else lambda m: typer.echo(f"measuring {m} ...", err=True))
+    except ValueError as exc:
+        raise _fail(str(exc)) from None
+    if as_json:
+        typer.echo(json.dumps(report, indent=1))
+        return
+    env = report["environment"]
+    typer.echo(f"{report['measured_at']}  {env['device']} ({env['processor']}, "
+               f"{env['cpu_count']} CPUs, {env['torch_threads']} torch threads), torch "
+               f"{env['torch']}, batch {report['batch_size_per_run']} per run, CUDA graphs "
+               f"{'on' if report['cuda_graphs'] else 'off'}")
+    typer.echo(f"{'model':6}  {'pack':>4}  {'fused img/s':>11}  {'alone img/s':>11}  "
+               f"{'vs N separate':>13}")
+    for name in models:
+        for r in report[name]:
+            typer.echo(f"{name:6}  {r['pack']:4d}  {r['images_per_s']:11.1f}  "
+                       f"{r['single_images_per_s']:11.1f}  {r['ratio_to_separate']:12.2f}x")
 
 
 @data_app.command("download")

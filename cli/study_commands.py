@@ -44,6 +44,10 @@ def run_command(
     database_url: Annotated[
         str | None, typer.Option(help="store to use (default: SQLite file OUT/gradlab.db)")
     ] = None,
+    pack: Annotated[bool, typer.Option(
+        "--pack/--no-pack",
+        help="train runs of the same shape as one fused model (up to GRADLAB_PACK_SIZE, "
+             "default 4); --no-pack trains every run alone")] = True,
 ) -> None:
     """Run every cell and seed of a study (resuming what a previous call left), then report."""
     from rich.console import Console
@@ -62,7 +66,7 @@ def run_command(
     started = time.perf_counter()
     elapsed: float | None = None
     try:
-        _run_all(factory, study_id, queued, data_dir, device, url, console)
+        _run_all(factory, study_id, queued, data_dir, device, url, console, pack)
         elapsed = time.perf_counter() - started if queued else None
     except StudyRunError as exc:
         console.print(f"[red]error:[/red] {exc}", soft_wrap=True, highlight=False)
@@ -129,6 +133,7 @@ def _run_all(
     device: str,
     url: str,
     console: Any,
+    pack: bool = True,
 ) -> None:
     from gradlab.core.data import DataNotFoundError, load_cifar, resolve_data_dir
     from gradlab.science.progress_bar import progress_bar
@@ -152,6 +157,8 @@ def _run_all(
     except DataNotFoundError as exc:
         raise StudyRunError(str(exc)) from None
     settings = Settings(database_url=url, data_dir=root, device=device)
+    if not pack:
+        settings = settings.model_copy(update={"pack_size": 1})
 
     def load_data(dataset: str) -> Any:
         return load_cifar(root, dataset)
@@ -162,13 +169,21 @@ def _run_all(
         watcher = _ProgressWatcher(factory, study_id, progress, overall)
         watcher.start()
         try:
+            done: dict[str, str | None] = {}  # every run trained so far, packed ones too
             for run_id in queued:
+                if run_id in done:  # trained in an earlier run's pack
+                    continue
                 name, seed = names[run_id][0], names[run_id][1]["seed"]
                 watcher.follow(run_id, f"{name} seed {seed}", names[run_id][1]["epochs_planned"])
-                status = execute_run(run_id, factory, load_data, device, settings=settings)
+                trained: dict[str, str | None] = {}
+                execute_run(run_id, factory, load_data, device, settings=settings,
+                            outcomes=trained)
                 watcher.finish(run_id)
-                if status == "failed":
-                    console.print(f"[red]{name} seed {seed} failed[/red] (see the report)")
+                done.update(trained)
+                for failed in (r for r, status in trained.items() if status == "failed"):
+                    label = names.get(failed, (failed, {"seed": "?"}))
+                    console.print(f"[red]{label[0]} seed {label[1]['seed']} failed[/red] "
+                                  "(see the report)")
         finally:
             watcher.stop()
 

@@ -11,6 +11,7 @@ host-to-device copy.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -89,6 +90,13 @@ class TrainBatches:
 
     def __len__(self) -> int:
         return -(-self.num_images // self.batch_size)
+
+    def with_generator(self, generator: torch.Generator) -> TrainBatches:
+        """The same images on the device, drawn by another generator (another run of a pack:
+        its own order and augmentation without another copy of the data)."""
+        other = copy.copy(self)
+        other.generator = generator
+        return other
 
     def epoch(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         draw = draw_epoch(self.num_images, self.generator, self.augment)

@@ -33,6 +33,8 @@ class SeedRun:
     epochs: list[EpochMetrics] = field(default_factory=list)
     gradflow: list[GradFlowEpoch] = field(default_factory=list)
     test: TestResult | None = None
+    # the fused pack its last attempt trained in (gradlab.science.fusion); None: alone
+    pack: str | None = None
 
     @property
     def epochs_done(self) -> int:

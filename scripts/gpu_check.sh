@@ -7,7 +7,10 @@
 #    torch.compile, checkpoint and resume on CUDA), with the rest of tests/core beside them;
 # 2. `gradlab train --device cuda` (plain VGG38, then VGG38 with BN and residual, with and without
 #    --compile) on a learnable synthetic CIFAR-100 in the npz layout (the real data stays home);
-# 3. `gradlab bench --device "$DEVICE" --json $BENCH_ARGS`.
+# 3. `gradlab bench --device "$DEVICE" --json $BENCH_ARGS`;
+# 4. fused packs (issue 13): `gradlab bench --pack $PACK_SIZES` for VGG08 and VGG38 with CUDA
+#    graphs on and off (fused vs single step rates, ratio to N separate steps), and the
+#    projected full-scale seed-study time with packing (scripts/project_packed_study.py).
 # Python packages that the GPU machine lacks may travel as wheels in .whl/ (installed first).
 set -uo pipefail
 OUT=${OUT:-runs/gpu-check}
@@ -15,6 +18,7 @@ DEVICE=${DEVICE:-cuda}        # DEVICE=cpu TRAIN_LIMIT=500 tries the script wher
 TRAIN_LIMIT=${TRAIN_LIMIT:-10000}
 TESTS=${TESTS:-tests/core}
 BENCH_ARGS=${BENCH_ARGS:-}   # e.g. "--quick --steps 2" for a dry run
+PACK_SIZES=${PACK_SIZES:-1,2,4,8,16}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 # The project's virtualenv where `make setup` made one; else the machine's Python (a lent GPU
@@ -82,4 +86,9 @@ EOF
 
 step timeout 300 gradlab bench --device "$DEVICE" --json $BENCH_ARGS >"$OUT/bench.json"
 "$PYTHON" -c 'import json,sys; r=json.load(open(sys.argv[1])); print(json.dumps({k: r[k] for k in r if k not in ("environment",)}, indent=1))' "$OUT/bench.json"
+for graphs in cuda-graphs no-cuda-graphs; do
+    step timeout 600 gradlab bench --device "$DEVICE" --pack "$PACK_SIZES" --$graphs \
+        $BENCH_ARGS --json >"$OUT/bench-pack-$graphs.json"
+    step "$PYTHON" scripts/project_packed_study.py "$OUT/bench-pack-$graphs.json"
+done
 exit $status

@@ -151,6 +151,9 @@ class Run(TimestampedMixin, Base):
     best_epoch: Mapped[int | None] = mapped_column(Integer)
     diverged_epoch: Mapped[int | None] = mapped_column(Integer)
     diverged_step: Mapped[int | None] = mapped_column(Integer)
+    # The fused pack its last attempt trained in (gradlab.store.runs.claim_companions); NULL
+    # when that attempt trained it alone.
+    pack: Mapped[str | None] = mapped_column(String(64))
 
     experiment: Mapped[Experiment] = relationship(back_populates="runs")
 

@@ -21,6 +21,7 @@ from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
+from gradlab.science.fusion import fusion_key
 from gradlab.science.records import (
     GRADFLOW_STATS,
     GRADFLOW_WINDOWS,
@@ -30,6 +31,7 @@ from gradlab.science.records import (
     GradFlowEpoch,
     TestResult,
 )
+from gradlab.science.spec import ExperimentSpec
 from gradlab.store.base import utcnow
 from gradlab.store.checkpoint_store import CheckpointRef
 from gradlab.store.experiments import refresh_experiment_status
@@ -108,6 +110,7 @@ def claim_run(
             started_at=now,
             finished_at=None,
             updated_at=now,
+            pack=None,  # until claim_companions packs it: this attempt trains it alone
         )
         .execution_options(synchronize_session=False)
     )
@@ -130,6 +133,72 @@ def claim_run(
         spec=dict(run.spec),
         epochs_done=run.epochs_done,
     )
+
+
+def claim_companions(
+    session: Session,
+    primary: ClaimedRun,
+    worker: str,
+    *,
+    limit: int,
+    lease_seconds: int,
+    max_attempts: int,
+    scan: int = 200,
+    now: datetime | None = None,
+) -> list[ClaimedRun]:
+    """Claim up to ``limit`` queued runs that can train in one fused pack with ``primary``.
+
+    Companions share its fusion key (``gradlab.science.fusion``) and its progress (the same
+    ``epochs_done``, so the pack starts every member at the same epoch); each is claimed with
+    ``claim_run``'s own conditional UPDATE, so each is fenced on its own lease exactly as if
+    claimed alone, and one that another worker took first is simply skipped. The oldest
+    ``scan`` queued runs are considered, oldest first (the queue's order).
+    """
+    if limit <= 0:
+        return []
+    key = _fusion_key_of(primary.spec)
+    if key is None:
+        return []
+    candidates = session.execute(
+        select(Run.id, Experiment.spec)
+        .join(Experiment, Experiment.id == Run.experiment_id)
+        .where(Run.status == "queued", Run.epochs_done == primary.epochs_done,
+               Run.id != primary.run_id, Experiment.cancel_requested_at.is_(None))
+        .order_by(Run.queued_at, Run.experiment_id, Run.seed)
+        .limit(scan)
+    ).all()
+    claimed: list[ClaimedRun] = []
+    for run_id, spec in candidates:
+        if len(claimed) == limit:
+            break
+        if _fusion_key_of(spec) != key:
+            continue
+        companion = claim_run(session, run_id, worker, lease_seconds=lease_seconds,
+                              max_attempts=max_attempts, now=now)
+        if companion is not None:
+            claimed.append(companion)
+    return claimed
+
+
+def _fusion_key_of(spec: dict[str, Any]) -> str | None:
+    """The stored spec's fusion key; None for a spec that no longer validates (it fails alone)."""
+    try:
+        return fusion_key(ExperimentSpec.model_validate(spec))
+    except ValueError:  # pydantic's ValidationError is a ValueError
+        return None
+
+
+def set_pack(session: Session, owners: dict[str, str], pack: str) -> None:
+    """Record ``pack`` on the runs (run id -> lease owner) that train in it, fenced on each
+    run's lease."""
+    for run_id, owner in owners.items():
+        session.execute(
+            update(Run)
+            .where(Run.id == run_id, Run.worker == owner, Run.status == "running")
+            .values(pack=pack)
+            .execution_options(synchronize_session=False)
+        )
+    session.flush()
 
 
 def _fail_if_out_of_attempts(

@@ -248,6 +248,7 @@ def _seed_runs(
                 epochs=metrics.get(run.id, []),
                 gradflow=flows.get(run.id, []),
                 test=test,
+                pack=run.pack,
             )
         )
     return seed_runs

@@ -21,6 +21,7 @@ import socket
 import subprocess
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -189,8 +190,14 @@ def execute_run(
     cadence: CheckpointCadence | None = None,
     fit_function: FitFunction | None = None,
     stop: GracefulStop | None = None,
+    outcomes: dict[str, str | None] | None = None,
 ) -> str | None:
     """Claim and train ``run_id``; return how it ended here (see the module docstring).
+
+    With ``settings.pack_size`` > 1 (and the default training loop) the claim also takes up
+    to ``pack_size - 1`` queued runs that fuse with it (``runs.claim_companions``) and trains
+    them as one pack; ``outcomes`` (when given) receives how every run it trained ended, the
+    companions' too (a caller sends the ones handed back to the queue again).
 
     ``data(dataset)`` returns the arrays (loaded once per process by the caller's cache).
     ``checkpoints``: the store (default: the one the settings name); ``cadence``: when to
@@ -200,11 +207,12 @@ def execute_run(
     """
     settings = settings or get_settings()
     checkpoints = checkpoints or open_checkpoint_store(settings, session_factory)
+    worker = worker or worker_name()
     with session_scope(session_factory) as session:
         claimed = runs.claim_run(
             session,
             run_id,
-            worker or worker_name(),
+            worker,
             lease_seconds=settings.lease_seconds,
             max_attempts=settings.max_attempts,
         )
@@ -213,6 +221,33 @@ def execute_run(
         return None
     bind_log_context(experiment_id=claimed.experiment_id, run_id=run_id, attempt=claimed.attempt)
     log.info("claimed run %s (attempt %d) as %s", run_id, claimed.attempt, claimed.owner)
+    outcomes = {} if outcomes is None else outcomes
+    companions = _claim_companions(session_factory, claimed, settings, worker, fit_function)
+    if companions:
+        return _execute_pack([claimed, *companions], session_factory, data, device,
+                             settings=settings, checkpoints=checkpoints, cadence=cadence,
+                             stop=stop, outcomes=outcomes)
+    status = _execute_claimed(claimed, session_factory, data, device, settings=settings,
+                              checkpoints=checkpoints, cadence=cadence,
+                              fit_function=fit_function, stop=stop)
+    outcomes[run_id] = status
+    return status
+
+
+def _execute_claimed(
+    claimed: runs.ClaimedRun,
+    session_factory: sessionmaker[Session],
+    data: DataSource,
+    device: str,
+    *,
+    settings: Settings,
+    checkpoints: CheckpointStore,
+    cadence: CheckpointCadence | None,
+    fit_function: FitFunction | None,
+    stop: GracefulStop | None,
+) -> str | None:
+    """Train one claimed run alone (``execute_run`` without packing)."""
+    run_id = claimed.run_id
     # The lease is renewed from the claim on: loading the data and the checkpoint may take
     # longer than a lease.
     beat = _Heartbeat(session_factory, run_id, claimed.owner, settings.lease_seconds)
@@ -336,7 +371,10 @@ def _epoch_writer(
         if beat.lost.is_set():
             raise runs.LeaseLostError(f"run {run_id} is no longer leased to {owner}")
         started = time.perf_counter()  # the write: checkpoint bytes (when due), then the rows
-        reference = checkpoints.at_epoch_end(metrics.epoch, make_checkpoint)
+        # The checkpoint store may be the database itself: an outage met while writing the
+        # bytes is retried like the epoch's rows (a write of the same object is idempotent).
+        reference = _retrying(lambda: checkpoints.at_epoch_end(metrics.epoch, make_checkpoint),
+                              f"the checkpoint of epoch {metrics.epoch} of run {run_id}")
 
         def write() -> bool:
             with session_scope(factory) as session:
@@ -421,3 +459,187 @@ def _record_outcome(
     worker_metrics.RUNS_FINISHED.labels(prepared.spec.model_family, result.status).inc()
     log.info("run %s %s", run_id, result.status)
     return result.status
+
+
+# --- fused packs: several claimed runs trained as one model (gradlab.core.pack) -------------
+
+
+def _claim_companions(
+    factory: sessionmaker[Session], claimed: runs.ClaimedRun, settings: Settings, worker: str,
+    fit_function: FitFunction | None,
+) -> list[runs.ClaimedRun]:
+    """The queued runs that join ``claimed`` in a pack; none when packing is off or a
+    stand-in training loop (which trains one run at a time) is used."""
+    if settings.pack_size <= 1 or fit_function is not None:
+        return []
+    try:
+        with session_scope(factory) as session:
+            return runs.claim_companions(
+                session, claimed, worker, limit=settings.pack_size - 1,
+                lease_seconds=settings.lease_seconds, max_attempts=settings.max_attempts)
+    except OperationalError as exc:  # packing is an optimisation: train the run alone
+        log.warning("could not look for runs to pack with %s: %s", claimed.run_id, exc)
+        return []
+
+
+@dataclass
+class _PackMember:
+    """A prepared run of a pack, its checkpoint cadence and whether its lease was lost."""
+
+    prepared: _Prepared
+    checkpoints: RunCheckpoints
+    beat: _Heartbeat
+    lost: bool = False
+
+
+def _execute_pack(
+    claims: list[runs.ClaimedRun], factory: sessionmaker[Session], data: DataSource,
+    device: str, *, settings: Settings, checkpoints: CheckpointStore,
+    cadence: CheckpointCadence | None, stop: GracefulStop | None,
+    outcomes: dict[str, str | None],
+) -> str | None:
+    """Train ``claims`` (each fenced on its own lease) as one fused pack; every run's outcome
+    goes into ``outcomes``; returns the first run's. Shutdown and Ctrl-C hand back every run
+    not finished, each at its last finished epoch, as ``execute_run`` does for one."""
+    beats = {c.run_id: _Heartbeat(factory, c.run_id, c.owner, settings.lease_seconds)
+             for c in claims}
+    for beat in beats.values():
+        beat.start()
+    members: list[_PackMember] = []
+    try:
+        members = _prepare_pack(factory, claims, data, device, checkpoints, settings, cadence,
+                                beats, stop, outcomes)
+        if len(members) == 1:  # the others could not join: train it alone
+            member = members[0]
+            outcomes[member.prepared.claimed.run_id] = _train_and_record(
+                factory, member.prepared, settings, stop, member.beat, member.checkpoints, None)
+        elif members:
+            _train_pack(factory, members, settings, stop, outcomes)
+    except (StopRequested, KeyboardInterrupt):
+        _hand_back_pack(factory, claims, members, outcomes, stop)
+    except SystemExit:
+        _hand_back_pack(factory, claims, members, outcomes, None, exiting=True)
+        raise
+    finally:
+        for beat in beats.values():
+            beat.stop()
+    return outcomes.get(claims[0].run_id)
+
+
+def _hand_back_pack(
+    factory: sessionmaker[Session], claims: list[runs.ClaimedRun], members: list[_PackMember],
+    outcomes: dict[str, str | None], stop: GracefulStop | None, *, exiting: bool = False,
+) -> None:
+    """Save each unfinished run's last finished epoch and put it back in the queue; re-raise
+    a Ctrl-C (no stop request), as ``execute_run`` does."""
+    for member in members:
+        if member.prepared.claimed.run_id not in outcomes:
+            _save_at_shutdown(member.checkpoints)
+    asked = stop is not None and stop.requested
+    if asked:
+        stop.begin_hand_back()  # type: ignore[union-attr]
+    for claim in claims:
+        if claim.run_id in outcomes:
+            continue
+        handed = _requeue_on_shutdown(factory, claim.run_id, claim.owner)
+        outcomes[claim.run_id] = HANDED_BACK if handed else None
+    if not asked and not exiting:
+        raise KeyboardInterrupt
+
+
+def _prepare_pack(
+    factory: sessionmaker[Session], claims: list[runs.ClaimedRun], data: DataSource,
+    device: str, checkpoints: CheckpointStore, settings: Settings,
+    cadence: CheckpointCadence | None, beats: dict[str, _Heartbeat],
+    stop: GracefulStop | None, outcomes: dict[str, str | None],
+) -> list[_PackMember]:
+    """Prepare every claimed run; those that resume at another epoch than the first go back
+    to the queue (attempt refunded) to train elsewhere. The pack is recorded on its runs."""
+    members: list[_PackMember] = []
+    for claim in claims:
+        prepared = _prepare(factory, claim, data, device, checkpoints, settings.max_attempts)
+        if not isinstance(prepared, _Prepared):
+            outcomes[claim.run_id] = prepared
+            continue
+        if members and _resume_epoch(prepared) != _resume_epoch(members[0].prepared):
+            handed = _requeue_on_shutdown(factory, claim.run_id, claim.owner)
+            outcomes[claim.run_id] = HANDED_BACK if handed else None
+            continue
+        run_checkpoints = RunCheckpoints(
+            factory, checkpoints, claim, cadence or cadence_for(prepared.device, settings),
+            last_epoch=prepared.spec.hyperparameters.epochs - 1)
+        members.append(_PackMember(prepared, run_checkpoints, beats[claim.run_id]))
+    if stop is not None and stop.requested:
+        raise StopRequested("asked to stop before training began")
+    if len(members) > 1:
+        _record_pack(factory, members)
+    return members
+
+
+def _resume_epoch(prepared: _Prepared) -> int:
+    epoch = prepared.environment.get("resumed_from_epoch")
+    return -1 if epoch is None else int(epoch)
+
+
+def _record_pack(factory: sessionmaker[Session], members: list[_PackMember]) -> None:
+    """The pack's id on each run (``runs.pack``) and in its reproducibility record."""
+    pack = uuid.uuid4().hex[:12]
+    owners = {m.prepared.claimed.run_id: m.prepared.claimed.owner for m in members}
+    for member in members:
+        member.prepared.environment["pack"] = {"id": pack, "size": len(members),
+                                               "runs": list(owners)}
+    with session_scope(factory) as session:
+        runs.set_pack(session, owners, pack)
+    log.info("training %d runs as pack %s: %s", len(members), pack, ", ".join(owners))
+
+
+def _train_pack(
+    factory: sessionmaker[Session], members: list[_PackMember], settings: Settings,
+    stop: GracefulStop | None, outcomes: dict[str, str | None],
+) -> None:
+    """``fit_pack`` with each run's own epoch writer; each run's outcome recorded on its own
+    lease. A run whose lease is lost leaves the pack (its new owner has it); a failure of the
+    pack is a failure of each of its runs."""
+    from gradlab.core.pack import PackRun, fit_pack
+
+    first = members[0].prepared
+    pack_runs = [PackRun(m.prepared.spec, m.prepared.claimed.seed,
+                         on_epoch_end=_leaves_on_lost_lease(m, _epoch_writer(
+                             factory, m.prepared.claimed, settings.lease_seconds, m.beat,
+                             m.prepared.spec.model_family, m.checkpoints, stop)),
+                         resume_from=m.prepared.resume_from)
+                 for m in members]
+    try:
+        results = fit_pack(pack_runs, first.arrays, device=first.device)
+    except StopRequested:
+        raise
+    except Exception as exc:
+        kind = classify(exc)
+        log.exception("pack of %d runs failed (%s failure)", len(members), kind)
+        for m in members:
+            outcomes[m.prepared.claimed.run_id] = _failed(
+                factory, m.prepared.claimed, kind, describe(exc), settings.max_attempts)
+        return
+    for member, result in zip(members, results, strict=True):
+        run_id = member.prepared.claimed.run_id
+        if member.lost:
+            outcomes[run_id] = None
+            continue
+        member.checkpoints.save_pending(result.status)
+        outcomes[run_id] = _record_outcome(factory, member.prepared, result)
+
+
+def _leaves_on_lost_lease(member: _PackMember, writer: EpochCallback) -> EpochCallback:
+    """The run's epoch writer, except that a lost lease drops this run from the pack instead of
+    stopping every run in it."""
+
+    def on_epoch_end(metrics: EpochMetrics, gradflow: GradFlowEpoch,
+                     make_checkpoint: Callable[[], bytes]) -> bool:
+        try:
+            return writer(metrics, gradflow, make_checkpoint)
+        except runs.LeaseLostError as exc:
+            log.warning("%s; it leaves the pack", exc)
+            member.lost = True
+            return False
+
+    return on_epoch_end

@@ -23,23 +23,29 @@ def train_run_task(task: Task, run_id: str) -> None:
 
     SIGTERM (forwarded by the main process when the worker shuts down) hands the run back at
     the next safe point within the grace period; a run handed back, or queued again after an
-    infrastructure failure, is sent to the queue again at once for another worker.
+    infrastructure failure, is sent to the queue again at once for another worker. Runs that
+    fuse with it (``GRADLAB_PACK_SIZE``) train with it as one pack; their own messages, when
+    they arrive, find them finished or leased and do nothing.
     """
     settings = get_settings()
+    outcomes: dict[str, str | None] = {}
     # every line of this run names it (and, once claimed, its experiment and attempt)
     with log_context(run_id=run_id), stop_on_sigterm(settings.shutdown_grace_seconds) as stop:
-        status = execute_run(
+        execute_run(
             run_id,
             process_state.session_factory(),
             process_state.load_data,
             process_state.device(),
             settings=settings,
             stop=stop,
+            outcomes=outcomes,
         )
-    if status == HANDED_BACK:
+    # the run and the companions it trained with in a pack
+    handed_back = [rid for rid, status in outcomes.items() if status == HANDED_BACK]
+    if handed_back:
         try:
-            CeleryDispatcher(task.app).dispatch([run_id])
-        except DispatchError as exc:  # it stays queued; the reaper sends it later
+            CeleryDispatcher(task.app).dispatch(handed_back)
+        except DispatchError as exc:  # they stay queued; the reaper sends them later
             log.warning("%s", exc)
 
 

@@ -22,6 +22,8 @@ class CompletionEntry:
     status: str  # "missing" when no run exists yet
     epochs_done: int
     epochs_planned: int
+    # reproducibility: the fused pack the run trained in (None: alone, or not started)
+    pack: str | None = None
 
 
 @dataclass
@@ -44,6 +46,17 @@ class Report:
             if c.status in ("succeeded", "failed", "cancelled", "diverged")
         )
 
+    def reproducibility(self) -> list[dict[str, Any]]:
+        """How each run was trained: alone, or in which fused pack and with how many runs
+        (a pack's runs match their runs alone up to float reassociation, not bit for bit)."""
+        sizes: dict[str, int] = {}
+        for entry in self.completion:
+            if entry.pack is not None:
+                sizes[entry.pack] = sizes.get(entry.pack, 0) + 1
+        return [{"cell": c.cell, "seed": c.seed, "pack": c.pack,
+                 "pack_size": sizes.get(c.pack, 1) if c.pack is not None else None}
+                for c in self.completion if c.status != "missing"]
+
     @property
     def complete(self) -> bool:
         return self.runs_finished == len(self.completion)
@@ -65,6 +78,7 @@ class Report:
             "diagnostic_settings": self.settings.model_dump(),
             "table": [r.to_json_dict() for r in self.rows],
             "completion": [c.__dict__ for c in self.completion],
+            "reproducibility": self.reproducibility(),
             "findings": [f.model_dump(mode="json") for f in self.findings],
             "figures": [
                 {
@@ -90,6 +104,7 @@ def completion_matrix(cells: Sequence[CellResult]) -> list[CompletionEntry]:
                     status="missing" if run is None else run.status,
                     epochs_done=0 if run is None else run.epochs_done,
                     epochs_planned=cell.spec.hyperparameters.epochs,
+                    pack=None if run is None else run.pack,
                 )
             )
     return entries

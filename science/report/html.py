@@ -80,6 +80,7 @@ def render_html(report: Report, links: dict[str, dict[str, str]] | None = None) 
     settings = report.settings.model_dump()
     parts.append("<h2>Diagnostic settings</h2>")
     parts.append(_table(["setting", "value"], [[k, str(v)] for k, v in settings.items()]))
+    parts.append(_reproducibility(report))
     parts.append("</body></html>")
     return "\n".join(parts)
 
@@ -113,4 +114,17 @@ def _completion(report: Report) -> str:
     return (
         "<h2>Completion (cell x seed)</h2><table><thead><tr><th>cell</th>"
         f"{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
+    )
+
+
+def _reproducibility(report: Report) -> str:
+    """Each run's pack: trained alone, or fused with others (same numbers up to rounding)."""
+    rows = [[r["cell"], str(r["seed"]),
+             "alone" if r["pack"] is None else f"pack {r['pack']} ({r['pack_size']} runs)"]
+            for r in report.reproducibility()]
+    return (
+        "<h2>Reproducibility</h2><p>Runs of the same shape may train as one fused model "
+        "(GRADLAB_PACK_SIZE): each keeps its own seed, data order, schedule, metrics and "
+        "checkpoints, and matches the run trained alone up to float reassociation.</p>"
+        + _table(["cell", "seed", "trained"], rows)
     )

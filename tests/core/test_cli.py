@@ -123,3 +123,25 @@ def test_bench_json_has_the_documented_keys(app: typer.Typer) -> None:
     # The convolutions alone are a ceiling: no step that also runs them can beat it.
     assert vgg08["conv_images_per_s"] > vgg08["step_images_per_s"]
     assert vgg08["conv_fraction_of_peak"] > vgg08["step_fraction_of_peak"]
+
+
+@pytest.mark.parametrize(("given", "sizes"), [("16", (1, 2, 4, 8, 16)), ("6", (1, 2, 4, 6)),
+                                              ("1", (1,)), ("1,3", (1, 3))])
+def test_bench_pack_sizes(given: str, sizes: tuple[int, ...]) -> None:
+    assert core_commands._pack_sizes(given) == sizes
+
+
+def test_bench_pack_json_reports_aggregate_rates_and_the_ratio(app: typer.Typer) -> None:
+    result = runner.invoke(app, ["bench", "--json", "--device", "cpu", "--models", "vgg08",
+                                 "--steps", "1", "--quick", "--pack", "1,2"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["cuda_graphs"] is False  # CPU: nothing to capture
+    rows = report["vgg08"]
+    assert [r["pack"] for r in rows] == [1, 2]
+    for row in rows:
+        assert row["images_per_s"] == pytest.approx(
+            row["pack"] * report["batch_size_per_run"] / row["fused_step_seconds"])
+        assert row["ratio_to_separate"] > 0
+    bad = runner.invoke(app, ["bench", "--device", "cpu", "--pack", "0"])
+    assert bad.exit_code == 2 and "1..64" in bad.output

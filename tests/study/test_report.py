@@ -169,3 +169,20 @@ def test_an_empty_study_still_renders(tmp_path: Path) -> None:
     html = write_report(build_report("empty", [empty]), tmp_path)
     assert "No diagnostic fired" in html.read_text()
     assert json.loads((tmp_path / "report.json").read_text())["findings"] == []
+
+
+def test_reproducibility_section_says_which_runs_trained_in_which_pack() -> None:
+    import dataclasses
+
+    study = partial_study()
+    bn = study[1]
+    packed = [dataclasses.replace(run, pack="p1") for run in bn.runs]
+    study[1] = type(bn)(bn.name, bn.coordinates, bn.spec, packed, parameters=None)
+    report = build_report("packed", study, scale="smoke", with_figures=False)
+    rows = {(r["cell"], r["seed"]): (r["pack"], r["pack_size"]) for r in report.reproducibility()}
+    assert rows == {("vgg38", 0): (None, None), ("vgg38-bn", 0): ("p1", 2),
+                    ("vgg38-bn", 1): ("p1", 2)}  # missing runs are not listed
+    assert report.to_json_dict()["reproducibility"] == report.reproducibility()
+    page = render_html(report)
+    assert "<h2>Reproducibility</h2>" in page
+    assert "pack p1 (2 runs)" in page and "<td>alone</td>" in page

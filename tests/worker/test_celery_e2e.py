@@ -71,6 +71,9 @@ def test_vgg38_gradients_vanish_without_batchnorm_and_not_with_it(
         # attempt 1: the heartbeat kept the 8 s lease alive through epochs longer than that.
         assert [(r["seed"], r["status"], r["epochs_done"], r["attempt"]) for r in done["runs"]] == [
             (0, "succeeded", 1, 1), (1, "succeeded", 1, 1)]
+        # same shape, queued together: the worker trained both seeds as one fused pack
+        packs = {r["pack"] for r in done["runs"]}
+        assert len(packs) == 1 and None not in packs, done["runs"]
 
         metrics = http.get(f"/experiments/{created['id']}/metrics").json()
         for run in metrics["runs"]:

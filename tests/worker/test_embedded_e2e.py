@@ -44,7 +44,11 @@ class Serve:
                         # dead process, not by its lease expiring.
                         GRADLAB_LEASE_SECONDS="3600",
                         # a graceful stop hands the run back well within ServiceProcess.stop's wait
-                        GRADLAB_SHUTDOWN_GRACE_SECONDS="10")
+                        GRADLAB_SHUTDOWN_GRACE_SECONDS="10",
+                        # Runs alone: the restart test compares seed 0 bit for bit with the
+                        # unfused reference run, and a fused pack equals it only up to float
+                        # reassociation (packs: tests/core/test_pack.py, worker/test_packing.py).
+                        GRADLAB_PACK_SIZE="1")
         self.process: ServiceProcess | None = None
         self.url = ""
         self.starts = 0

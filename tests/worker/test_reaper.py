@@ -254,7 +254,10 @@ def test_as_many_queued_runs_are_resent_as_the_broker_queue_is_missing(
 ) -> None:
     """A queue that still holds messages (a busy cluster) does not starve the resend: when it
     holds fewer than the queued runs, that many of the runs sent longest ago go again."""
-    _new_run(factory)
+    # Three runs of its own: the check below needs at least two queued runs, whatever other
+    # tests left in the session's database (a worker that packs trains leftovers it can fuse).
+    for _ in range(3):
+        _new_run(factory)
     later = utcnow() + timedelta(seconds=LEASE + 1)
     # first a pass that requeues (and sends) the runs other tests left running, resending none
     reap(factory, DispatcherWithBacklog(backlog=10**6), _settings(database_url), now=later)
