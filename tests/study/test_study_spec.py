@@ -128,7 +128,9 @@ def test_medium_scale_trains_longer_on_more_data_with_every_seed() -> None:
         MEDIUM.epochs, MEDIUM.train_limit)
     assert (medium.data.val_limit, medium.data.test_limit) == (MEDIUM.val_limit,
                                                                MEDIUM.test_limit)
-    assert MEDIUM.epochs > SMOKE.epochs and MEDIUM.train_limit >= SMOKE.train_limit
+    # more training steps than smoke, each image seen more often (so that it can overfit)
+    assert MEDIUM.epochs * MEDIUM.train_limit > SMOKE.epochs * SMOKE.train_limit
+    assert MEDIUM.epochs > SMOKE.epochs
     assert medium.seeds == [0, 1, 2]
     # only size changes: the schedule and the rest of the spec are the cell's own
     assert medium.hyperparameters.model_dump(exclude={"epochs"}) == (
