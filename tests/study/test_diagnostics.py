@@ -84,6 +84,24 @@ def test_slow_but_learning_is_not_not_training() -> None:
     assert not_training(cell(spec("slow"), run), SETTINGS) is None
 
 
+def test_learning_only_the_class_frequencies_of_a_small_slice_is_not_training() -> None:
+    # plain VGG38 at medium scale: its head learns the priors of 1,000 images, nothing else
+    drop = [4.610, 4.590, 4.576]
+    small = spec("small", 38, **{"data.train_limit": 1000})
+    finding = not_training(cell(small, seed_run(0, train_loss=drop, train_acc=[0.013] * 3)),
+                           SETTINGS)
+    assert finding is not None
+    assert math.isclose(float(finding.evidence["prior_fit_gain"]), 99 / 2000)
+    # the same curve on all 47,500 images is a (slow) start: learning
+    full = spec("full", 38)
+    assert not_training(cell(full, seed_run(0, train_loss=drop, train_acc=[0.013] * 3)),
+                        SETTINGS) is None
+    # and on the small slice a loss falling further than the priors allow is learning
+    more = [4.610, 4.56, 4.53]
+    assert not_training(cell(small, seed_run(0, train_loss=more, train_acc=[0.013] * 3)),
+                        SETTINGS) is None
+
+
 def test_learning_is_not_not_training() -> None:
     run = seed_run(0, train_loss=[4.2, 3.5, 3.0], train_acc=[0.05, 0.15, 0.25])
     assert not_training(cell(spec("learns"), run), SETTINGS) is None
