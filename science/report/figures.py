@@ -301,7 +301,8 @@ def weight_decay_figure(group: Sequence[CellResult]) -> PlotFigure | None:
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=7, title="weight decay", title_fontsize=7, ncols=2)
     base = shown[0].name
-    ax.set_title(as_plain_text(f"Weight decay: {' vs '.join(c.name for c in shown)}"), fontsize=9)
+    ax.set_title(as_plain_text(f"{base}: training and validation loss by weight decay"),
+                 fontsize=9)
     return PlotFigure(
         name=f"weight-decay-{base}",
         title=f"Weight decay: {base} and its siblings",
