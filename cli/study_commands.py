@@ -1,4 +1,4 @@
-"""`gradlab study run FILE --scale smoke|full --out DIR`: a whole study on this machine.
+"""`gradlab study run FILE --scale smoke|medium|full --out DIR`: a whole study on this machine.
 
 The embedded default, no servers: the study is submitted into a SQLite store (``DIR/gradlab.db``
 unless ``--database-url``) exactly as ``POST /studies`` does (existing cells reused), and each
@@ -36,7 +36,9 @@ class StudyRunError(Exception):
 def run_command(
     file: Annotated[Path, typer.Argument(help="study spec (YAML or JSON)")],
     out: Annotated[Path, typer.Option("--out", help="folder for the database, figures, report")],
-    scale: Annotated[str, typer.Option(help="full (as specified) or smoke (CPU-sized)")] = "full",
+    scale: Annotated[
+        str, typer.Option(help="full (as specified), medium or smoke (CPU-sized)")
+    ] = "full",
     data_dir: Annotated[
         Path | None, typer.Option(help="CIFAR folder (else GRADLAB_DATA_DIR, else ./data)")
     ] = None,

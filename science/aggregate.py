@@ -106,7 +106,9 @@ def gradflow_stats(
     layers = next((r.layers for r in runs if r.layers), ())
     by_epoch: dict[int, list[list[float]]] = {}
     for run in runs:
-        if run.layers != layers:
+        # a queued or just-started seed has recorded no epoch yet, and so no layers: nothing
+        # to add, and no disagreement (a report of a study mid-way must still render)
+        if run.layers and run.layers != layers:
             raise ValueError(f"seed {run.seed} has different layers from the other seeds")
         for g in run.gradflow:
             by_epoch.setdefault(g.epoch, []).append(list(g.window(window)[stat]))

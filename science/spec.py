@@ -79,11 +79,15 @@ class Hyperparameters(_Strict):
         return self
 
 
+# Training images of the fixed split (the rest of the 50,000 are the validation set).
+TRAIN_SPLIT_SIZE = 47_500
+
+
 class DataSpec(_Strict):
     """Which data set and how much of it (limits are for quick runs; null means all)."""
 
     dataset: Literal["cifar100", "cifar10"] = "cifar100"
-    train_limit: WholeNumber | None = Field(None, ge=1, le=47_500)
+    train_limit: WholeNumber | None = Field(None, ge=1, le=TRAIN_SPLIT_SIZE)
     val_limit: WholeNumber | None = Field(None, ge=1, le=2_500)
     test_limit: WholeNumber | None = Field(None, ge=1, le=10_000)
     augment: Flag = True

@@ -251,9 +251,77 @@ def comparison_figure(group: Sequence[CellResult], window: str) -> PlotFigure | 
     )
 
 
+def weight_decay_groups(cells: Sequence[CellResult]) -> list[list[CellResult]]:
+    """Cells that differ only in weight decay, one of them without it, by weight decay."""
+    groups: dict[str, list[CellResult]] = {}
+    for cell in cells:
+        dump = cell.spec.model_dump(mode="json", exclude={"name", "seeds"})
+        dump["hyperparameters"].pop("weight_decay")
+        groups.setdefault(repr(sorted(dump.items())), []).append(cell)
+    return [
+        sorted(g, key=_weight_decay)
+        for g in groups.values()
+        if len(g) >= 2 and any(_weight_decay(c) == 0 for c in g)
+    ]
+
+
+def _weight_decay(cell: CellResult) -> float:
+    return cell.spec.hyperparameters.weight_decay
+
+
+def weight_decay_figure(group: Sequence[CellResult]) -> PlotFigure | None:
+    """Training (solid) and validation (dashed) loss per epoch, one colour per weight decay:
+    overfitting is the dashed line turning up while the solid one keeps falling, and weight
+    decay's effect the distance between the two lines of a colour."""
+    shown = [c for c in group if metric_series(c.runs, "val_loss").epochs]
+    if len(shown) < 2:
+        return None
+    figure = _new_figure(7.0, 4.8)
+    ax = figure.add_subplot()
+    data: dict[str, Any] = {"cells": []}
+    rows: list[dict[str, Any]] = []
+    for i, cell in enumerate(shown):
+        entry: dict[str, Any] = {"name": cell.name, "weight_decay": _weight_decay(cell)}
+        for metric, style in (("train_loss", "-"), ("val_loss", "--")):
+            series = metric_series(cell.runs, metric)
+            ax.plot([float(e) for e in series.epochs], series.mean, style, color=_colour(i, 10),
+                    linewidth=1.4, label=f"{_weight_decay(cell):g} {metric.split('_')[0]}")
+            entry[metric] = {"epochs": series.epochs, "n": series.n, "mean": series.mean,
+                             "std": series.std}
+            rows += [
+                {"cell": cell.name, "weight_decay": _weight_decay(cell), "metric": metric,
+                 "epoch": e, "n": n, "mean": m, "std": sd}
+                for e, n, m, sd in zip(series.epochs, series.n, series.mean, series.std,
+                                       strict=True)
+            ]
+        data["cells"].append(entry)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("cross-entropy loss (mean over seeds)")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=7, title="weight decay", title_fontsize=7, ncols=2)
+    base = shown[0].name
+    ax.set_title(as_plain_text(f"{base}: training and validation loss by weight decay"),
+                 fontsize=9)
+    return PlotFigure(
+        name=f"weight-decay-{base}",
+        title=f"Weight decay: {base} and its siblings",
+        caption="Training loss (solid) and validation loss (dashed) per epoch, mean over seeds, "
+        "one colour per weight decay: without it the validation loss turns up while the "
+        "training loss keeps falling.",
+        figure=figure,
+        data=data,
+        rows=rows,
+    )
+
+
 def study_figures(cells: Sequence[CellResult], window: str) -> list[PlotFigure]:
     """Every figure of the report, in the order the report shows them."""
     figures: list[PlotFigure] = [curves_figure(cells)]
+    for group in weight_decay_groups(cells):
+        wd_figure = weight_decay_figure(group)
+        if wd_figure is not None:
+            figures.append(wd_figure)
     for group in comparison_groups(cells):
         fig = comparison_figure(group, window)
         if fig is not None:

@@ -15,6 +15,7 @@ from gradlab.science.aggregate import (
     summarize,
     summarize_test,
 )
+from gradlab.science.study_results import SeedRun
 from tests.study.builders import seed_run
 
 
@@ -80,3 +81,16 @@ def test_gradflow_across_seeds_per_layer_and_epoch() -> None:
     assert gradflow_stats([a], "max_abs").mean[0] == [3.0, 6.0]
     with pytest.raises(ValueError, match="window must be one of"):
         gradflow_stats([a], "mean_abs", "sometimes")
+
+
+def test_seeds_that_recorded_nothing_yet_do_not_stop_the_gradient_flow() -> None:
+    # a study caught mid-way: seed 0 has epochs, seed 1 is queued (no epoch, so no layers)
+    done = seed_run(0, train_loss=[1, 1], gradients=[[1.0, 2.0], [3.0, 4.0]])
+    queued = SeedRun(seed=1, status="queued", layers=())
+    flow = gradflow_stats([queued, done], "mean_abs", "last_batch")
+    assert flow.layers == ("layer0", "layer1") and flow.n == [1, 1]
+    assert flow.mean == [[1.0, 2.0], [3.0, 4.0]]
+    # seeds that did record disagreeing layers are still refused
+    other = seed_run(2, train_loss=[1], gradients=[[1.0, 2.0]], layers=["a", "b"])
+    with pytest.raises(ValueError, match="seed 2 has different layers"):
+        gradflow_stats([done, queued, other])

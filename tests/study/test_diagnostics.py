@@ -84,6 +84,24 @@ def test_slow_but_learning_is_not_not_training() -> None:
     assert not_training(cell(spec("slow"), run), SETTINGS) is None
 
 
+def test_learning_only_the_class_frequencies_of_a_small_slice_is_not_training() -> None:
+    # plain VGG38 at medium scale: its head learns the priors of 1,000 images, nothing else
+    drop = [4.610, 4.590, 4.576]
+    small = spec("small", 38, **{"data.train_limit": 1000})
+    finding = not_training(cell(small, seed_run(0, train_loss=drop, train_acc=[0.013] * 3)),
+                           SETTINGS)
+    assert finding is not None
+    assert math.isclose(float(finding.evidence["prior_fit_gain"]), 99 / 2000)
+    # the same curve on all 47,500 images is a (slow) start: learning
+    full = spec("full", 38)
+    assert not_training(cell(full, seed_run(0, train_loss=drop, train_acc=[0.013] * 3)),
+                        SETTINGS) is None
+    # and on the small slice a loss falling further than the priors allow is learning
+    more = [4.610, 4.56, 4.53]
+    assert not_training(cell(small, seed_run(0, train_loss=more, train_acc=[0.013] * 3)),
+                        SETTINGS) is None
+
+
 def test_learning_is_not_not_training() -> None:
     run = seed_run(0, train_loss=[4.2, 3.5, 3.0], train_acc=[0.05, 0.15, 0.25])
     assert not_training(cell(spec("learns"), run), SETTINGS) is None
@@ -241,3 +259,68 @@ def test_a_fix_that_leaves_its_own_degradation_is_not_credited_with_removing_it(
     findings = diagnose([plain8, bn8, plain38, bn38])
     assert kinds(findings).count("degradation") == 2
     assert not any(f.kind == "fix" and f.evidence.get("fixes") == "degradation" for f in findings)
+
+
+# --- weight decay and overfitting -----------------------------------------------------------
+
+OVERFITS = {"train_loss": [3.0, 2.5, 2.0, 1.5, 1.0], "val_loss": [3.1, 2.8, 2.7, 2.9, 3.2]}
+
+
+def _res(name: str, weight_decay: float = 0.0, **extra: object) -> object:
+    return spec(name, 38, bn=True, res=True,
+                **{"hyperparameters.weight_decay": weight_decay, **extra})
+
+
+def test_weight_decay_is_credited_with_curing_overfitting_with_the_gaps() -> None:
+    without = cell(_res("res"), seed_run(0, **OVERFITS))
+    with_wd = cell(
+        _res("res-wd", 1e-3),
+        seed_run(0, train_loss=[3.0, 2.6, 2.3, 2.1, 2.0], val_loss=[3.1, 2.8, 2.6, 2.5, 2.45]),
+        seed_run(1, train_loss=[3.0, 2.6, 2.3, 2.1, 2.0], val_loss=[3.1, 2.8, 2.6, 2.5, 2.45]),
+    )
+    fix = next(f for f in diagnose([without, with_wd]) if f.kind == "fix")
+    assert fix.evidence["fixes"] == "overfitting" and fix.evidence["flag"] == "weight_decay"
+    assert fix.evidence["weight_decay"] == 1e-3 and fix.evidence["epoch"] == 4
+    assert math.isclose(float(fix.evidence["gap_before"]), 2.2)
+    assert math.isclose(float(fix.evidence["gap_after"]), 0.45)
+    assert math.isclose(float(fix.evidence["gap_reduction"]), 1 - 0.45 / 2.2)
+    assert fix.sentence.startswith("weight decay 0.001 cured the overfitting")
+    assert [e.name for e in fix.experiments] == ["res", "res-wd"]
+
+
+def test_weight_decay_that_leaves_the_overfitting_is_no_fix() -> None:
+    without = cell(_res("res"), seed_run(0, **OVERFITS))
+    # a smaller gap, but its validation loss still rises after its minimum: not cured
+    still = cell(
+        _res("res-wd", 1e-3),
+        seed_run(0, train_loss=[3.0, 2.7, 2.5, 2.4, 2.3], val_loss=[3.1, 2.8, 2.7, 2.8, 2.9]),
+    )
+    findings = diagnose([without, still])
+    assert kinds(findings).count("overfitting") == 2
+    assert "fix" not in kinds(findings)
+
+
+def test_weight_decay_without_a_smaller_gap_is_no_fix() -> None:
+    without = cell(_res("res"), seed_run(0, **OVERFITS))
+    # no rise after the minimum, but validation as far behind training as without decay
+    same_gap = cell(
+        _res("res-wd", 1e-3),
+        seed_run(0, train_loss=[3.0, 2.0, 1.5, 1.2, 1.0], val_loss=[3.3, 3.5, 3.3, 3.25, 3.2]),
+    )
+    assert "fix" not in kinds(diagnose([without, same_gap]))
+    looser = DiagnosticSettings(fix_min_gap_reduction=0.0)
+    assert "fix" in kinds(diagnose([without, same_gap], looser))
+
+
+def test_only_weight_decay_is_credited_with_curing_overfitting() -> None:
+    # the BatchNorm sibling does not overfit, but BatchNorm is not the seed study's cure
+    plain = cell(spec("p", 8), seed_run(0, **OVERFITS))
+    bn = cell(spec("b", 8, bn=True), seed_run(0, train_loss=[3, 2.5, 2, 1.8, 1.7],
+                                                   val_loss=[3.1, 2.7, 2.3, 2.1, 2.0]))
+    # nor is a sibling that also differs by its learning rate
+    other_lr = cell(
+        _res("res-wd", 1e-3, **{"hyperparameters.learning_rate": 0.01}),
+        seed_run(0, train_loss=[3, 2.5, 2, 1.8, 1.7], val_loss=[3.1, 2.7, 2.3, 2.1, 2.0]),
+    )
+    without = cell(_res("res"), seed_run(0, **OVERFITS))
+    assert "fix" not in kinds(diagnose([plain, bn, without, other_lr]))

@@ -7,7 +7,16 @@ from pathlib import Path
 
 import pytest
 
-from gradlab.science.study import SMOKE, SmokeScale, StudySpec, apply_scale, expand, load_study
+from gradlab.science.study import (
+    MEDIUM,
+    SMOKE,
+    ReducedScale,
+    SmokeScale,
+    StudySpec,
+    apply_scale,
+    expand,
+    load_study,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -103,6 +112,36 @@ def test_smoke_scale_shrinks_epochs_data_and_optionally_seeds() -> None:
     assert apply_scale(spec, "full") == spec
     with pytest.raises(ValueError, match="scale must be one of"):
         apply_scale(spec, "tiny")
+
+
+def test_the_smoke_scale_is_unchanged_by_the_medium_one() -> None:
+    # make demo's findings and timings in the README were measured at exactly this size
+    assert ReducedScale(epochs=3, train_limit=3000, val_limit=500, test_limit=1000) == SMOKE
+    assert SmokeScale is ReducedScale
+
+
+def test_medium_scale_trains_longer_on_more_data_with_every_seed() -> None:
+    base = {"seeds": [0, 1, 2], "hyperparameters": {"epochs": 100, "weight_decay": 1e-3}}
+    spec = expand(StudySpec(name="s", base=base))[0].spec
+    medium = apply_scale(spec, "medium")
+    assert (medium.hyperparameters.epochs, medium.data.train_limit) == (
+        MEDIUM.epochs, MEDIUM.train_limit)
+    assert (medium.data.val_limit, medium.data.test_limit) == (MEDIUM.val_limit,
+                                                               MEDIUM.test_limit)
+    # more training steps than smoke, each image seen more often (so that it can overfit)
+    assert MEDIUM.epochs * MEDIUM.train_limit > SMOKE.epochs * SMOKE.train_limit
+    assert MEDIUM.epochs > SMOKE.epochs
+    assert medium.seeds == [0, 1, 2]
+    # only size changes: the schedule and the rest of the spec are the cell's own
+    assert medium.hyperparameters.model_dump(exclude={"epochs"}) == (
+        spec.hyperparameters.model_dump(exclude={"epochs"}))
+    assert medium.model_dump(exclude={"hyperparameters", "data"}) == spec.model_dump(
+        exclude={"hyperparameters", "data"})
+    # a cell already smaller than the scale keeps its own size
+    short = spec.with_updates({"hyperparameters.epochs": 2, "data.train_limit": 100})
+    assert apply_scale(short, "medium").hyperparameters.epochs == 2
+    assert apply_scale(short, "medium").data.train_limit == 100
+    assert expand(StudySpec(name="s", base=base, scale="medium"))[0].spec == medium
 
 
 def test_the_seed_study_example_is_the_seed_investigation() -> None:
