@@ -70,7 +70,11 @@ class CeleryDispatcher:
             with self._app.connection_for_write() as connection:
                 declared = connection.default_channel.queue_declare(queue=queue, passive=True)
             return int(declared.message_count)
-        except Exception as exc:  # missing queue (nothing sent yet) or broker down
+        except Exception as exc:  # missing queue or broker down
+            if _is_missing_queue(exc):
+                # No queue holds no message: nothing sent yet, or a broker that lost its data
+                # (FLUSHALL, a restart without persistence). Every queued run must be resent.
+                return 0
             log.info("cannot read the backlog of queue %s: %s", queue, exc)
             return None
 
@@ -96,3 +100,9 @@ def make_dispatcher(settings: Settings, *, wake: Any | None = None) -> RunDispat
     if settings.broker_url:
         return CeleryDispatcher(producer_app(settings))
     return EmbeddedDispatcher(wake)
+
+
+def _is_missing_queue(exc: BaseException) -> bool:
+    """A passive declare of a queue that does not exist: AMQP's 404 (RabbitMQ), or kombu's
+    virtual transports (Redis) saying NOT_FOUND."""
+    return getattr(exc, "reply_code", None) == 404 or "NOT_FOUND" in str(exc)

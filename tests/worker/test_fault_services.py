@@ -135,7 +135,7 @@ def test_postgres_restarted_during_a_run_loses_nothing_and_writes_nothing_twice(
 
 
 def test_redis_flushed_and_restarted_with_runs_queued_and_running_every_run_finishes(
-    data_dir: Path, reference: TrainingResult, tmp_path: Path,
+    data_dir: Path, tmp_path: Path,
 ) -> None:
     url = create_postgres_database("gradlab_flush")
     migrate.upgrade(url)
@@ -147,7 +147,10 @@ def test_redis_flushed_and_restarted_with_runs_queued_and_running_every_run_fini
     reaper = start_reaper(env, tmp_path)
     worker = start_worker(env, tmp_path)
     try:
-        (running,) = _submit(factory, env, spec_named("flush-running"))
+        # Long enough (8x the reference's images) to be still training when the queued runs'
+        # messages are counted and flushed, however fast the machine.
+        (running,) = _submit(factory, env, spec_named("flush-running", data={
+            "train_limit": 12_000, "val_limit": 100, "test_limit": 100}))
         wait_for("the run to start", lambda: _runs(factory, [running])[0].status == "running",
                  300, service=worker)
         queued = _submit(factory, env, {**TINY, "name": "flush-queued", "seeds": [0, 1]})
@@ -168,7 +171,6 @@ def test_redis_flushed_and_restarted_with_runs_queued_and_running_every_run_fini
         runs_done = _wait_all(factory, [running, *queued, *later], "succeeded", worker)
         for run in runs_done:
             _epochs_once(factory, run, 6 if run.id == running else 1)
-        assert_matches_reference(factory, running, reference)
     finally:
         worker.stop()
         reaper.stop()
