@@ -4,15 +4,19 @@ Every finished epoch leaves a snapshot of the run's state in memory (the trainin
 checkpoint thunk is only valid inside the epoch callback). It is written to the checkpoint
 store, and referenced in the epoch's transaction, every epoch on the CPU (epochs are slow
 there), otherwise when at least ``GRADLAB_CHECKPOINT_SECONDS`` have passed since the last one,
-and always at the last epoch. Whatever snapshot is still unsaved is written by
-``save_pending``: the one call for a cancel, a shutdown (SIGTERM, Ctrl-C) and the end of
-training, whatever the outcome. After each committed reference the run's older objects are
-deleted.
+and always at the last epoch. On a GPU a run's first checkpoint comes after a random part
+(10% to 100%) of that interval: runs that start together (a study sent to a fleet at once) then
+write their checkpoints spread over the interval, not all in the same second.
+
+Whatever snapshot is still unsaved is written by ``save_pending``: the one call for a cancel,
+a shutdown (SIGTERM, Ctrl-C) and the end of training, whatever the outcome. After each
+committed reference the run's older objects are deleted.
 """
 
 from __future__ import annotations
 
 import logging
+import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,13 +31,23 @@ from gradlab.store.session import session_scope
 log = logging.getLogger(__name__)
 
 
+# The first checkpoint of a GPU run comes after this part of the interval, drawn uniformly.
+FIRST_CHECKPOINT_SPREAD = (0.1, 1.0)
+
+
 class CheckpointCadence:
-    """Every epoch, or at most one checkpoint every ``seconds``; always at the last epoch."""
+    """Every epoch, or at most one checkpoint every ``seconds``; always at the last epoch.
+
+    ``first_after``: seconds from the start (or resume) to the first checkpoint, default
+    ``seconds``; afterwards one every ``seconds``.
+    """
 
     def __init__(self, seconds: float, *, every_epoch: bool = False,
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic, first_after: float | None = None):
         self._seconds, self._every_epoch, self._clock = seconds, every_epoch, clock
-        self._last = clock()  # the run's start (or resume) counts as a checkpoint
+        # the run's start (or resume) counts as a checkpoint taken ``first_after`` early
+        early = 0.0 if first_after is None else seconds - first_after
+        self._last = clock() - early
 
     def due(self, *, last_epoch: bool) -> bool:
         return last_epoch or self._every_epoch or self._clock() - self._last >= self._seconds
@@ -42,9 +56,15 @@ class CheckpointCadence:
         self._last = self._clock()
 
 
-def cadence_for(device: str, settings: Settings) -> CheckpointCadence:
-    """Every epoch on the CPU; at most every ``GRADLAB_CHECKPOINT_SECONDS`` on a GPU."""
-    return CheckpointCadence(settings.checkpoint_seconds, every_epoch=device.startswith("cpu"))
+def cadence_for(device: str, settings: Settings, *, rng: random.Random | None = None,
+                clock: Callable[[], float] = time.monotonic) -> CheckpointCadence:
+    """Every epoch on the CPU; at most every ``GRADLAB_CHECKPOINT_SECONDS`` on a GPU, the
+    first after a random part of that interval (``FIRST_CHECKPOINT_SPREAD``)."""
+    seconds = settings.checkpoint_seconds
+    if device.startswith("cpu"):
+        return CheckpointCadence(seconds, every_epoch=True, clock=clock)
+    part = (rng or random).uniform(*FIRST_CHECKPOINT_SPREAD)
+    return CheckpointCadence(seconds, first_after=seconds * part, clock=clock)
 
 
 @dataclass

@@ -5,6 +5,7 @@ tested)."""
 
 from __future__ import annotations
 
+import random
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +51,39 @@ def test_the_cpu_checkpoints_every_epoch_a_gpu_at_its_cadence() -> None:
     settings = Settings(checkpoint_seconds=60)
     assert cadence_for("cpu", settings).due(last_epoch=False)
     assert not cadence_for("cuda:0", settings).due(last_epoch=False)
+
+
+def test_runs_started_together_on_gpus_spread_their_first_checkpoints_over_the_interval() -> None:
+    # A study sent to a fleet starts hundreds of runs in the same second; with one interval
+    # each they would all write their checkpoints in the same second, every interval.
+    settings = Settings(checkpoint_seconds=60)
+    rng, clock = random.Random(0), Clock()
+    start = clock.now
+    cadences = [cadence_for("cuda:0", settings, rng=rng, clock=clock) for _ in range(200)]
+    first: dict[int, int] = {}
+    for second in range(61):
+        clock.now = start + second
+        for index, cadence in enumerate(cadences):
+            if index not in first and cadence.due(last_epoch=False):
+                first[index] = second
+    seconds = list(first.values())
+    assert len(seconds) == 200  # every run checkpoints within one interval
+    assert min(seconds) >= 6  # none before a tenth of it
+    assert max(seconds.count(s) for s in seconds) <= 20  # never the whole fleet at once
+
+
+def test_a_gpu_runs_first_checkpoint_comes_within_its_interval_then_every_interval() -> None:
+    clock = Clock()
+    cadence = CheckpointCadence(60, clock=clock, first_after=15)
+    clock.now += 14
+    assert not cadence.due(last_epoch=False)
+    clock.now += 1
+    assert cadence.due(last_epoch=False)
+    cadence.saved()
+    clock.now += 59
+    assert not cadence.due(last_epoch=False)
+    clock.now += 1
+    assert cadence.due(last_epoch=False)
 
 
 def _record(factory: sessionmaker[Session], claimed: runs.ClaimedRun, epoch: int,
