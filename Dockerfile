@@ -37,7 +37,10 @@ RUN apt-get update \
     && rm -rf /var/lib/apt/lists/* \
     && groupadd --system --gid 10001 gradlab \
     && useradd --system --uid 10001 --gid gradlab --home-dir /home/gradlab --create-home \
-        --shell /usr/sbin/nologin gradlab
+        --shell /usr/sbin/nologin gradlab \
+    && install -d -o 10001 -g 10001 /checkpoints
+# /checkpoints: the mount point of the folder checkpoint store (GRADLAB_CHECKPOINT_STORE=
+# /checkpoints); a new named volume mounted there starts owned by uid 10001, so it is writable.
 # Caches go to /tmp, so the containers run with a read-only root filesystem and an emptyDir
 # (or tmpfs) there.
 ENV PATH=/opt/venv/bin:${PATH} \

@@ -71,7 +71,10 @@ def test_gpu_and_cpu_workers_are_profiles_and_the_reaper_is_one(services: dict[s
     assert services["reaper"]["command"][:2] == ["gradlab", "reaper"]
     for name in ("worker", "worker-cpu"):
         assert services[name]["stop_grace_period"] == "${GRADLAB_WORKER_STOP_GRACE_PERIOD:-10m}"
-        assert services[name]["volumes"] == ["${GRADLAB_HOST_DATA_DIR:-./data}:/data:ro"]
+        assert services[name]["volumes"] == ["${GRADLAB_HOST_DATA_DIR:-./data}:/data:ro",
+                                             "checkpoints:/checkpoints"]
+    # the folder checkpoint store's volume is shared by the API (which deletes) and workers
+    assert services["api"]["volumes"] == ["checkpoints:/checkpoints"]
 
 
 def test_gradlab_containers_are_read_only_and_unprivileged(services: dict[str, Any]) -> None:
