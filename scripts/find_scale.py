@@ -9,9 +9,11 @@ state at each, with the figures that decide the overfitting ones.
     python scripts/find_scale.py examples/seed-study.yaml --candidates 500x60,1000x40 \\
         --data-dir ../shared/data/cifar100 --device cuda --jobs 8 --out runs/find-scale.json
 
-Every run's per-epoch metrics go to ``--out`` (JSON), so a sweep made on a GPU can be read
-again here. Run on a GPU it is a search, not the answer: the answer is the CPU study at the
-chosen size (``gradlab study run ... --scale medium``).
+Every run's per-epoch metrics go to ``--out`` (JSON lines), so a sweep made on a GPU can be
+read again here: ``--figures DIR --from-saved runs/find-scale.jsonl`` draws the report's
+weight-decay figure of each saved candidate without training anything. Run on a GPU it is a
+search, not the answer: the answer is the study at the chosen size (``gradlab study run ...
+--scale medium``).
 """
 
 from __future__ import annotations
@@ -113,21 +115,31 @@ def plan(study_file: Path, candidates: Sequence[Candidate]) -> list[dict[str, An
     return sorted(packs, key=lambda p: (labels.index(p["candidate"]), -len(p["runs"])))
 
 
-def diagnose_candidate(
+def trained_cells(
     study_file: Path, candidate: Candidate, results: dict[tuple[str, int], Any]
-) -> dict[str, Any]:
-    """The findings the default diagnostics state for one candidate's results."""
-    from gradlab.science.diagnostics import diagnose
+) -> list[Any]:
+    """One candidate's cells with the runs trained for them."""
     from gradlab.science.study_results import CellResult, SeedRun
 
-    cells = []
-    for name, coords, spec in scaled_cells(study_file, candidate):
-        runs = [
-            SeedRun.from_training_result(seed, results[name, seed])
-            for seed in spec.seeds
-            if (name, seed) in results
-        ]
-        cells.append(CellResult(name=name, coordinates=coords, spec=spec, runs=runs))
+    return [
+        CellResult(
+            name=name,
+            coordinates=coords,
+            spec=spec,
+            runs=[
+                SeedRun.from_training_result(seed, results[name, seed])
+                for seed in spec.seeds
+                if (name, seed) in results
+            ],
+        )
+        for name, coords, spec in scaled_cells(study_file, candidate)
+    ]
+
+
+def diagnose_candidate(candidate: Candidate, cells: Sequence[Any]) -> dict[str, Any]:
+    """The findings the default diagnostics state for one candidate's cells."""
+    from gradlab.science.diagnostics import diagnose
+
     findings = diagnose(cells)
     kinds = {kind: [f.sentence for f in findings if f.kind == kind] for kind in FINDING_KINDS}
     wd_fix = [
@@ -143,31 +155,92 @@ def diagnose_candidate(
     }
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def cells_from_saved(study_file: Path, row: dict[str, Any]) -> list[Any]:
+    """A saved candidate's cells with their runs' per-epoch metrics (no gradient flow)."""
+    from gradlab.science.records import EpochMetrics
+    from gradlab.science.study_results import CellResult, SeedRun
+
+    candidate = parse_candidates(row["candidate"].replace("-", ":"), None)[0]
+    cells = []
+    for name, coords, spec in scaled_cells(study_file, candidate):
+        runs = [
+            SeedRun(
+                seed=seed,
+                status="succeeded",
+                layers=(),
+                epochs=[EpochMetrics(**e) for e in row["runs"][f"{name}/{seed}"]["epochs"]],
+            )
+            for seed in spec.seeds
+            if f"{name}/{seed}" in row["runs"]
+        ]
+        cells.append(CellResult(name=name, coordinates=coords, spec=spec, runs=runs))
+    return cells
+
+
+def draw_weight_decay_figures(cells: Sequence[Any], folder: Path, label: str) -> list[Path]:
+    """The report's weight-decay figure of each group of cells, as ``folder/LABEL-NAME.png``."""
+    from gradlab.science.report.figures import weight_decay_figure, weight_decay_groups
+
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    for group in weight_decay_groups(cells):
+        figure = weight_decay_figure(group)
+        if figure is not None:
+            path = folder / f"{label}-{figure.name}.png"
+            figure.figure.savefig(path)
+            written.append(path)
+    return written
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("study", type=Path)
-    parser.add_argument(
+    add = parser.add_argument
+    add("study", type=Path)
+    add(
         "--candidates",
-        required=True,
+        default="",
         help="IMAGESxEPOCHS[:cosine|constant],... e.g. 500x60,1000x40:constant",
     )
-    parser.add_argument(
+    add(
         "--schedule",
         choices=("cosine", "constant"),
         default=None,
         help="the schedule of candidates that name none (default: the study's)",
     )
-    parser.add_argument("--data-dir", default="data")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--jobs", type=int, default=1, help="packs trained at once")
-    parser.add_argument(
+    add("--data-dir", default="data")
+    add("--device", default="cpu")
+    add("--jobs", type=int, default=1, help="packs trained at once")
+    add(
         "--out",
         type=Path,
         default=Path("runs/find-scale.jsonl"),
         help="a JSON line per candidate, written as soon as it is diagnosed",
     )
+    add("--figures", type=Path, help="draw each candidate's weight-decay figure in this folder")
+    add("--from-saved", type=Path, help="a saved --out: draw its --figures, train nothing")
     args = parser.parse_args(argv)
-    candidates = {c.label: c for c in parse_candidates(args.candidates, args.schedule)}
+    if not args.candidates and args.from_saved is None:
+        parser.error("--candidates is required (unless --from-saved)")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.from_saved is not None:
+        for line in args.from_saved.read_text().splitlines():
+            row = json.loads(line)
+            cells = cells_from_saved(args.study, row)
+            for path in draw_weight_decay_figures(
+                cells, args.figures or Path("."), row["candidate"]
+            ):
+                print(path)
+        return 0
+    sweep(args, {c.label: c for c in parse_candidates(args.candidates, args.schedule)})
+    return 0
+
+
+def sweep(args: argparse.Namespace, candidates: dict[str, Candidate]) -> None:
+    """Train every candidate's packs, ``args.jobs`` at once; report each as it completes."""
     packs = plan(args.study, list(candidates.values()))
     print(
         f"{len(packs)} packs, {sum(len(p['runs']) for p in packs)} runs, "
@@ -176,7 +249,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text("")
-    left = defaultdict(int)
+    left: dict[str, int] = defaultdict(int)
     for pack in packs:
         left[pack["candidate"]] += 1
     results: dict[str, dict[tuple[str, int], Any]] = defaultdict(dict)
@@ -197,14 +270,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             for (name, _spec, seed), result in zip(pack["runs"], future.result(), strict=True):
                 results[label][name, seed] = result
             print(
-                f"[{time.perf_counter() - started:6.0f} s] {done}/{len(packs)} "
-                f"{label} {pack['runs'][0][0]} (+{len(pack['runs']) - 1})",
+                f"[{time.perf_counter() - started:6.0f} s] {done}/{len(packs)} {label} "
+                f"{pack['runs'][0][0]} (+{len(pack['runs']) - 1})",
                 flush=True,
             )
             left[label] -= 1
             if left[label] == 0:
-                report(args.study, candidates[label], results.pop(label), args.out)
-    return 0
+                finished = results.pop(label)
+                cells = trained_cells(args.study, candidates[label], finished)
+                report(candidates[label], cells, finished, args.out)
+                if args.figures is not None:
+                    draw_weight_decay_figures(cells, args.figures, label)
 
 
 def report(
