@@ -215,24 +215,23 @@ def worker_command(
 
 def reaper_command(
     schedule: Path | None = typer.Option(
-        None, help="Celery beat's schedule file (default: in the temporary folder)."
+        None, hidden=True,
+        help="Ignored: the reaper keeps its own timer (it used Celery beat's file before).",
     ),
-    loglevel: str = typer.Option("info", help="Celery log level."),
+    loglevel: str = typer.Option("info", help="Log level."),
 ) -> None:
-    """The lost-run reaper: its schedule and the one consumer of its queue (run exactly one per
-    deployment). It never trains, so it answers while every worker is busy."""
-    import tempfile
+    """The lost-run reaper (run exactly one per deployment): a pass every half lease (at
+    least 5 s) that requeues runs whose worker was lost and resends queued runs whose message
+    the broker lost. Its timer is its own, so it works on while the broker is down or empty."""
+    del schedule  # still accepted, so a deployment written for the beat-based reaper starts
+    from gradlab.observability.logs import configure_logging
 
     settings = get_settings()
     _broker_url_or_exit(settings, "reaper")
-    from gradlab.dispatch.queues import reaper_queue
-    from gradlab.worker.celery_app import app as celery_app
+    configure_logging(settings.log_format, loglevel.upper())
+    from gradlab.worker.reaper_service import serve_reaper
 
-    schedule = schedule or Path(tempfile.gettempdir()) / "gradlab-reaper-schedule"
-    argv = ["worker", "--pool", "solo", "--queues", reaper_queue(settings), "--beat"]
-    argv += ["--schedule", str(schedule), "--loglevel", loglevel]
-    argv += ["--hostname", f"reaper-{os.getpid()}@%h"]
-    sys.exit(celery_app.worker_main(argv))
+    serve_reaper(settings)
 
 
 def register(app: typer.Typer) -> None:

@@ -7,8 +7,10 @@ message costs latency, never the run, because the database is polled or reaped.
 
 from __future__ import annotations
 
+import base64
+import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 from gradlab.dispatch.queues import TRAIN_TASK, producer_app
@@ -18,6 +20,14 @@ if TYPE_CHECKING:
     from celery import Celery
 
 log = logging.getLogger(__name__)
+
+
+# The most messages the reaper reads from a Redis queue to see which runs have one; a longer
+# queue is counted instead (``backlog``).
+MAX_PEEK_MESSAGES = 10_000
+# kombu's Redis transport keeps the messages that workers hold (prefetched or running,
+# unacknowledged) in this hash.
+REDIS_UNACKED_KEY = "unacked"
 
 
 # How long one dispatch may wait for the broker to accept a connection before giving up (the
@@ -78,6 +88,33 @@ class CeleryDispatcher:
             log.info("cannot read the backlog of queue %s: %s", queue, exc)
             return None
 
+    def waiting_run_ids(self) -> set[str] | None:
+        """The runs that have a message in the broker: waiting in the run queue or held by a
+        worker (Redis only: its lists can be read without consuming them). None when the
+        broker cannot be read so (another transport, down, or over ``MAX_PEEK_MESSAGES``).
+
+        Counting messages is not enough: a queue can hold messages of runs that are no longer
+        queued (a running run's message restored when a worker reconnected, duplicates), and
+        each one would hide a queued run whose message is lost."""
+        queue = self._app.conf.task_default_queue
+        try:
+            with self._app.connection_for_write() as connection:
+                channel = connection.default_channel
+                client = getattr(channel, "client", None)
+                if connection.transport.driver_type != "redis" or client is None:
+                    return None
+                if client.llen(queue) > MAX_PEEK_MESSAGES:
+                    return None
+                waiting = client.lrange(queue, 0, -1)
+                held = [
+                    entry[0] for entry in map(json.loads, client.hvals(REDIS_UNACKED_KEY))
+                    if len(entry) == 3 and entry[2] == queue
+                ]
+        except Exception as exc:  # broker down: the caller falls back to resending on age
+            log.info("cannot read the messages of queue %s: %s", queue, exc)
+            return None
+        return set(_run_ids(waiting)) | set(_run_ids(held))
+
     def close(self) -> None:
         """Release the broker connections (the API calls this on shutdown)."""
         self._app.close()
@@ -106,3 +143,21 @@ def _is_missing_queue(exc: BaseException) -> bool:
     """A passive declare of a queue that does not exist: AMQP's 404 (RabbitMQ), or kombu's
     virtual transports (Redis) saying NOT_FOUND."""
     return getattr(exc, "reply_code", None) == 404 or "NOT_FOUND" in str(exc)
+
+
+def _run_ids(messages: Iterable[bytes | str | dict]) -> Iterable[str]:
+    """The run id of each ``gradlab.train_run`` message as kombu stores it in Redis (a JSON
+    envelope whose body is the task's ``[args, kwargs, embed]``); others are skipped."""
+    for raw in messages:
+        try:
+            message = raw if isinstance(raw, dict) else json.loads(raw)
+            if message.get("headers", {}).get("task") != TRAIN_TASK:
+                continue
+            body = message["body"]
+            if message.get("properties", {}).get("body_encoding") == "base64":
+                body = base64.b64decode(body)
+            args = json.loads(body)[0]
+            if args and isinstance(args[0], str):
+                yield args[0]
+        except (ValueError, KeyError, IndexError, TypeError, AttributeError):
+            continue

@@ -1,8 +1,8 @@
 """The worker's Celery app: the settings every gradlab app shares (``gradlab.dispatch.queues``)
 plus what only a worker needs: its tasks, one child per GPU, the reaper's schedule.
 
-Start a training worker with ``gradlab worker`` and, once per deployment, the reaper with
-``gradlab reaper`` (or ``celery -A gradlab.worker.celery_app worker``).
+Start a training worker with ``gradlab worker`` (or ``celery -A gradlab.worker.celery_app
+worker``) and, once per deployment, the reaper with ``gradlab reaper``.
 """
 
 from __future__ import annotations
@@ -22,8 +22,9 @@ def make_celery(settings: Settings | None = None) -> Celery:
     app.conf.update(
         worker_concurrency=devices.worker_concurrency(None),
         worker_hijack_root_logger=False,
-        # `gradlab reaper` (one per deployment) runs this schedule; its messages go to the
-        # reaper queue, which only the reaper consumes.
+        # The reap pass as a Celery task, for a deployment that runs `celery ... beat` with a
+        # consumer of the reaper queue. `gradlab reaper` runs the same pass on a timer of its
+        # own instead (worker/reaper_service.py: it must not need the broker it repairs).
         beat_schedule={
             "reap-lost-runs": {
                 "task": REAP_TASK,

@@ -4,11 +4,12 @@ A lost run goes back to ``queued`` (keeping its attempt count, which the next cl
 against the cap) and is dispatched; whoever claims it resumes from its last checkpoint.
 
 Queued runs whose message may be gone are resent too: the broker lost it (a Redis flush or a
-restart without persistence), or it was never sent (the broker was down at submission). When
-the broker's queue holds fewer messages than the database has queued runs, that many of the
-runs sent longest ago (and at least a lease ago) are sent again, so a queue that is never
-empty (a busy cluster) cannot starve the resend. A duplicate message is harmless: the lease
-refuses it.
+restart without persistence), or it was never sent (the broker was down at submission). Where
+the broker's messages can be read (Redis), exactly the runs sent at least a lease ago that have
+no message there are sent again. Elsewhere, when the queue holds fewer messages than the
+database has queued runs, that many of the runs sent longest ago are; either way a queue that
+is never empty (a busy cluster) cannot starve the resend. A duplicate message is harmless: the
+lease refuses it.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from datetime import datetime, timedelta
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from gradlab.dispatch.dispatchers import DispatchError, RunDispatcher
+from gradlab.dispatch.dispatchers import MAX_PEEK_MESSAGES, DispatchError, RunDispatcher
 from gradlab.settings import Settings
 from gradlab.store import runs
 from gradlab.store.base import utcnow
@@ -55,6 +56,12 @@ def runs_to_resend(
     session: Session, dispatcher: RunDispatcher, *, sent_before: datetime, exclude: list[str]
 ) -> list[str]:
     """Queued runs last sent before ``sent_before`` whose message may be lost, oldest first."""
+    read = getattr(dispatcher, "waiting_run_ids", None)
+    waiting = read() if callable(read) else None
+    if waiting is not None:  # the broker's messages, read: exactly the runs without one
+        stale = runs.find_queued_runs(session, queued_before=sent_before,
+                                      limit=MAX_PEEK_MESSAGES)
+        return [r for r in stale if r not in waiting and r not in exclude]
     missing = missing_messages(session, dispatcher, sending=len(exclude))
     if missing == 0:
         return []

@@ -46,3 +46,27 @@ def test_backlog_counts_the_messages_waiting_in_the_real_redis_queue() -> None:
     finally:
         dispatcher.close()
         delete_queue_keys(queue)
+
+
+def test_runs_sent_after_the_broker_lost_its_data_reach_the_run_queue() -> None:
+    # FLUSHALL (or a Redis restart without persistence) also drops kombu's binding of the
+    # queue; a producer that had declared it before would route into Redis's dead letters.
+    import uuid
+
+    import redis
+
+    from tests.worker.conftest import REDIS_URL, delete_queue_keys
+
+    queue = f"gradlab-lost-{uuid.uuid4().hex[:8]}"
+    dispatcher = CeleryDispatcher(producer_app(Settings(broker_url=REDIS_URL, celery_queue=queue)))
+    client = redis.Redis.from_url(REDIS_URL)
+    try:
+        dispatcher.dispatch(["before"])
+        delete_queue_keys(queue)  # this queue's share of a FLUSHALL: messages and binding
+        dispatcher.dispatch(["after"])
+        assert dispatcher.backlog() == 1
+        (body,) = client.lrange(queue, 0, -1)
+        assert b"after" in body
+    finally:
+        dispatcher.close()
+        delete_queue_keys(queue)

@@ -32,6 +32,7 @@ from tests.worker.reference_run import assert_matches_reference, spec_named
 
 pytestmark = [pytest.mark.services, pytest.mark.slow]
 
+RUNNING_EPOCHS = 3
 TINY = {"depth": 8, "width": 8, "hyperparameters": {"epochs": 1},
         "data": {"train_limit": 200, "val_limit": 100, "test_limit": 100}}
 
@@ -134,26 +135,32 @@ def test_postgres_restarted_during_a_run_loses_nothing_and_writes_nothing_twice(
         delete_queue_keys(env["GRADLAB_CELERY_QUEUE"])
 
 
-# Known failure in a full-suite run on the quiet CI machine (2026-11-29): the reaper resent
-# nothing after the flush (passes run alone). Non-strict until the resend condition is fixed.
-@pytest.mark.xfail(strict=False, reason="the reaper's resend after FLUSHALL is not reliable yet")
+# Once flaky (xfail): the running run could finish before the flush, so the later runs did not
+# wait in the queue, and a packing worker trained the lost runs as companions of a later one
+# before any resend. Both are ruled out below; the reaper now also reads which runs have a
+# message instead of counting messages (worker/reaper.py).
 def test_redis_flushed_and_restarted_with_runs_queued_and_running_every_run_finishes(
     data_dir: Path, tmp_path: Path,
 ) -> None:
     url = create_postgres_database("gradlab_flush")
     migrate.upgrade(url)
     broker = PrivateRedis(tmp_path)
-    env = _env(url, broker.url, data_dir)
+    # One run at a time: a worker that packs would take the lost runs as companions of a later
+    # one (same shape) and train them without any resend, which is recovery but not the
+    # reaper's resend this test is about.
+    env = _env(url, broker.url, data_dir, GRADLAB_PACK_SIZE="1")
     queue = env["GRADLAB_CELERY_QUEUE"]
     engine = make_engine(url)
     factory = make_session_factory(engine)
     reaper = start_reaper(env, tmp_path)
     worker = start_worker(env, tmp_path)
     try:
-        # Long enough (8x the reference's images) to be still training when the queued runs'
-        # messages are counted and flushed, however fast the machine.
-        (running,) = _submit(factory, env, spec_named("flush-running", data={
-            "train_limit": 12_000, "val_limit": 100, "test_limit": 100}))
+        # Long enough (every training image, 3 epochs: about 30 s on a quiet 2-core machine) to
+        # be still training when the flush comes and the reaper resends, so the later runs'
+        # messages still wait in the queue then; 12,000 images once finished before that.
+        (running,) = _submit(factory, env, spec_named(
+            "flush-running", hyperparameters={"epochs": RUNNING_EPOCHS},
+            data={"train_limit": 47_500, "val_limit": 100, "test_limit": 100}))
         wait_for("the run to start", lambda: _runs(factory, [running])[0].status == "running",
                  300, service=worker)
         queued = _submit(factory, env, {**TINY, "name": "flush-queued", "seeds": [0, 1]})
@@ -173,7 +180,7 @@ def test_redis_flushed_and_restarted_with_runs_queued_and_running_every_run_fini
 
         runs_done = _wait_all(factory, [running, *queued, *later], "succeeded", worker)
         for run in runs_done:
-            _epochs_once(factory, run, 6 if run.id == running else 1)
+            _epochs_once(factory, run, RUNNING_EPOCHS if run.id == running else 1)
     finally:
         worker.stop()
         reaper.stop()

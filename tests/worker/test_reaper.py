@@ -273,3 +273,61 @@ def test_as_many_queued_runs_are_resent_as_the_broker_queue_is_missing(
     again = DispatcherWithBacklog(backlog=queued - 2)
     reap(factory, again, _settings(database_url), now=later + timedelta(seconds=1))
     assert not set(again.sent) & set(short.sent)
+
+
+def test_a_message_of_a_run_no_longer_queued_does_not_hide_a_lost_one(
+    factory: sessionmaker[Session], database_url: str
+) -> None:
+    """Real Redis: the reaper reads which runs have a message (waiting or held by a worker)
+    and resends exactly the queued ones without; counting messages would not, here."""
+    import json
+    import uuid
+
+    import redis
+
+    from gradlab.dispatch.dispatchers import REDIS_UNACKED_KEY, CeleryDispatcher
+    from gradlab.dispatch.queues import producer_app
+    from tests.worker.conftest import REDIS_URL, delete_queue_keys
+
+    queue = f"gradlab-peek-{uuid.uuid4().hex[:8]}"
+    dispatcher = CeleryDispatcher(producer_app(Settings(broker_url=REDIS_URL,
+                                                        celery_queue=queue)))
+    client = redis.Redis.from_url(REDIS_URL)
+    held_tag = f"{queue}-held"
+    try:
+        _, waiting = _new_run(factory)
+        _, lost = _new_run(factory)
+        _, held = _new_run(factory)
+        _, running = _new_run(factory)
+        _claim(factory, running, "busy")
+        with session_scope(factory) as session:  # still heartbeating when the pass comes
+            session.get(Run, running).lease_expires_at = utcnow() + timedelta(hours=1)
+        # the queue holds a message for `waiting` and one for `running` (restored, say, when
+        # its worker reconnected); `held`'s message is with a worker; `lost`'s is gone
+        dispatcher.dispatch([waiting, running, held])
+        raw = client.rpop(queue)  # kombu pushes left, pops right: `waiting` went first
+        assert raw is not None and waiting.encode() in raw
+        client.lpush(queue, raw)
+        held_message = next(m for m in client.lrange(queue, 0, -1) if held.encode() in m)
+        client.lrem(queue, 1, held_message)
+        client.hset(REDIS_UNACKED_KEY, held_tag,
+                    json.dumps([json.loads(held_message), queue, queue]))
+        assert dispatcher.waiting_run_ids() == {waiting, running, held}
+
+        later = utcnow() + timedelta(seconds=LEASE + 1)
+        recorder = PeekingDispatcher(dispatcher)
+        reap(factory, recorder, _settings(database_url), now=later)
+        assert lost in recorder.sent
+        assert not {waiting, held, running} & set(recorder.sent)
+    finally:
+        client.hdel(REDIS_UNACKED_KEY, held_tag)
+        dispatcher.close()
+        delete_queue_keys(queue)
+
+
+class PeekingDispatcher(RecordingDispatcher):
+    """Records what it is asked to send; reads the real broker's messages."""
+
+    def __init__(self, real: object) -> None:
+        super().__init__()
+        self.waiting_run_ids = real.waiting_run_ids  # type: ignore[attr-defined]
