@@ -284,10 +284,10 @@ def sweep(args: argparse.Namespace, candidates: dict[str, Candidate]) -> None:
 
 
 def report(
-    study_file: Path, candidate: Candidate, results: dict[tuple[str, int], Any], out: Path
+    candidate: Candidate, cells: Sequence[Any], results: dict[tuple[str, int], Any], out: Path
 ) -> None:
     """Print one candidate's findings and append them, with every run's epochs, to ``out``."""
-    row = diagnose_candidate(study_file, candidate, results)
+    row = diagnose_candidate(candidate, cells)
     print(
         f"== {row['candidate']}: {', '.join(row['kinds_found'])}"
         f"{'  + weight-decay fix' if row['weight_decay_fix'] else ''}",
