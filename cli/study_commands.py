@@ -49,8 +49,8 @@ def run_command(
     ] = None,
     pack: Annotated[bool, typer.Option(
         "--pack/--no-pack",
-        help="train runs of the same shape as one fused model (up to GRADLAB_PACK_SIZE, "
-             "default 4); --no-pack trains every run alone")] = True,
+        help="train runs of the same shape as one fused model (up to GRADLAB_PACK_SIZE; "
+             "unset: 4 on a GPU, alone on the CPU); --no-pack trains every run alone")] = True,
 ) -> None:
     """Run every cell and seed of a study (resuming what a previous call left), then report."""
     from rich.console import Console

@@ -29,8 +29,10 @@ class Settings(BaseSettings):
     max_attempts: int = 3
     # A worker that claims a run also claims up to this many runs in all that can train with
     # it as one fused pack (same model, batch size, epochs and data, at the same epoch):
-    # gradlab.store.runs.claim_companions, gradlab.worker.pack_runner. 1 turns packing off.
-    pack_size: int = Field(4, ge=1, le=64)
+    # gradlab.store.runs.claim_companions. 1 turns packing off. Unset: 4 on a GPU and 1 on the
+    # CPU, where packs measured slower than the same runs one after another (README, "Fused
+    # packs").
+    pack_size: int | None = Field(None, ge=1, le=64)
     # Above the longest run, so Redis never redelivers a still-running task (it would anyway be
     # refused by the database lease, but this avoids the churn).
     broker_visibility_timeout: int = 7 * 24 * 3600

@@ -32,6 +32,7 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from gradlab.core.data import CifarArrays
+from gradlab.core.environment import resolve_device
 from gradlab.observability.logs import bind_log_context
 from gradlab.science.records import EpochCallback, EpochMetrics, GradFlowEpoch, TrainingResult
 from gradlab.science.spec import ExperimentSpec
@@ -194,10 +195,11 @@ def execute_run(
 ) -> str | None:
     """Claim and train ``run_id``; return how it ended here (see the module docstring).
 
-    With ``settings.pack_size`` > 1 (and the default training loop) the claim also takes up
-    to ``pack_size - 1`` queued runs that fuse with it (``runs.claim_companions``) and trains
-    them as one pack; ``outcomes`` (when given) receives how every run it trained ended, the
-    companions' too (a caller sends the ones handed back to the queue again).
+    With a pack size above 1 (``pack_size_on`` the device; and the default training loop) the
+    claim also takes up to ``pack_size - 1`` queued runs that fuse with it
+    (``runs.claim_companions``) and trains them as one pack; ``outcomes`` (when given)
+    receives how every run it trained ended, the companions' too (a caller sends the ones
+    handed back to the queue again).
 
     ``data(dataset)`` returns the arrays (loaded once per process by the caller's cache).
     ``checkpoints``: the store (default: the one the settings name); ``cadence``: when to
@@ -222,7 +224,8 @@ def execute_run(
     bind_log_context(experiment_id=claimed.experiment_id, run_id=run_id, attempt=claimed.attempt)
     log.info("claimed run %s (attempt %d) as %s", run_id, claimed.attempt, claimed.owner)
     outcomes = {} if outcomes is None else outcomes
-    companions = _claim_companions(session_factory, claimed, settings, worker, fit_function)
+    companions = _claim_companions(session_factory, claimed, settings, worker, fit_function,
+                                   pack_size_on(device, settings))
     if companions:
         return _execute_pack([claimed, *companions], session_factory, data, device,
                              settings=settings, checkpoints=checkpoints, cadence=cadence,
@@ -464,18 +467,35 @@ def _record_outcome(
 # --- fused packs: several claimed runs trained as one model (gradlab.core.pack) -------------
 
 
+# Runs per fused pack on a GPU when GRADLAB_PACK_SIZE is unset (on the CPU: 1, every run alone).
+GPU_PACK_SIZE = 4
+
+
+def pack_size_on(device: str, settings: Settings) -> int:
+    """``GRADLAB_PACK_SIZE`` when set; else ``GPU_PACK_SIZE`` on a GPU and 1 on the CPU. On this
+    project's 2-core CPU a pack of 4 VGG38 runs trained 120 images/s against 143 for one run
+    alone (``gradlab bench --pack 1,4 --models vgg38 --device cpu``), and the smoke study took
+    longer packed than not: packing pays where one run leaves a GPU idle, not on a CPU."""
+    if settings.pack_size is not None:
+        return settings.pack_size
+    kind = device.split(":")[0]
+    if kind == "auto":
+        kind = resolve_device("auto").type
+    return GPU_PACK_SIZE if kind == "cuda" else 1
+
+
 def _claim_companions(
     factory: sessionmaker[Session], claimed: runs.ClaimedRun, settings: Settings, worker: str,
-    fit_function: FitFunction | None,
+    fit_function: FitFunction | None, pack_size: int,
 ) -> list[runs.ClaimedRun]:
-    """The queued runs that join ``claimed`` in a pack; none when packing is off or a
-    stand-in training loop (which trains one run at a time) is used."""
-    if settings.pack_size <= 1 or fit_function is not None:
+    """The queued runs that join ``claimed`` in a pack of ``pack_size``; none when that is 1
+    or a stand-in training loop (which trains one run at a time) is used."""
+    if pack_size <= 1 or fit_function is not None:
         return []
     try:
         with session_scope(factory) as session:
             return runs.claim_companions(
-                session, claimed, worker, limit=settings.pack_size - 1,
+                session, claimed, worker, limit=pack_size - 1,
                 lease_seconds=settings.lease_seconds, max_attempts=settings.max_attempts)
     except OperationalError as exc:  # packing is an optimisation: train the run alone
         log.warning("could not look for runs to pack with %s: %s", claimed.run_id, exc)

@@ -117,11 +117,13 @@ def wait_ready(process: ServiceProcess) -> None:
 def celery_worker(
     service_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[ServiceProcess]:
-    """One training worker (one prefork child) and the reaper beside it, as deployed."""
+    """One training worker (one prefork child) and the reaper beside it, as deployed, except
+    that the worker packs as it would on a GPU (on the CPU it trains runs alone by default):
+    the fused path through Celery is what the end-to-end tests check."""
     logs = tmp_path_factory.mktemp("celery")
     reaper = start_reaper(service_env, logs)
     try:
-        worker = start_worker(service_env, logs)
+        worker = start_worker({**service_env, "GRADLAB_PACK_SIZE": "4"}, logs)
         try:
             yield worker
         finally:
