@@ -9,6 +9,7 @@ from gradlab.client.errors import (
     ServerUnreachableError,
     ValidationError,
 )
+from gradlab.client.frames import PandasMissingError
 from gradlab.client.models import Event
 
 __all__ = [
@@ -18,6 +19,7 @@ __all__ = [
     "GradlabClient",
     "GradlabClientError",
     "NotFoundError",
+    "PandasMissingError",
     "ServerUnreachableError",
     "ValidationError",
 ]

@@ -6,6 +6,8 @@
         created = gl.submit_experiment({"name": "vgg08", "depth": 8, "seeds": [0, 1]})
         for event in gl.events(experiment_id=created.id):
             print(event.event, event.data)
+        curves = gl.metrics_frame(created.id)            # pandas, with 'gradlab[pandas]'
+        flow = gl.gradflow_frame(created.id, across_seeds=True)
 
 The server and token default to ``GRADLAB_URL`` and ``GRADLAB_TOKEN``. Errors are
 ``gradlab.client.errors`` exceptions with one-line messages, never raw HTTP errors.
@@ -15,11 +17,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator, Mapping
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import httpx
 from pydantic import BaseModel
 
+from gradlab.client import frames
 from gradlab.client.errors import ServerUnreachableError, error_for
 from gradlab.client.models import (
     Event,
@@ -33,6 +36,9 @@ from gradlab.client.models import (
 )
 from gradlab.client.sse import parse_events
 from gradlab.settings import Settings
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 Stat = Literal["mean_abs", "max_abs", "l2"]
 Window = Literal["last_batch", "epoch_mean"]
@@ -117,6 +123,14 @@ class GradlabClient:
         params = {} if max_points is None else {"max_points": max_points}
         return dict(self._json("GET", f"/experiments/{experiment_id}/metrics", params=params))
 
+    def metrics_frame(
+        self, experiment_id: str, *, across_seeds: bool = False, max_points: int | None = None
+    ) -> pd.DataFrame:
+        """The metrics as a DataFrame: a row per seed and epoch, or per epoch with mean/std
+        across seeds (``gradlab.client.frames`` names the columns; needs pandas)."""
+        payload = self.metrics(experiment_id, max_points=max_points)
+        return frames.metrics_frame(payload, across_seeds=across_seeds)
+
     def diagnostics(self, experiment_id: str) -> list[dict[str, Any]]:
         return list(self._json("GET", f"/experiments/{experiment_id}/diagnostics")["findings"])
 
@@ -140,6 +154,20 @@ class GradlabClient:
     ) -> Gradflow:
         response = self._gradflow(experiment_id, "json", stat, window, seed)
         return Gradflow.model_validate(response.json())
+
+    def gradflow_frame(
+        self,
+        experiment_id: str,
+        *,
+        stat: Stat = "mean_abs",
+        window: Window = "last_batch",
+        seed: int | None = None,
+        across_seeds: bool = False,
+    ) -> pd.DataFrame:
+        """The gradient flow as a DataFrame: a row per seed, epoch and layer, or per epoch and
+        layer with mean/std across seeds (``gradlab.client.frames``; needs pandas)."""
+        payload = self._gradflow(experiment_id, "json", stat, window, seed).json()
+        return frames.gradflow_frame(payload, across_seeds=across_seeds)
 
     def gradflow_csv(
         self, experiment_id: str, *, stat: Stat = "mean_abs", window: Window = "last_batch",

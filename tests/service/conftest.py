@@ -21,6 +21,7 @@ from gradlab.science.records import GRADFLOW_STATS, EpochMetrics, GradFlowEpoch
 from gradlab.science.spec import ExperimentSpec
 from gradlab.store import migrate, runs
 from gradlab.store.session import make_engine, make_session_factory, session_scope
+from tests.service.browser import CHROMIUM, CHROMIUM_FLAGS, Page
 from tests.support.databases import create_postgres_database, drop_postgres_database
 from tests.support.processes import ServiceProcess, start_api
 
@@ -109,10 +110,13 @@ class StoreWorker:
         assert claimed is not None
         self.owners[run_id] = claimed.owner
 
-    def epoch(self, run_id: str, seed: int, epoch: int) -> None:
+    def epoch(self, run_id: str, seed: int, epoch: int, *, metrics: EpochMetrics | None = None,
+              gradflow: GradFlowEpoch | None = None) -> None:
+        """Record one epoch: the numbers given, else this module's (VGG08-shaped) ones."""
         with session_scope(self.factory) as session:
-            runs.record_epoch(session, run_id, epoch_numbers(seed, epoch),
-                              gradflow_numbers(seed, epoch), None, owner=self.owners[run_id])
+            runs.record_epoch(session, run_id, metrics or epoch_numbers(seed, epoch),
+                              gradflow or gradflow_numbers(seed, epoch), None,
+                              owner=self.owners[run_id])
 
     def finish(self, run_id: str, status: str = "succeeded", error: str | None = None) -> None:
         with session_scope(self.factory) as session:
@@ -145,3 +149,25 @@ def artifacts(tmp_path: Path) -> Path:
     folder = tmp_path / "artifacts"
     folder.mkdir(exist_ok=True)
     return folder
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[object]:
+    """Debian's headless Chromium (never a downloaded browser), one per test module."""
+    playwright_sync = pytest.importorskip("playwright.sync_api")
+    if not CHROMIUM.exists():
+        pytest.fail("Debian's chromium is not installed: run scripts/ensure_services.sh",
+                    pytrace=False)
+    with playwright_sync.sync_playwright() as p:
+        launched = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_FLAGS)
+        yield launched
+        launched.close()
+
+
+@pytest.fixture
+def tab(browser: object, api_url: str, tmp_path: Path) -> Iterator[Page]:
+    page = Page(browser, api_url, artifacts(tmp_path))
+    try:
+        yield page
+    finally:
+        page.close()

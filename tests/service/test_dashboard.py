@@ -2,80 +2,20 @@
 real API process: pages load without console errors, plotted values equal the API's numbers,
 a live run's page moves without a reload, forms show the validator's errors inline.
 
-Screenshots are kept under each test's temporary folder (``<tmp_path>/artifacts``).
+Screenshots are kept under each test's temporary folder (``<tmp_path>/artifacts``); the compare
+view has its own module (test_dashboard_compare.py).
 """
 
 from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 
 import httpx
-import pytest
 
-from tests.service.conftest import StoreWorker, artifacts
-
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                  "--disable-component-update", "--disable-sync", "--no-first-run"]
-TIMEOUT_MS = 20_000
-
-playwright_sync = pytest.importorskip("playwright.sync_api")
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[object]:
-    if not CHROMIUM.exists():
-        pytest.fail("Debian's chromium is not installed: run scripts/ensure_services.sh",
-                    pytrace=False)
-    with playwright_sync.sync_playwright() as p:
-        launched = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_FLAGS)
-        yield launched
-        launched.close()
-
-
-class Page:
-    """A browser tab that records console errors, page errors and failed requests."""
-
-    def __init__(self, browser: object, base_url: str, shots: Path) -> None:
-        self.context = browser.new_context(viewport={"width": 1400, "height": 1000})  # type: ignore[attr-defined]
-        self.page = self.context.new_page()
-        self.page.set_default_timeout(TIMEOUT_MS)
-        self.base_url, self.shots = base_url, shots
-        self.problems: list[str] = []
-        self.page.on("console", lambda m: m.type == "error" and self.problems.append(m.text))
-        self.page.on("pageerror", lambda e: self.problems.append(f"page error: {e}"))
-        self.page.on("requestfailed", self._failed)
-        self.page.on("response", lambda r: r.status >= 400 and self.problems.append(
-            f"{r.status} {r.url}"))
-
-    def _failed(self, request: object) -> None:
-        failure = request.failure or ""  # type: ignore[attr-defined]
-        if "ERR_ABORTED" not in failure:  # a stream closed on purpose when leaving a page
-            self.problems.append(f"request failed: {request.url} {failure}")  # type: ignore[attr-defined]
-
-    def open(self, fragment: str) -> object:
-        self.page.goto(f"{self.base_url}/#/{fragment}")
-        return self.page
-
-    def shot(self, name: str) -> Path:
-        path = self.shots / f"{name}.png"
-        self.page.screenshot(path=str(path), full_page=True)
-        return path
-
-    def close(self) -> None:
-        self.context.close()
-
-
-@pytest.fixture
-def tab(browser: object, api_url: str, tmp_path: Path) -> Iterator[Page]:
-    page = Page(browser, api_url, artifacts(tmp_path))
-    try:
-        yield page
-    finally:
-        page.close()
+from tests.service.browser import Page, hover, legend_value
+from tests.service.conftest import StoreWorker
 
 
 def _experiment(api_url: str, spec: dict[str, object]) -> dict[str, object]:
@@ -85,29 +25,7 @@ def _experiment(api_url: str, spec: dict[str, object]) -> dict[str, object]:
 
 
 def _legend_value(page: object, chart: str, label: str) -> float:
-    """Move the real mouse over a chart and read one series' value from its live legend."""
-    text = page.evaluate(  # type: ignore[attr-defined]
-        """([chart, label]) => {
-            const u = window.__gradlab.charts[chart];
-            const rows = [...u.root.querySelectorAll('.u-legend .u-series')];
-            const row = rows.find(r => r.querySelector('.u-label').textContent === label);
-            return row.querySelector('.u-value').textContent;
-        }""",
-        [chart, label],
-    )
-    return float(text)
-
-
-def _hover(page: object, chart: str, x_value: float) -> None:
-    box = page.evaluate(  # type: ignore[attr-defined]
-        """([chart, x]) => {
-            const u = window.__gradlab.charts[chart];
-            const r = u.over.getBoundingClientRect();
-            return {x: r.left + u.valToPos(x, 'x'), y: r.top + r.height / 2};
-        }""",
-        [chart, x_value],
-    )
-    page.mouse.move(box["x"], box["y"])  # type: ignore[attr-defined]
+    return float(legend_value(page, chart, label))
 
 
 def test_experiment_page_plots_the_apis_numbers_without_console_errors(
@@ -127,12 +45,12 @@ def test_experiment_page_plots_the_apis_numbers_without_console_errors(
     page.wait_for_selector("#gradflow-chart .uplot")
     page.wait_for_selector("#runs-table tbody tr")
     # gradient flow: layer 2 at the last epoch, as the legend shows it under the mouse
-    _hover(page, "gradflow", 2)
+    hover(page, "gradflow", 2)
     shown = _legend_value(page, "gradflow", "epoch 2")
     assert math.isclose(shown, flow["across_seeds"]["mean"][2][2], rel_tol=1e-4)
     assert page.inner_text("#gradflow-chart .u-legend") .count(flow["layers"][2]) == 1
     # curves: the mean training loss at epoch 1
-    _hover(page, "loss", 1)
+    hover(page, "loss", 1)
     train_loss = _legend_value(page, "loss", "train loss")
     assert math.isclose(train_loss, metrics["across_seeds"]["mean"]["train_loss"][1],
                         rel_tol=1e-4)
@@ -148,6 +66,10 @@ def test_experiment_page_plots_the_apis_numbers_without_console_errors(
     assert page.locator("#runs-table tbody tr").count() == 2
     links = [page.get_attribute(f".exports a:nth-of-type({i})", "href") for i in (1, 2)]
     assert "format=csv" in links[0] and "format=png" in links[1]
+    # every run has finished: the header says so, and offers no cancel
+    assert page.inner_text("#live") == "ended"
+    assert page.locator("#cancel").count() == 0
+    tab.docs_shot("experiment-page")
     # the statistic selector reloads the view with the other statistic
     page.select_option("#stat", "max_abs")
     page.wait_for_function(
@@ -251,6 +173,13 @@ def test_study_page_matrix_siblings_report_resubmit_and_cancel(
     # (matplotlib renders the report's figures: allow a busy machine a minute)
     page.frame_locator("#report-frame").locator("h2", has_text="Figures").wait_for(
         timeout=60_000)
+    # and its figures are decoded pictures, not empty boxes
+    frame = page.locator("#report-frame").element_handle().content_frame()
+    frame.wait_for_function("() => document.images.length >= 2 && [...document.images]"
+                            ".every((i) => i.complete && i.naturalWidth > 0)")
+    # an ended study: nothing to cancel
+    assert page.inner_text("#live") == "ended"
+    assert page.locator("#cancel").is_disabled()
     tab.shot("study")
 
     page.click("#resubmit")

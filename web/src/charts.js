@@ -36,25 +36,38 @@ function width(el) {
   return Math.max(280, Math.floor(el.getBoundingClientRect().width || 600));
 }
 
-// Mean +- std across seeds: lines = [{label, mean: [...], std: [...]}] over x = epochs.
+// The band edges stay off the legend: it reads one value per line, the band shows the spread.
+function hideFromLegend(chart, hidden) {
+  chart.root.querySelectorAll(".u-legend .u-series").forEach((row, i) => {
+    if (hidden.has(i)) row.style.display = "none";
+  });
+}
+
+// A value that is not there (undefined: another line's x) is skipped, not a gap; a missing
+// value (null) is a gap.
+function shifted(values, by, sign) {
+  return values.map((m, k) => (m === undefined ? undefined : m == null ? null : m + sign * (by[k] || 0)));
+}
+
+// Mean +- std across seeds: lines = [{label, mean: [...], std: [...], color?}] over x = epochs
+// (undefined where a line has no such epoch).
 export function bandChart(el, name, title, epochs, lines) {
   el.replaceChildren();
   const series = [{ label: "epoch" }];
   const data = [epochs];
   const bands = [];
+  const hidden = new Set();
   lines.forEach((line, i) => {
-    const c = color(i);
-    const hi = line.mean.map((m, k) => (m == null ? null : m + (line.std[k] || 0)));
-    const lo = line.mean.map((m, k) => (m == null ? null : m - (line.std[k] || 0)));
-    series.push({ label: line.label, stroke: c, width: 2, value: (u, v) => formatValue(v) });
+    const c = line.color || color(i);
+    series.push({ label: line.label, stroke: c, width: 2, spanGaps: true, value: (u, v) => formatValue(v) });
     data.push(line.mean);
     const top = data.length;
-    series.push({ label: `${line.label} +std`, stroke: fade(c, 0.25), width: 1,
-      value: (u, v) => formatValue(v) });
-    data.push(hi);
-    series.push({ label: `${line.label} -std`, stroke: fade(c, 0.25), width: 1,
-      value: (u, v) => formatValue(v) });
-    data.push(lo);
+    for (const [suffix, sign] of [["+std", 1], ["-std", -1]]) {
+      hidden.add(data.length);
+      series.push({ label: `${line.label} ${suffix}`, stroke: fade(c, 0.25), width: 1, spanGaps: true,
+        value: (u, v) => formatValue(v) });
+      data.push(shifted(line.mean, line.std, sign));
+    }
     bands.push({ series: [top, top + 1], fill: fade(c, 0.15) });
   });
   const opts = {
@@ -64,11 +77,81 @@ export function bandChart(el, name, title, epochs, lines) {
     legend: { live: true },
   };
   const chart = new uPlot(opts, data, el);
-  // the band edges stay off the legend: it reads mean per line, the band shows the spread
-  chart.root.querySelectorAll(".u-legend .u-series").forEach((row, i) => {
-    if (i > 0 && (i - 1) % 3 !== 0) row.style.display = "none";
-  });
+  hideFromLegend(chart, hidden);
   return register(name, chart);
+}
+
+// Where each layer sits from input (0) to output (1): networks of any depth share the axis.
+export function relativeDepths(count) {
+  return count < 2 ? [0] : [...Array(count).keys()].map((j) => j / (count - 1));
+}
+
+const DEPTH_TICKS = [0, 0.25, 0.5, 0.75, 1];
+const DEPTH_MARGIN = 0.03;
+
+// Gradient flow of several networks on one log axis, x = relative depth. entries =
+// [{label, layers, mean: [per layer], lo?, hi?, color?}]; lo/hi draw a band (the seeds'
+// spread). Hovering shows, for each network, its nearest layer's name and value.
+export function depthChart(el, name, title, entries, opts = {}) {
+  el.replaceChildren();
+  const key = (x) => Math.round(x * 1e9);
+  const xs = [...new Set(entries.flatMap((e) => relativeDepths(e.layers.length).map(key)))]
+    .sort((a, b) => a - b).map((k) => k / 1e9);
+  const slot = new Map(xs.map((x, i) => [key(x), i]));
+  const align = (entry, values) => {
+    const out = new Array(xs.length).fill(undefined);
+    relativeDepths(entry.layers.length).forEach((x, j) => {
+      const v = values[j];
+      out[slot.get(key(x))] = v != null && v > 0 ? v : null; // log axis: 0 cannot be drawn
+    });
+    return out;
+  };
+  const series = [{ label: "relative depth", value: (u, v) => (v == null ? "-" : v.toFixed(2)) }];
+  const data = [xs];
+  const bands = [];
+  const hidden = new Set();
+  entries.forEach((entry, i) => {
+    const c = entry.color || color(i);
+    const layerAt = new Map(relativeDepths(entry.layers.length).map((x, j) => [slot.get(key(x)), j]));
+    series.push({ label: entry.label, stroke: c, width: 2, spanGaps: true,
+      points: { show: entry.layers.length <= 60 },
+      value: (u, v, s, idx) => (idx == null || !layerAt.has(idx) ? "-"
+        : `${formatValue(v)} at ${entry.layers[layerAt.get(idx)]}`) });
+    data.push(align(entry, entry.mean));
+    if (entry.lo && entry.hi) {
+      const top = data.length;
+      for (const edge of [entry.hi, entry.lo]) {
+        hidden.add(data.length);
+        series.push({ label: `${entry.label} spread`, stroke: fade(c, 0.25), width: 1, spanGaps: true,
+          points: { show: false } });
+        data.push(align(entry, edge));
+      }
+      bands.push({ series: [top, top + 1], fill: fade(c, 0.15) });
+    }
+  });
+  const options = {
+    title, width: opts.width || width(el), height: opts.height || 300, series, bands,
+    padding: [null, 24, null, null],
+    // a margin either side: the input and output layers' points are drawn whole and can be hovered
+    scales: { x: { time: false, range: [-DEPTH_MARGIN, 1 + DEPTH_MARGIN] },
+      y: { distr: 3, ...(opts.yRange ? { range: opts.yRange } : {}) } },
+    axes: [
+      { label: "relative depth (input -> output)", splits: () => DEPTH_TICKS,
+        values: (u, ticks) => ticks.map((t) => (t === 0 ? "input" : t === 1 ? "output" : `${t * 100}%`)) },
+      { label: opts.yLabel || "gradient",
+        values: (u, ticks) => ticks.map((t) => (t == null ? "" : t.toExponential(0))), size: 70 },
+    ],
+    legend: { live: true },
+  };
+  const chart = new uPlot(options, data, el);
+  hideFromLegend(chart, hidden);
+  return register(name, chart);
+}
+
+// One shared y range (log axis) for charts that must be read against each other.
+export function logRange(values) {
+  const positive = values.filter((v) => v != null && v > 0);
+  return positive.length ? [Math.min(...positive) / 2, Math.max(...positive) * 2] : null;
 }
 
 // Gradient flow as the seed report draws it: x = layers in depth order, y = statistic on a

@@ -15,6 +15,13 @@ export function h(tag, attrs = {}, ...children) {
   return el;
 }
 
+// A run in one of these states will not change again (science/records.py's list).
+const FINISHED = new Set(["succeeded", "failed", "cancelled", "diverged"]);
+
+export function isFinished(status) {
+  return FINISHED.has(status);
+}
+
 export function statusBadge(status) {
   return h("span", { class: `status status-${status}` }, status);
 }

@@ -3,9 +3,11 @@
 // words, the runs, and links to the exports. Follows the experiment's event stream.
 
 import { download, get, post } from "./api.js";
-import { bandChart, gradflowChart, heatmap, formatValue } from "./charts.js";
-import { h, statusBadge, debounce, errorBox, duration } from "./dom.js";
+import { bandChart, gradflowChart, heatmap } from "./charts.js";
+import { compareHref } from "./compare.js";
+import { h, statusBadge, debounce, errorBox, duration, isFinished } from "./dom.js";
 import { follow } from "./events.js";
+import { formatMetric } from "./numbers.js";
 
 function evenPick(count, max = 5) {
   if (count <= max) return [...Array(count).keys()];
@@ -48,8 +50,9 @@ export function experimentPage(root, id) {
     const total = planned() * runs.length;
     const seconds = state.metrics ? state.metrics.across_seeds.mean.seconds.filter((v) => v != null) : [];
     const perEpoch = seconds.length ? seconds.reduce((a, b) => a + b, 0) / seconds.length : NaN;
-    const remaining = Math.max(0, ...runs.filter((r) => !["succeeded", "failed", "cancelled", "diverged"].includes(r.status))
-      .map((r) => planned() - r.epochs_done));
+    const remaining = Math.max(0, ...runs.filter((r) => !isFinished(r.status)).map((r) => planned() - r.epochs_done));
+    // once every run has finished the stream has nothing more to say, whatever its state
+    const live = runs.every((r) => isFinished(r.status)) ? "ended" : state.live;
     const last = state.lastEpoch || lastMean(state.metrics);
     const cancel = h("button", { id: "cancel", onclick: async () => {
       if (!window.confirm(`Cancel ${e.name}?`)) return;
@@ -60,12 +63,13 @@ export function experimentPage(root, id) {
       h("h1", {}, e.name, " ", statusBadge(e.status)),
       h("div", { class: "facts" },
         h("span", { id: "progress" }, `${done}/${total} epochs`),
-        h("span", { id: "current-loss" }, last ? `train loss ${formatValue(last.train_loss)}, val loss ${formatValue(last.val_loss)}` : "no epoch yet"),
+        h("span", { id: "current-loss" }, last ? `train loss ${formatMetric("train_loss", last.train_loss)}, val loss ${formatMetric("val_loss", last.val_loss)}` : "no epoch yet"),
         h("span", { id: "eta" }, remaining ? `ETA ~${duration(remaining * perEpoch)}` : ""),
         e.owner ? h("span", {}, `owner ${e.owner}`) : null,
-        h("span", { id: "live", class: `live live-${state.live}` }, state.live),
+        h("span", { id: "live", class: `live live-${live}` }, live),
         h("code", {}, e.id)),
-      h("div", { class: "actions" }, ["queued", "running"].includes(e.status) ? cancel : null));
+      h("div", { class: "actions" }, ["queued", "running"].includes(e.status) ? cancel : null,
+        h("a", { id: "compare-link", href: compareHref([e.id]) }, "Compare with other experiments")));
   }
 
   function lastMean(m) {
@@ -145,7 +149,7 @@ export function experimentPage(root, id) {
     const rows = state.experiment.runs.map((r) => h("tr", { "data-run": r.id },
       h("td", {}, String(r.seed)), h("td", {}, statusBadge(r.status)), h("td", {}, String(r.attempt)),
       h("td", { class: "epochs" }, `${r.epochs_done}/${planned()}`),
-      h("td", {}, r.test && r.test.acc != null ? formatValue(r.test.acc) : ""),
+      h("td", {}, r.test && r.test.acc != null ? formatMetric("test_acc", r.test.acc) : ""),
       h("td", { class: "run-error" }, r.error || "")));
     el.runs.replaceChildren(h("table", { id: "runs-table" },
       h("thead", {}, h("tr", {}, ["seed", "status", "attempts", "epochs", "test acc", "last error"].map((c) => h("th", {}, c)))),
