@@ -49,7 +49,8 @@ def test_build_requirements_follow_the_extras() -> None:
 
     api = requirements("api")
     assert any(r.startswith("fastapi") for r in api)
-    assert not any(r.startswith(("torch", "pytest")) for r in api)  # the API image is torch-free
+    # the API image is torch-free and pandas-free (pandas is the client's optional extra)
+    assert not any(r.startswith(("torch", "pytest", "pandas")) for r in api)
     worker = requirements("worker")
     assert not any(r.startswith("fastapi") for r in worker)
     torch = requirements("worker", "--only", "torch", "torchvision")

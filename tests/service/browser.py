@@ -58,6 +58,8 @@ class Page:
         from PIL import Image  # matplotlib's own dependency
 
         raw = self.shots / f"{name}-docs-raw.png"
+        self.page.mouse.move(0, 0)  # no tooltip, no hover legend
+        self.page.evaluate("() => window.scrollTo(0, 0)")
         self.page.screenshot(path=str(raw), clip={"x": 0, "y": 0, "width": 1400, "height": height})
         DOCS_IMAGES.mkdir(parents=True, exist_ok=True)
         path = DOCS_IMAGES / f"{name}.png"

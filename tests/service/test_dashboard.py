@@ -44,6 +44,7 @@ def test_experiment_page_plots_the_apis_numbers_without_console_errors(
     page = tab.open(f"experiments/{created['id']}")
     page.wait_for_selector("#gradflow-chart .uplot")
     page.wait_for_selector("#runs-table tbody tr")
+    tab.docs_shot("experiment-page")
     # gradient flow: layer 2 at the last epoch, as the legend shows it under the mouse
     hover(page, "gradflow", 2)
     shown = _legend_value(page, "gradflow", "epoch 2")
@@ -69,7 +70,6 @@ def test_experiment_page_plots_the_apis_numbers_without_console_errors(
     # every run has finished: the header says so, and offers no cancel
     assert page.inner_text("#live") == "ended"
     assert page.locator("#cancel").count() == 0
-    tab.docs_shot("experiment-page")
     # the statistic selector reloads the view with the other statistic
     page.select_option("#stat", "max_abs")
     page.wait_for_function(

@@ -111,12 +111,12 @@ def test_compare_view_overlays_two_depths_at_the_apis_numbers_and_survives_a_rel
     tab: Page, api_url: str, worker: StoreWorker, unique_name: str,
     spec_factory: Callable[..., dict[str, object]],
 ) -> None:
+    names = [f"vgg08-{unique_name[-4:]}", f"vgg38-{unique_name[-4:]}"]
     shallow = _train(api_url, worker, spec_factory(seeds=SEEDS, epochs=EPOCHS, depth=8,
-                                                   name=f"{unique_name}-vgg08"))
+                                                   name=names[0]))
     deep = _train(api_url, worker, spec_factory(seeds=SEEDS, epochs=EPOCHS, depth=38,
-                                                name=f"{unique_name}-vgg38"))
+                                                name=names[1]))
     ids = [shallow["id"], deep["id"]]
-    names = [f"{unique_name}-vgg08", f"{unique_name}-vgg38"]
     flows = [httpx.get(f"{api_url}/experiments/{i}/gradflow").json() for i in ids]
     metrics = [httpx.get(f"{api_url}/experiments/{i}/metrics").json() for i in ids]
     assert [len(f["layers"]) for f in flows] == [9, 39]
@@ -171,7 +171,7 @@ def test_compare_view_overlays_two_depths_at_the_apis_numbers_and_survives_a_rel
     page.select_option("#compare-epoch", "last")
     page.wait_for_function("() => window.__gradlab.charts['compare-gradflow'].root.textContent"
                            ".includes('last epoch of each')")
-    tab.docs_shot("compare-view", height=1150)
+    tab.docs_shot("compare-view")
     tab.shot("compare")
 
     # another statistic and epoch, then a reload: the URL brought everything back

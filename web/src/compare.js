@@ -70,7 +70,7 @@ export function comparePage(root, query) {
     picker: h("div", { id: "compare-picker", class: "picker" }),
     controls: h("div", { class: "controls" }),
     flow: h("div", { id: "compare-gradflow" }),
-    curves: h("div", { class: "grid2", id: "compare-curves" },
+    curves: h("div", { class: "grid-2x2", id: "compare-curves" },
       CURVES.map(([metric]) => h("div", { id: `compare-${metric}` }))),
     table: h("div", { id: "compare-table" }),
   };
@@ -103,10 +103,9 @@ export function comparePage(root, query) {
       onchange: (ev) => { if (ev.target.value) { state.ids = [...state.ids, ev.target.value]; changed(); } } },
       h("option", { value: "" }, choices.length ? "add an experiment..." : "no other experiment"),
       choices.map((e) => h("option", { value: e.id }, `${e.name} (${e.status}, ${e.id.slice(0, 8)})`)));
-    el.picker.replaceChildren(...chips, add,
-      ...state.errors.map(errorBox),
-      state.ids.length < 2 ? h("p", { class: "muted" },
-        "Pick two or more experiments: tick them on the front page or a study page, or add them here.") : null);
+    const hint = state.ids.length < 2 ? [h("p", { class: "muted" },
+      "Pick two or more experiments: tick them on the front page or a study page, or add them here.")] : [];
+    el.picker.replaceChildren(...chips, add, ...state.errors.map(errorBox), ...hint);
   }
 
   function renderControls() {
