@@ -53,7 +53,8 @@ def relative_depths(count: int) -> list[float]:
 
 def _frame(rows: list[dict[str, Any]], columns: Sequence[str]) -> pd.DataFrame:
     # the columns are named even when there is no row, so code reading them never breaks
-    return _pandas().DataFrame(rows, columns=list(columns))
+    frame: pd.DataFrame = _pandas().DataFrame(rows, columns=list(columns))
+    return frame
 
 
 def metrics_frame(payload: Mapping[str, Any], *, across_seeds: bool = False) -> pd.DataFrame:

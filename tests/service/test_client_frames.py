@@ -24,7 +24,6 @@ from tests.service.conftest import LAYERS, StoreWorker, epoch_numbers, gradflow_
 from tests.support.processes import REPO
 
 
-
 @pytest.fixture(scope="module")
 def recorded(api_url: str, worker: StoreWorker) -> dict[str, Any]:
     """Two seeds, 3 and 2 epochs (so n differs), one NaN loss (a null in the JSON)."""

@@ -50,8 +50,8 @@ function shifted(values, by, sign) {
 }
 
 // Mean +- std across seeds: lines = [{label, mean: [...], std: [...], color?}] over x = epochs
-// (undefined where a line has no such epoch).
-export function bandChart(el, name, title, epochs, lines) {
+// (undefined where a line has no such epoch); format writes a value in the legend.
+export function bandChart(el, name, title, epochs, lines, format = formatValue) {
   el.replaceChildren();
   const series = [{ label: "epoch" }];
   const data = [epochs];
@@ -59,13 +59,12 @@ export function bandChart(el, name, title, epochs, lines) {
   const hidden = new Set();
   lines.forEach((line, i) => {
     const c = line.color || color(i);
-    series.push({ label: line.label, stroke: c, width: 2, spanGaps: true, value: (u, v) => formatValue(v) });
+    series.push({ label: line.label, stroke: c, width: 2, spanGaps: true, value: (u, v) => format(v) });
     data.push(line.mean);
     const top = data.length;
     for (const [suffix, sign] of [["+std", 1], ["-std", -1]]) {
       hidden.add(data.length);
-      series.push({ label: `${line.label} ${suffix}`, stroke: fade(c, 0.25), width: 1, spanGaps: true,
-        value: (u, v) => formatValue(v) });
+      series.push({ label: `${line.label} ${suffix}`, stroke: fade(c, 0.25), width: 1, spanGaps: true });
       data.push(shifted(line.mean, line.std, sign));
     }
     bands.push({ series: [top, top + 1], fill: fade(c, 0.15) });

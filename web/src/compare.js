@@ -7,7 +7,7 @@
 import { get } from "./api.js";
 import { bandChart, color, depthChart, logRange } from "./charts.js";
 import { h, statusBadge, errorBox } from "./dom.js";
-import { formatSummary } from "./numbers.js";
+import { formatMetric, formatSummary } from "./numbers.js";
 
 const STATS = [["mean_abs", "mean |g|"], ["max_abs", "max |g|"], ["l2", "l2 norm"]];
 const WINDOWS = [["last_batch", "last batch"], ["epoch_mean", "epoch mean"]];
@@ -154,7 +154,7 @@ export function comparePage(root, query) {
         return { label: e.experiment.name, color: color(i),
           mean: onEpochs(epochs, a.epochs, a.mean[metric]), std: onEpochs(epochs, a.epochs, a.std[metric]) };
       }).filter(Boolean);
-      bandChart(el.curves.children[c], `compare-${metric}`, title, epochs, lines);
+      bandChart(el.curves.children[c], `compare-${metric}`, title, epochs, lines, (v) => formatMetric(metric, v));
     });
   }
 

@@ -81,8 +81,10 @@ export function experimentPage(root, id) {
   function renderCurves() {
     const a = state.metrics.across_seeds;
     const line = (name, label) => ({ label, mean: a.mean[name], std: a.std[name] });
-    bandChart(el.curves.children[0], "loss", "Loss", a.epochs, [line("train_loss", "train loss"), line("val_loss", "val loss")]);
-    bandChart(el.curves.children[1], "accuracy", "Accuracy", a.epochs, [line("train_acc", "train acc"), line("val_acc", "val acc")]);
+    bandChart(el.curves.children[0], "loss", "Loss", a.epochs, [line("train_loss", "train loss"), line("val_loss", "val loss")],
+      (v) => formatMetric("loss", v));
+    bandChart(el.curves.children[1], "accuracy", "Accuracy", a.epochs, [line("train_acc", "train acc"), line("val_acc", "val acc")],
+      (v) => formatMetric("acc", v));
   }
 
   function flowSeries() {
