@@ -6,6 +6,7 @@ import math
 
 from gradlab.science.diagnostics import (
     DiagnosticSettings,
+    Finding,
     diagnose,
     exploding_gradients,
     not_training,
@@ -324,3 +325,37 @@ def test_only_weight_decay_is_credited_with_curing_overfitting() -> None:
     )
     without = cell(_res("res"), seed_run(0, **OVERFITS))
     assert "fix" not in kinds(diagnose([plain, bn, without, other_lr]))
+
+
+# --- evidence and sentences -----------------------------------------------------------------
+
+
+def test_a_first_layer_gradient_of_exactly_zero_reads_ratio_zero_in_the_fix_sentence() -> None:
+    # an entry conv whose gradient underflowed to 0: the ratio is 0, as the vanishing finding
+    # says, not "nan"
+    dead = [0.0, 1e-12, 1e-11, 1e-4]
+    plain = cell(spec("p", 38), seed_run(0, train_loss=FLAT, train_acc=[0.01] * 3,
+                                         gradients=[dead] * 3, layers=LAYERS))
+    bn = cell(spec("b", 38, bn=True), seed_run(0, train_loss=[4.2, 3.6, 3.2],
+                                               train_acc=[0.06, 0.14, 0.22],
+                                               gradients=[HEALTHY] * 3, layers=LAYERS))
+    findings = diagnose([plain, bn])
+    vanishing = next(f for f in findings if f.kind == "vanishing_gradients")
+    flow_fix = next(f for f in findings if f.kind == "fix")
+    assert "(ratio 0)" in vanishing.sentence
+    assert "first-to-last ratio 0 -> 1 (epoch 2)" in flow_fix.sentence
+
+
+def test_findings_round_trip_through_json_with_their_evidence_typed() -> None:
+    from tests.study.test_seed_findings import seed_study
+
+    findings = diagnose(seed_study())
+    assert {f.kind for f in findings} == {"vanishing_gradients", "not_training", "degradation",
+                                         "overfitting", "fix"}
+    again = [Finding.model_validate_json(f.model_dump_json()) for f in findings]
+    assert [type(f.evidence) for f in again] == [type(f.evidence) for f in findings]
+    assert again == findings
+    # the sentence's numbers are in the evidence: the threshold a vanishing cell was read at
+    vanishing = next(f for f in again if f.kind == "vanishing_gradients")
+    assert vanishing.evidence.threshold == SETTINGS.vanishing_threshold
+    assert vanishing.evidence.ratio_threshold == SETTINGS.vanishing_ratio
