@@ -7,11 +7,13 @@ from typing import Any
 
 from rich.progress import (
     BarColumn,
+    DownloadColumn,
     MofNCompleteColumn,
     Progress,
     TextColumn,
     TimeElapsedColumn,
     TimeRemainingColumn,
+    TransferSpeedColumn,
 )
 
 # The refresh thread shares the GIL with training: a few redraws a second are plenty.
@@ -25,6 +27,19 @@ def progress_bar(console: Any | None = None) -> Progress:
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        refresh_per_second=REFRESHES_PER_SECOND,
+    )
+
+
+def download_bar(console: Any | None = None) -> Progress:
+    """The same bar counting bytes: done and in all, speed, time remaining."""
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
         TimeRemainingColumn(),
         console=console,
         refresh_per_second=REFRESHES_PER_SECOND,
