@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from gradlab.core.data_download import download_cifar, download_progress
+from gradlab.core.data_download import DownloadError, download_cifar, download_progress
 from gradlab.science.spec import DataSpec
 
 DATA_DIR_ENV = "GRADLAB_DATA_DIR"
@@ -80,10 +80,10 @@ def resolve_data_dir(explicit: str | Path | None, *, must_exist: bool = True) ->
     """The data folder: the flag, else ``GRADLAB_DATA_DIR``, else ``./data``.
 
     Raises DataNotFoundError naming the path and where it came from when it does not exist
-    (``must_exist=False`` is for ``gradlab data download``, which creates it).
+    (``must_exist=False`` is for a download, which creates it).
     """
-    if explicit not in (None, ""):
-        path, origin = Path(explicit), "--data-dir"  # type: ignore[arg-type]
+    if explicit is not None and str(explicit) != "":
+        path, origin = Path(explicit), "--data-dir"
     elif os.environ.get(DATA_DIR_ENV):
         path, origin = Path(os.environ[DATA_DIR_ENV]), DATA_DIR_ENV
     else:
@@ -112,8 +112,12 @@ def ensure_data(data_dir: str | Path | None, dataset: str = "cifar100", *, downl
         return root
     if not download:
         raise DataNotFoundError(_not_found(root, dataset, tried))
-    with download_progress(show_progress, f"{dataset} into {root}") as progress:
-        download_cifar(root, dataset, progress=progress)
+    try:
+        with download_progress(show_progress, f"{dataset} into {root}") as progress:
+            download_cifar(root, dataset, progress=progress)
+    except DownloadError as exc:
+        raise DownloadError(f"no {dataset} data in {root.resolve()} (tried: {', '.join(tried)}) "
+                            f"and fetching it failed: {exc}") from None
     if _locate(root, dataset)[0] is None:  # e.g. an incomplete folder was already there
         raise DataNotFoundError(_not_found(root, dataset, tried))
     return root
@@ -191,9 +195,12 @@ def _from_npz(train: Path, test: Path, label_key: str, dataset: str) -> CifarArr
 def _unpickle(path: Path) -> dict[bytes, object]:
     with path.open("rb") as handle:
         try:
-            return pickle.load(handle, encoding="bytes")
+            loaded = pickle.load(handle, encoding="bytes")
         except (pickle.UnpicklingError, EOFError, ValueError) as exc:
             raise DataFormatError(f"{path} is not a CIFAR pickle: {exc}") from exc
+    if not isinstance(loaded, dict):
+        raise DataFormatError(f"{path} is not a CIFAR pickle: it holds a {type(loaded).__name__}")
+    return loaded
 
 
 def _pickle_part(paths: list[Path], label_key: str) -> tuple[np.ndarray, np.ndarray]:

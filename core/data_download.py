@@ -59,7 +59,7 @@ class DownloadError(RuntimeError):
 
 def official_archive(dataset: str) -> Archive:
     """The archive of ``dataset`` (cifar100, cifar10) as torchvision's dataset declares it."""
-    from torchvision.datasets import CIFAR10, CIFAR100
+    from torchvision.datasets import CIFAR10, CIFAR100  # type: ignore[import-untyped]
 
     declared = {"cifar100": CIFAR100, "cifar10": CIFAR10}
     if dataset not in declared:
@@ -201,7 +201,7 @@ def _size(path: Path) -> int:
 
 
 def _verify(part: Path, archive: Archive) -> None:
-    from torchvision.datasets.utils import calculate_md5
+    from torchvision.datasets.utils import calculate_md5  # type: ignore[import-untyped]
 
     digest = calculate_md5(part)
     if digest != archive.md5:
