@@ -115,7 +115,7 @@ def ensure_data(data_dir: str | Path | None, dataset: str = "cifar100", *, downl
     try:
         with download_progress(show_progress, f"{dataset} into {root}") as progress:
             download_cifar(root, dataset, progress=progress)
-    except DownloadError as exc:
+    except (DownloadError, OSError) as exc:  # OSError: the folder cannot be written
         raise DownloadError(f"no {dataset} data in {root.resolve()} (tried: {', '.join(tried)}) "
                             f"and fetching it failed: {exc}") from None
     if _locate(root, dataset)[0] is None:  # e.g. an incomplete folder was already there

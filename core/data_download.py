@@ -105,19 +105,28 @@ def download_cifar(data_dir: Path, dataset: str = "cifar100", *,
 
 @contextmanager
 def download_progress(show: bool, description: str) -> Iterator[Progress | None]:
-    """A progress callback drawing gradlab's download bar on the terminal (None: no bar)."""
+    """A progress callback drawing gradlab's download bar on the terminal (None: no bar); the
+    bar appears with the first bytes, so a server that cannot be reached draws none."""
     if not show:
         yield None
         return
     from gradlab.science.progress_bar import download_bar
 
-    with download_bar() as bar:
-        task = bar.add_task(f"downloading {description}", total=None)
+    bar = download_bar()
+    task = None
 
-        def advance(done: int, total: int) -> None:
-            bar.update(task, completed=done, total=total or None)
+    def advance(done: int, total: int) -> None:
+        nonlocal task
+        if task is None:
+            bar.start()
+            task = bar.add_task(f"downloading {description}", total=None)
+        bar.update(task, completed=done, total=total or None)
 
+    try:
         yield advance
+    finally:
+        if task is not None:
+            bar.stop()
 
 
 def fetch(url: str, part: Path, progress: Progress | None = None) -> None:
@@ -159,20 +168,23 @@ def _fetch_once(url: str, part: Path, progress: Progress | None) -> None:
         raise DownloadError(f"{url} answered HTTP {exc.code} {exc.reason}") from None
     except (OSError, http.client.HTTPException) as exc:  # refused, no route, DNS, timeout
         raise DownloadError(_unreachable(url, part.parent, exc)) from None
-    with response:
-        resumed = have > 0 and _range_start(response) == have
-        done = have if resumed else 0
-        length = response.headers.get("Content-Length")
-        total = done + int(length) if length else 0
-        try:
-            with part.open("ab" if resumed else "wb") as out:
-                while chunk := response.read(CHUNK_BYTES):
-                    out.write(chunk)
-                    done += len(chunk)
-                    if progress is not None:
-                        progress(done, total)
-        except (OSError, http.client.HTTPException) as exc:
-            raise _BrokenOff(done, total, str(exc) or type(exc).__name__) from None
+    resumed = have > 0 and _range_start(response) == have
+    done = have if resumed else 0
+    length = response.headers.get("Content-Length")
+    total = done + int(length) if length else 0
+    # Errors writing the file (a full disk) are the caller's to report, not a broken download.
+    with response, part.open("ab" if resumed else "wb") as out:
+        while True:
+            try:
+                chunk = response.read(CHUNK_BYTES)
+            except (OSError, http.client.HTTPException) as exc:
+                raise _BrokenOff(done, total, str(exc) or type(exc).__name__) from None
+            if not chunk:
+                break
+            out.write(chunk)
+            done += len(chunk)
+            if progress is not None:
+                progress(done, total)
     if total and done < total:
         raise _BrokenOff(done, total, "the connection closed early")
 

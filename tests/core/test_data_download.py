@@ -295,3 +295,12 @@ def test_gradlab_data_download_fetches_the_archive_alone(
     assert f"downloading {server.url}/{NAME}" in result.output
     assert f"cifar100 ready at {tmp_path / 'cifar-100-python'}" in result.output
     assert np.array_equal(load_cifar(tmp_path).train_images, train_images)
+
+
+def test_a_data_folder_that_cannot_be_created_is_a_clear_error(
+        tmp_path: Path, mirror_setting: pytest.MonkeyPatch) -> None:
+    mirror_setting.setenv("GRADLAB_CIFAR_URL", _closed_port_url())
+    get_settings.cache_clear()
+    (tmp_path / "a-file").write_text("not a folder")
+    with pytest.raises(DownloadError, match="no cifar100 data in .* and fetching it failed"):
+        ensure_data(tmp_path / "a-file" / "data", "cifar100", download=True)
