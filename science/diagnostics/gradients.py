@@ -14,11 +14,11 @@ import math
 import operator
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TypedDict
 
 from gradlab.science.aggregate import GradFlowStats, gradflow_stats
 from gradlab.science.diagnostics.evidence import (
     ExplodingEvidence,
+    GradientEvidence,
     VanishingEvidence,
     Window,
 )
@@ -51,20 +51,10 @@ class GradientScan:
         return self.flow.mean[self.recent[-1]]
 
 
-class _Common(TypedDict):
-    epoch: int
-    epochs_checked: list[int]
-    threshold: float
-    ratio_threshold: float
-    layers_total: int
-    first_to_last_ratio: float
-    seeds: int
-    window: Window
-
-
-def _common(scan: GradientScan) -> _Common:
+def _common(scan: GradientScan) -> dict[str, object]:
+    """The fields either direction reports (:class:`GradientEvidence`'s), from the scan."""
     flow = scan.flow
-    return _Common(
+    return GradientEvidence(
         epoch=flow.epochs[scan.recent[-1]],
         epochs_checked=[flow.epochs[i] for i in scan.recent],
         threshold=scan.threshold,
@@ -73,7 +63,7 @@ def _common(scan: GradientScan) -> _Common:
         first_to_last_ratio=scan.ratios[-1],
         seeds=flow.n[scan.recent[-1]],
         window=scan.window,
-    )
+    ).model_dump()
 
 
 def _vanishing_evidence(scan: GradientScan) -> VanishingEvidence:
