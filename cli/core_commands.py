@@ -173,7 +173,8 @@ def _train(spec: Any, seed: int, data_dir: Path | None, device: str, out: Path, 
     from rich.console import Console
 
     from gradlab.core.checkpoints import CheckpointError
-    from gradlab.core.data import DataFormatError, DataNotFoundError, load_cifar, resolve_data_dir
+    from gradlab.core.data import DataFormatError, DataNotFoundError, ensure_data, load_cifar
+    from gradlab.core.data_download import DownloadError
     from gradlab.core.training_loop import fit
 
     console = Console()
@@ -184,8 +185,9 @@ def _train(spec: Any, seed: int, data_dir: Path | None, device: str, out: Path, 
             raise UserError(f"--resume: no checkpoint at {checkpoint_path}")
         blob = checkpoint_path.read_bytes()
     try:
-        data = load_cifar(resolve_data_dir(data_dir), spec.data.dataset)
-    except (DataNotFoundError, DataFormatError) as exc:
+        root = ensure_data(data_dir, spec.data.dataset, download=True, show_progress=True)
+        data = load_cifar(root, spec.data.dataset)
+    except (DataNotFoundError, DataFormatError, DownloadError) as exc:
         raise UserError(str(exc)) from None
     out.mkdir(parents=True, exist_ok=True)
 
@@ -367,20 +369,27 @@ def download_command(
     dataset: Annotated[str, typer.Option(help="cifar100 or cifar10")] = "cifar100",
     data_dir: Annotated[Path | None, typer.Option(help=DATA_DIR_HELP)] = None,
 ) -> None:
-    """Fetch the official archive (Python pickles), check its MD5 and extract it."""
-    from gradlab.core.data import resolve_data_dir
-    from gradlab.core.data_download import ARCHIVES, DownloadError, download_cifar
+    """Fetch the official archive (Python pickles), check its MD5 and extract it; a download
+    that broke off continues where it stopped (GRADLAB_CIFAR_URL: a mirror)."""
+    from gradlab.core.data import DATASETS, resolve_data_dir
+    from gradlab.core.data_download import (
+        DownloadError,
+        archive_for,
+        download_cifar,
+        download_progress,
+    )
 
-    if dataset not in ARCHIVES:
-        raise _fail(f"--dataset must be one of {', '.join(ARCHIVES)}; got {dataset!r}")
+    if dataset not in DATASETS:
+        raise _fail(f"--dataset must be one of {', '.join(DATASETS)}; got {dataset!r}")
     target = resolve_data_dir(data_dir, must_exist=False)
-    folder = target / ARCHIVES[dataset].folder
-    if folder.is_dir():
-        typer.echo(f"{dataset} is already at {folder}")
+    archive = archive_for(dataset)
+    if (target / archive.folder).is_dir():
+        typer.echo(f"{dataset} is already at {target / archive.folder}")
         return
-    typer.echo(f"downloading {ARCHIVES[dataset].url} into {target} ...")
+    typer.echo(f"downloading {archive.url} into {target} ...")
     try:
-        folder = download_cifar(target, dataset)
+        with download_progress(True, archive.filename) as progress:
+            folder = download_cifar(target, dataset, archive=archive, progress=progress)
     except (DownloadError, OSError) as exc:
         raise _fail(str(exc)) from None
     typer.echo(f"{dataset} ready at {folder}")

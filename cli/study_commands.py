@@ -138,7 +138,7 @@ def _run_all(
     console: Any,
     pack: bool = True,
 ) -> None:
-    from gradlab.core.data import DataNotFoundError, load_cifar, resolve_data_dir
+    from gradlab.core.data import load_cifar
     from gradlab.science.progress_bar import progress_bar
     from gradlab.settings import Settings
     from gradlab.store.studies import completion, get_study
@@ -155,10 +155,7 @@ def _run_all(
     )
     if not queued:
         return
-    try:
-        root = resolve_data_dir(data_dir)
-    except DataNotFoundError as exc:
-        raise StudyRunError(str(exc)) from None
+    root = _ensure_study_data(data_dir, factory, study_id)
     settings = Settings(database_url=url, data_dir=root, device=device)
     if not pack:
         settings = settings.model_copy(update={"pack_size": 1})
@@ -189,6 +186,27 @@ def _run_all(
                                   "(see the report)")
         finally:
             watcher.stop()
+
+
+def _ensure_study_data(data_dir: Path | None, factory: Any, study_id: str) -> Path:
+    """The data folder, holding every data set the study trains on: fetched when missing
+    (``gradlab.core.data.ensure_data``)."""
+    from gradlab.core.data import DataNotFoundError, ensure_data
+    from gradlab.core.data_download import DownloadError
+    from gradlab.store.studies import get_study, study_spec_of
+
+    with factory() as session:
+        study = get_study(session, study_id)
+        assert study is not None  # this command submitted it
+        spec, scale = study_spec_of(study)
+    root = None
+    try:
+        for dataset in sorted({c.spec.data.dataset for c in expand(spec, scale=scale)}):
+            root = ensure_data(data_dir, dataset, download=True, show_progress=True)
+    except (DataNotFoundError, DownloadError) as exc:
+        raise StudyRunError(str(exc)) from None
+    assert root is not None  # a study has at least one cell
+    return root
 
 
 class _ProgressWatcher(threading.Thread):

@@ -16,11 +16,14 @@ from __future__ import annotations
 import os
 import pickle
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 
+from gradlab.core.data_download import DownloadError, download_cifar, download_progress
 from gradlab.science.spec import DataSpec
 
 DATA_DIR_ENV = "GRADLAB_DATA_DIR"
@@ -30,9 +33,10 @@ NUM_OFFICIAL_TRAIN = 50_000
 NUM_TRAIN = 47_500
 SPLIT_SEED = 0
 _HOW_TO_GET = (
-    "Get the data with `gradlab data download --data-dir DIR` (needs internet), or point "
-    f"--data-dir / {DATA_DIR_ENV} at a folder holding train.npz + test.npz or the official "
-    "cifar-100-python/ (cifar-10-batches-py/) folder."
+    "Get the data with `gradlab data download --data-dir DIR` (needs internet; `gradlab train` "
+    f"and `gradlab study run` do it by themselves), or point --data-dir / {DATA_DIR_ENV} at a "
+    "folder holding train.npz + test.npz or the official cifar-100-python/ "
+    "(cifar-10-batches-py/) folder."
 )
 
 
@@ -76,10 +80,10 @@ def resolve_data_dir(explicit: str | Path | None, *, must_exist: bool = True) ->
     """The data folder: the flag, else ``GRADLAB_DATA_DIR``, else ``./data``.
 
     Raises DataNotFoundError naming the path and where it came from when it does not exist
-    (``must_exist=False`` is for ``gradlab data download``, which creates it).
+    (``must_exist=False`` is for a download, which creates it).
     """
-    if explicit not in (None, ""):
-        path, origin = Path(explicit), "--data-dir"  # type: ignore[arg-type]
+    if explicit is not None and str(explicit) != "":
+        path, origin = Path(explicit), "--data-dir"
     elif os.environ.get(DATA_DIR_ENV):
         path, origin = Path(os.environ[DATA_DIR_ENV]), DATA_DIR_ENV
     else:
@@ -92,30 +96,70 @@ def resolve_data_dir(explicit: str | Path | None, *, must_exist: bool = True) ->
     return path
 
 
+def ensure_data(data_dir: str | Path | None, dataset: str = "cifar100", *, download: bool,
+                show_progress: bool = False) -> Path:
+    """The data folder (:func:`resolve_data_dir`) once it holds ``dataset`` in either layout.
+
+    When it holds none, ``download`` fetches the official archive into it (created if need
+    be; ``show_progress``: a progress bar on the terminal); otherwise DataNotFoundError names
+    every path tried. Raises DownloadError (:mod:`gradlab.core.data_download`) when fetching
+    fails: nothing is then left that would be taken for the data.
+    """
+    _check_dataset(dataset)
+    root = resolve_data_dir(data_dir, must_exist=not download)
+    loader, tried = _locate(root, dataset)
+    if loader is not None:
+        return root
+    if not download:
+        raise DataNotFoundError(_not_found(root, dataset, tried))
+    try:
+        with download_progress(show_progress, f"{dataset} into {root}") as progress:
+            download_cifar(root, dataset, progress=progress)
+    except (DownloadError, OSError) as exc:  # OSError: the folder cannot be written
+        raise DownloadError(f"no {dataset} data in {root.resolve()} (tried: {', '.join(tried)}) "
+                            f"and fetching it failed: {exc}") from None
+    if _locate(root, dataset)[0] is None:  # e.g. an incomplete folder was already there
+        raise DataNotFoundError(_not_found(root, dataset, tried))
+    return root
+
+
 _cache: dict[tuple[str, str], CifarArrays] = {}
 _cache_lock = threading.Lock()
 
 
 def load_cifar(data_dir: Path, dataset: str = "cifar100") -> CifarArrays:
     """Load a data set from ``data_dir`` (either layout), cached per process."""
-    if dataset not in DATASETS:
-        raise ValueError(f"dataset must be one of {DATASETS}, got {dataset!r}")
+    _check_dataset(dataset)
     key = (str(Path(data_dir).resolve()), dataset)
     with _cache_lock:
         if key not in _cache:
-            _cache[key] = _load_uncached(Path(data_dir), dataset)
+            loader, tried = _locate(Path(data_dir), dataset)
+            if loader is None:
+                raise DataNotFoundError(_not_found(Path(data_dir), dataset, tried))
+            _cache[key] = loader()
         return _cache[key]
 
 
-def _load_uncached(data_dir: Path, dataset: str) -> CifarArrays:
+def _check_dataset(dataset: str) -> None:
+    if dataset not in DATASETS:
+        raise ValueError(f"dataset must be one of {DATASETS}, got {dataset!r}")
+
+
+def _not_found(data_dir: Path, dataset: str, tried: list[str]) -> str:
+    return (f"no {dataset} data found in {data_dir.resolve()}; tried: {', '.join(tried)}. "
+            f"{_HOW_TO_GET}")
+
+
+def _locate(data_dir: Path, dataset: str) -> tuple[Callable[[], CifarArrays] | None, list[str]]:
+    """How to load ``dataset`` from ``data_dir`` (None when no layout is there), and every
+    path tried."""
     tried: list[str] = []
     label_key = "fine_labels" if dataset == "cifar100" else "labels"
-    npz_dirs = [data_dir, data_dir / dataset]
-    for folder in npz_dirs:
+    for folder in (data_dir, data_dir / dataset):
         train, test = folder / "train.npz", folder / "test.npz"
         tried.append(str(train))
         if train.is_file() and test.is_file() and _npz_has(train, label_key):
-            return _from_npz(train, test, label_key, dataset)
+            return partial(_from_npz, train, test, label_key, dataset), tried
     pickle_dir = data_dir / ("cifar-100-python" if dataset == "cifar100" else "cifar-10-batches-py")
     for folder in (pickle_dir, data_dir):
         if dataset == "cifar100":
@@ -125,10 +169,8 @@ def _load_uncached(data_dir: Path, dataset: str) -> CifarArrays:
             test_file = folder / "test_batch"
         tried.append(str(train_files[0]))
         if all(f.is_file() for f in train_files) and test_file.is_file():
-            return _from_pickles(train_files, test_file, label_key, dataset)
-    raise DataNotFoundError(
-        f"no {dataset} data found in {data_dir.resolve()}; tried: {', '.join(tried)}. {_HOW_TO_GET}"
-    )
+            return partial(_from_pickles, train_files, test_file, label_key, dataset), tried
+    return None, tried
 
 
 def _npz_has(path: Path, key: str) -> bool:
@@ -153,9 +195,12 @@ def _from_npz(train: Path, test: Path, label_key: str, dataset: str) -> CifarArr
 def _unpickle(path: Path) -> dict[bytes, object]:
     with path.open("rb") as handle:
         try:
-            return pickle.load(handle, encoding="bytes")
+            loaded = pickle.load(handle, encoding="bytes")
         except (pickle.UnpicklingError, EOFError, ValueError) as exc:
             raise DataFormatError(f"{path} is not a CIFAR pickle: {exc}") from exc
+    if not isinstance(loaded, dict):
+        raise DataFormatError(f"{path} is not a CIFAR pickle: it holds a {type(loaded).__name__}")
+    return loaded
 
 
 def _pickle_part(paths: list[Path], label_key: str) -> tuple[np.ndarray, np.ndarray]:

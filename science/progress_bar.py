@@ -7,11 +7,14 @@ from typing import Any
 
 from rich.progress import (
     BarColumn,
+    DownloadColumn,
     MofNCompleteColumn,
     Progress,
+    ProgressColumn,
     TextColumn,
     TimeElapsedColumn,
     TimeRemainingColumn,
+    TransferSpeedColumn,
 )
 
 # The refresh thread shares the GIL with training: a few redraws a second are plenty.
@@ -20,12 +23,19 @@ REFRESHES_PER_SECOND = 4
 
 def progress_bar(console: Any | None = None) -> Progress:
     """A rich ``Progress`` with gradlab's columns (enter it as a context manager)."""
+    return _bar(console, MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn())
+
+
+def download_bar(console: Any | None = None) -> Progress:
+    """The same bar counting bytes: done and in all, speed, time remaining."""
+    return _bar(console, DownloadColumn(), TransferSpeedColumn(), TimeRemainingColumn())
+
+
+def _bar(console: Any | None, *counts: ProgressColumn) -> Progress:
     return Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
+        *counts,
         console=console,
         refresh_per_second=REFRESHES_PER_SECOND,
     )

@@ -139,14 +139,11 @@ def trained_cells(
 def diagnose_candidate(candidate: Candidate, cells: Sequence[Any]) -> dict[str, Any]:
     """The findings the default diagnostics state for one candidate's cells."""
     from gradlab.science.diagnostics import diagnose
+    from gradlab.science.diagnostics.evidence import OverfittingFixEvidence
 
     findings = diagnose(cells)
     kinds = {kind: [f.sentence for f in findings if f.kind == kind] for kind in FINDING_KINDS}
-    wd_fix = [
-        f.sentence
-        for f in findings
-        if f.kind == "fix" and (f.evidence or {}).get("fixes") == "overfitting"
-    ]
+    wd_fix = [f.sentence for f in findings if isinstance(f.evidence, OverfittingFixEvidence)]
     return {
         "candidate": candidate.label,
         "findings": kinds,

@@ -21,6 +21,11 @@ class Settings(BaseSettings):
     # None = embedded mode (no broker: a local worker process drives the same task function).
     broker_url: str | None = None
     data_dir: Path | None = None
+    # Where `gradlab train`, `gradlab study run` and `gradlab data download` fetch the CIFAR
+    # archives when the data folder has none: the folder URL of a mirror holding
+    # cifar-100-python.tar.gz (cifar-10-python.tar.gz). Unset: the official site. The MD5 is
+    # always the official one.
+    cifar_url: str | None = None
     # False (the embedded single-user default): no tokens, every request sees everything.
     # True (the deployment default): bearer tokens on every route but health and metrics.
     auth_required: bool = False

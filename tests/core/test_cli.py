@@ -43,16 +43,6 @@ def test_invalid_depth_is_one_clear_line_not_a_traceback(app: typer.Typer) -> No
     assert "Traceback" not in result.output
 
 
-def test_train_without_data_names_the_paths_tried(app: typer.Typer, tmp_path: Path) -> None:
-    result = runner.invoke(app, ["train", "--depth", "8", "--epochs", "1", "--data-dir",
-                                 str(tmp_path), "--out", str(tmp_path / "out")])
-    assert result.exit_code == 2
-    assert str(tmp_path / "train.npz") in result.output
-    assert "gradlab data download" in result.output
-    assert "Traceback" not in result.output
-    assert not (tmp_path / "out" / "result.json").exists()
-
-
 def test_train_writes_result_json_and_figure_then_resumes(
         app: typer.Typer, real_data_dir: Path, tmp_path: Path) -> None:
     spec_file = tmp_path / "spec.yaml"

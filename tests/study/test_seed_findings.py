@@ -61,13 +61,11 @@ def _about(kind: str, name: str) -> Callable[[Finding], bool]:
 
 
 def _fix(problem: str, flag: str) -> Callable[[Finding], bool]:
-    return lambda f: f.kind == "fix" and f.evidence["fixes"] == problem and f.evidence[
-        "flag"
-    ] == flag
+    return lambda f: f.kind == "fix" and f.evidence.fixes == problem and f.evidence.flag == flag
 
 
 def _degradation(f: Finding) -> bool:
-    return f.kind == "degradation" and f.evidence["deep"] == "vgg38-bn"
+    return f.kind == "degradation" and f.evidence.deep == "vgg38-bn"
 
 
 FINDINGS: dict[str, tuple[str, Callable[[Finding], bool]]] = {
