@@ -13,13 +13,16 @@ from contextlib import asynccontextmanager
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from sqlalchemy.orm import Session, sessionmaker
 
+from gradlab.api.auth import get_viewer
 from gradlab.api.change_feed import ChangeFeed
 from gradlab.api.errors import install_error_handlers
+from gradlab.api.render_limits import RenderLimiter
 from gradlab.api.request_limits import RequestLimitsMiddleware
 from gradlab.api.request_metrics import RequestMetricsMiddleware
 from gradlab.api.response_cache import ResponseCache
@@ -106,12 +109,19 @@ def create_app(
                 close()
             engine.dispose()
 
+    # With auth on, the schema needs a token like every data route, and the interactive pages
+    # are off: they load their scripts from a CDN, on the origin where the dashboard keeps the
+    # token. With auth off (one user, no token to take) they are served as FastAPI makes them.
+    pages_off = settings.auth_required
     app = FastAPI(
         title="gradlab",
         version=_package_version(),
         description=DESCRIPTION,
         lifespan=lifespan,
         generate_unique_id_function=_operation_id,
+        openapi_url=None if pages_off else "/openapi.json",
+        docs_url=None if pages_off else "/docs",
+        redoc_url=None if pages_off else "/redoc",
     )
     app.state.settings = settings
     app.state.engine = engine
@@ -120,10 +130,14 @@ def create_app(
     app.state.checkpoint_store = open_checkpoint_store(settings, app.state.session_factory)
     app.state.dispatcher = dispatcher
     app.state.response_cache = ResponseCache()
+    app.state.render_limiter = RenderLimiter(
+        settings.render_concurrency_per_user, settings.render_backlog_per_user
+    )
     app.state.change_feed = ChangeFeed(
         app.state.session_factory,
         poll_seconds=settings.events_poll_seconds,
         overlap_seconds=settings.events_overlap_seconds,
+        batch=settings.events_poll_batch,
     )
 
     install_error_handlers(app)
@@ -137,7 +151,16 @@ def create_app(
     app.include_router(dashboard.router)
     app.mount(dashboard.STATIC_PATH, dashboard.static_files(), name="dashboard-static")
     _document_auth_as_configured(app, settings.auth_required)
+    if settings.auth_required:
+        _serve_schema_behind_auth(app)
     return app
+
+
+def _serve_schema_behind_auth(app: FastAPI) -> None:
+    @app.get("/openapi.json", include_in_schema=False, dependencies=[Depends(get_viewer)])
+    async def openapi() -> JSONResponse:
+        """The OpenAPI schema, for a bearer of a valid token."""
+        return JSONResponse(app.openapi())
 
 
 def create_service_app() -> FastAPI:

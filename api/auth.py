@@ -1,9 +1,9 @@
 """Who is asking: the bearer token of a request, when ``GRADLAB_AUTH_REQUIRED`` is true.
 
 Every data route depends on :data:`ViewerDep` (the routers declare it, so a new route cannot
-forget it); only ``/healthz``, ``/readyz``, ``/metrics`` and the API's own documentation are
-public. With auth off (the embedded single-user default) every request is the one viewer that
-sees everything.
+forget it), and so does ``/openapi.json``; only ``/healthz``, ``/readyz``, ``/metrics`` and the
+dashboard's page and script (no data) are public (``/docs`` and ``/redoc`` are off). With auth
+off (the embedded single-user default) every request is the one viewer that sees everything.
 """
 
 from __future__ import annotations

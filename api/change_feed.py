@@ -1,14 +1,19 @@
 """One shared poller per API process: what changed in the runs table, fanned out to streams.
 
-However many browsers follow experiments, a process asks the database one question per poll
-("runs changed since T", an indexed range on ``runs.updated_at``, plus the epochs those runs
-recorded), and only while at least one stream is open. Several API processes each run their
-own feed against the same database; nothing here is shared between processes, and a stream can
-resume on any of them because event ids are database times (see ``event_stream``).
+However many browsers follow experiments, a process asks the database the same few questions
+per poll (runs changed after a mark, an indexed range on ``runs.updated_at``, plus the epochs
+those runs recorded), and only while at least one stream is open. Several API processes each
+run their own feed against the same database; nothing here is shared between processes, and a
+stream can resume on any of them because event ids are database times (see ``event_stream``).
 
-Reads overlap the previous one by ``overlap`` seconds, so a transaction that committed late
-with an earlier timestamp (or a writer whose clock is a little behind) is still seen; what was
-already delivered is dropped by version (runs) and by (run, epoch, time) (epochs).
+Each poll reads at most ``batch`` runs forward from its mark, (updated_at, id) of the last run
+it read, and moves the mark to the last one it got: whatever one poll returns, the next one
+starts after it, so any number of runs changing at once (one user creating and cancelling
+large studies) delays the feed by a poll per ``batch`` runs, never stops it. A second read
+per poll sweeps the ``overlap`` seconds behind the mark, ``batch`` runs at a time, for a
+transaction that committed late with an earlier timestamp (or a writer whose clock is a
+little behind); what was already delivered is dropped by version (runs) and by
+(run, epoch, time) (epochs).
 """
 
 from __future__ import annotations
@@ -26,10 +31,11 @@ from sqlalchemy.orm import Session, sessionmaker
 from gradlab.api.prometheus_metrics import CHANGE_FEED_POLLS
 from gradlab.store.base import utcnow
 from gradlab.store.events import (
+    ChangeCursor,
     RecordedEpoch,
     RunState,
     epochs_recorded_since,
-    runs_changed_since,
+    runs_changed_after,
 )
 
 log = logging.getLogger(__name__)
@@ -53,15 +59,22 @@ class Subscription:
 
 class ChangeFeed:
     def __init__(
-        self, factory: sessionmaker[Session], *, poll_seconds: float, overlap_seconds: float
+        self,
+        factory: sessionmaker[Session],
+        *,
+        poll_seconds: float,
+        overlap_seconds: float,
+        batch: int = 10_000,
     ) -> None:
         self._factory = factory
         self._poll_seconds = poll_seconds
         self._overlap = timedelta(seconds=overlap_seconds)
+        self._batch = batch
         self._subscriptions: set[Subscription] = set()
         self._task: asyncio.Task[None] | None = None
-        self._high_water: datetime | None = None
-        self._delivered_runs: dict[str, tuple[str, int, int]] = {}
+        self._mark: ChangeCursor | None = None  # the newest run read forward
+        self._sweep: ChangeCursor | None = None  # where the overlap sweep goes on
+        self._delivered_runs: dict[str, RunState] = {}
         self._delivered_epochs: dict[EpochKey, None] = {}
 
     @property
@@ -99,39 +112,63 @@ class ChangeFeed:
                     subscription.queue.put_nowait(mine)
             await asyncio.sleep(self._poll_seconds)
         # nobody listens: the next subscriber starts a fresh loop (and a fresh window)
-        self._high_water = None
+        self._mark = self._sweep = None
 
     def _poll(self) -> list[RunChange]:
         CHANGE_FEED_POLLS.inc()
-        now = utcnow()
-        since = min(self._high_water or now, now) - self._overlap
+        if self._mark is None:
+            self._mark = (utcnow() - self._overlap, "")
         with self._factory() as session:
-            states = runs_changed_since(session, since)
-            # every run in the window, not only those whose version moved: a resumed attempt
-            # may record an epoch again (new numbers, same epochs_done)
-            epochs = epochs_recorded_since(session, [s.run_id for s in states], since)
-        for state in states:
-            if self._high_water is None or state.updated_at > self._high_water:
-                self._high_water = state.updated_at
-        if self._high_water is None:
-            self._high_water = now
+            states = self._read(session)
+            since = self._mark[0] - self._overlap
+            # every run read, not only those whose version moved: a resumed attempt may
+            # record an epoch again (new numbers, same epochs_done)
+            epochs = epochs_recorded_since(session, list({s.run_id for s in states}), since)
         new_epochs: dict[str, list[RecordedEpoch]] = {}
         for epoch in epochs:
             key = (epoch.run_id, epoch.metrics.epoch, epoch.recorded_at)
             if key not in self._delivered_epochs:
                 self._delivered_epochs[key] = None
                 new_epochs.setdefault(epoch.run_id, []).append(epoch)
-        changes = [
-            RunChange(s, new_epochs.get(s.run_id, []))
-            for s in states
-            if s.run_id in new_epochs or self._delivered_runs.get(s.run_id) != s.version
-        ]
-        # Runs outside the window can only come back with a newer change: forget them.
-        self._delivered_runs = {s.run_id: s.version for s in states}
+        changes = []
+        for state in _newest_per_run(states):
+            delivered = self._delivered_runs.get(state.run_id)
+            if state.run_id in new_epochs or delivered is None or (
+                    delivered.version != state.version):
+                changes.append(RunChange(state, new_epochs.get(state.run_id, [])))
+            self._delivered_runs[state.run_id] = state
         self._forget_before(since)
         return changes
 
+    def _read(self, session: Session) -> list[RunState]:
+        """Forward from the mark (it always moves to the last run read), then the next stretch
+        of the overlap window behind it (the sweep starts over once it reaches the mark)."""
+        assert self._mark is not None
+        forward = runs_changed_after(session, self._mark, self._batch)
+        until = self._mark
+        if forward:
+            self._mark = (forward[-1].updated_at, forward[-1].run_id)
+        window_start: ChangeCursor = (until[0] - self._overlap, "")
+        sweep_from = max(self._sweep or window_start, window_start)
+        late = runs_changed_after(session, sweep_from, self._batch, until=until)
+        full = len(late) == self._batch
+        self._sweep = (late[-1].updated_at, late[-1].run_id) if full else None
+        return [*late, *forward]
+
     def _forget_before(self, since: datetime) -> None:
-        # Keys older than the read window can never be read again: keep memory bounded.
+        # What is older than the read window can never be read again: keep memory bounded
+        # (a run outside it can only come back with a newer change).
         for key in [k for k in self._delivered_epochs if k[2] < since]:
             del self._delivered_epochs[key]
+        for run_id in [r for r, s in self._delivered_runs.items() if s.updated_at < since]:
+            del self._delivered_runs[run_id]
+
+
+def _newest_per_run(states: list[RunState]) -> list[RunState]:
+    """One state per run, its newest, in the order of their changes."""
+    newest: dict[str, RunState] = {}
+    for state in states:
+        known = newest.get(state.run_id)
+        if known is None or state.updated_at >= known.updated_at:
+            newest[state.run_id] = state
+    return sorted(newest.values(), key=lambda s: (s.updated_at, s.run_id))

@@ -7,16 +7,14 @@ import json
 
 from sqlalchemy.orm import Session
 
-from gradlab.api.response_cache import CachedResponse, RenderedView
+from gradlab.api.response_cache import CachedResponse
 from gradlab.science.diagnostics import diagnose
-from gradlab.science.records import TERMINAL_RUN_STATUSES
 from gradlab.science.report.writer import json_safe
 from gradlab.store.models import Experiment
 from gradlab.store.studies import experiment_result
 
 
-def render_diagnostics(session: Session, experiment: Experiment) -> RenderedView:
-    final = all(r.status in TERMINAL_RUN_STATUSES for r in experiment.runs)
+def render_diagnostics(session: Session, experiment: Experiment) -> CachedResponse:
     cell = experiment_result(session, experiment)
     findings = [f.model_dump(mode="json") for f in diagnose([cell])]
     payload = {
@@ -25,4 +23,4 @@ def render_diagnostics(session: Session, experiment: Experiment) -> RenderedView
         "findings": json_safe(findings),
     }
     body = json.dumps(payload, separators=(",", ":"), allow_nan=False).encode()
-    return RenderedView(CachedResponse(body, "application/json"), final)
+    return CachedResponse(body, "application/json")

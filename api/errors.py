@@ -1,4 +1,5 @@
-"""One error hierarchy and one way to render it: ``{"type": ..., "detail": ...}``.
+"""One way to render the error hierarchy (``gradlab.services.errors``):
+``{"type": ..., "detail": ...}``.
 
 Validation errors (422) add ``errors``: one ``{"field", "reason"}`` per problem, with the field
 as a dotted path into the request (``hyperparameters.learning_rate``), and ``detail`` joins
@@ -17,75 +18,33 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DataError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+# The hierarchy itself lives with the rules that raise it (the service layer); the API renders it.
+from gradlab.services.errors import (
+    ConflictError,
+    GradlabError,
+    InvalidFieldsError,
+    InvalidParameterError,
+    NotFoundError,
+    TooManyRequestsError,
+    TooManyRunsError,
+    UnauthorizedError,
+)
+
+__all__ = [
+    "ConflictError",
+    "GradlabError",
+    "InvalidFieldsError",
+    "InvalidParameterError",
+    "NotFoundError",
+    "TooManyRequestsError",
+    "TooManyRunsError",
+    "UnauthorizedError",
+    "error_responses",
+    "install_error_handlers",
+    "validation_errors",
+]
+
 log = logging.getLogger(__name__)
-
-
-class GradlabError(Exception):
-    """Base of every error the API answers on purpose."""
-
-    status_code = 500
-    type = "internal_error"
-    headers: dict[str, str] | None = None
-
-    def __init__(self, detail: str) -> None:
-        super().__init__(detail)
-        self.detail = detail
-
-    def body(self) -> dict[str, Any]:
-        return {"type": self.type, "detail": self.detail}
-
-
-class NotFoundError(GradlabError):
-    status_code = 404
-    type = "not_found"
-
-
-class ConflictError(GradlabError):
-    """The request is valid but the resource's state forbids it now (say what to do first)."""
-
-    status_code = 409
-    type = "conflict"
-
-
-class UnauthorizedError(GradlabError):
-    """No token, or one that is unknown or revoked (auth on)."""
-
-    status_code = 401
-    type = "unauthorized"
-    headers = {"WWW-Authenticate": "Bearer"}
-
-
-class TooManyRunsError(GradlabError):
-    """The user's queued + running runs would pass their limit."""
-
-    status_code = 429
-    type = "too_many_runs"
-
-
-class InvalidFieldsError(GradlabError):
-    """A request that parsed but makes no sense: one ``(field, reason)`` per problem."""
-
-    status_code = 422
-    type = "validation_error"
-
-    def __init__(self, errors: Sequence[tuple[str, str]]) -> None:
-        super().__init__("; ".join(f"{field}: {reason}" for field, reason in errors))
-        self.errors = list(errors)
-
-    def body(self) -> dict[str, Any]:
-        return {
-            **super().body(),
-            "errors": [{"field": field, "reason": reason} for field, reason in self.errors],
-        }
-
-
-class InvalidParameterError(InvalidFieldsError):
-    """One query value out of range, a bad cursor."""
-
-    def __init__(self, field: str, reason: str) -> None:
-        super().__init__([(field, reason)])
-        self.field = field
-        self.reason = reason
 
 
 # Pydantic prefixes messages of custom validators; the reason reads better without it.
@@ -184,7 +143,8 @@ _DESCRIPTIONS = {
     404: "Not found (or another user's)",
     413: "The body is larger than GRADLAB_MAX_REQUEST_BYTES",
     422: "A field, query value, path or cursor is invalid: one reason per field",
-    429: "The user's queued + running runs would pass GRADLAB_MAX_ACTIVE_RUNS_PER_USER",
+    429: "The user's queued + running runs would pass GRADLAB_MAX_ACTIVE_RUNS_PER_USER, or "
+    "the user already has GRADLAB_RENDER_BACKLOG_PER_USER renders waiting (Retry-After)",
     503: "The database is unavailable",
 }
 

@@ -13,14 +13,21 @@ gets, instead of the snapshot, every epoch recorded and every run changed since 
 the overlap: delivery is at least once, and events are idempotent (an epoch event replaces that
 epoch; a status event states the whole run), so a client applies repeats harmlessly. Nothing
 depends on which API process served the earlier connection. Idle streams get a comment line
-every heartbeat so proxies and browsers keep them open.
+every heartbeat so proxies and browsers keep them open (sse-starlette frames the events and
+sends those pings).
+
+Authorization is asked again every few seconds while a stream is open (``still_allowed``): a
+revoked token, an admin grant taken away, or an experiment the viewer may no longer see ends
+the stream, and the browser's reconnect then meets the 401 or 404.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import math
+import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -28,6 +35,7 @@ from typing import Any
 
 from fastapi.concurrency import run_in_threadpool
 from sqlalchemy.orm import Session, sessionmaker
+from sse_starlette import ServerSentEvent
 
 from gradlab.api.change_feed import ChangeFeed, RunChange
 from gradlab.api.errors import InvalidParameterError
@@ -42,7 +50,11 @@ from gradlab.store.events import (
 )
 
 RECONNECT_MILLISECONDS = 3000
+# Lines end with a bare newline, as they did before sse-starlette framed them.
+SEPARATOR = "\n"
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+# An event id is at most 20 ASCII digits: microseconds since 1970 up to the year 9999.
+_MAX_EVENT_ID_DIGITS = 20
 
 
 def event_id(moment: datetime) -> str:
@@ -50,12 +62,18 @@ def event_id(moment: datetime) -> str:
 
 
 def parse_event_id(value: str) -> datetime:
-    """The time a ``Last-Event-ID`` stands for; a 422 names the header when it is not ours."""
-    if not value.isdigit() or len(value) > 20:
-        raise InvalidParameterError(
-            "Last-Event-ID", f"{value[:40]!r} is not an event id of this server"
-        )
-    return _EPOCH + timedelta(microseconds=int(value))
+    """The time a ``Last-Event-ID`` stands for; a 422 names the header when it is not one of
+    ours: anything but ASCII digits (``"²"`` and other Unicode digits included), or a time
+    past what a date can hold."""
+    refused = InvalidParameterError(
+        "Last-Event-ID", f"{value[:40]!r} is not an event id of this server"
+    )
+    if not (value.isascii() and value.isdigit()) or len(value) > _MAX_EVENT_ID_DIGITS:
+        raise refused
+    try:
+        return _EPOCH + timedelta(microseconds=int(value))
+    except OverflowError:
+        raise refused from None
 
 
 def _finite(value: float) -> float | None:
@@ -87,11 +105,14 @@ def epoch_payload(state: RunState, epoch: RecordedEpoch) -> dict[str, Any]:
     }
 
 
-def _frame(event: str, data: dict[str, Any], last_id: datetime | None) -> bytes:
+Frame = ServerSentEvent
+
+
+def _frame(event: str, data: dict[str, Any], last_id: datetime | None) -> Frame:
     EVENTS_SENT.labels(event).inc()
     body = json.dumps(data, separators=(",", ":"), allow_nan=False)
-    head = f"id: {event_id(last_id)}\n" if last_id is not None else ""
-    return f"{head}event: {event}\ndata: {body}\n\n".encode()
+    moment = event_id(last_id) if last_id is not None else None
+    return ServerSentEvent(body, event=event, id=moment, sep=SEPARATOR)
 
 
 @dataclass
@@ -115,7 +136,7 @@ class _Connection:
             s.status in TERMINAL_RUN_STATUSES for s in self.states.values()
         )
 
-    def epoch_frame(self, state: RunState, epoch: RecordedEpoch) -> bytes | None:
+    def epoch_frame(self, state: RunState, epoch: RecordedEpoch) -> Frame | None:
         key = (epoch.run_id, epoch.metrics.epoch, epoch.recorded_at)
         covered = self.covered_until.get(epoch.run_id)
         if key in self.sent_epochs or (covered is not None and epoch.recorded_at <= covered):
@@ -127,7 +148,7 @@ class _Connection:
         self.advance(epoch.recorded_at)
         return _frame("epoch", epoch_payload(state, epoch), self.last_id)
 
-    def status_frame(self, state: RunState, *, force: bool = False) -> bytes | None:
+    def status_frame(self, state: RunState, *, force: bool = False) -> Frame | None:
         previous = self.states.get(state.run_id)
         self.states[state.run_id] = state
         if not force and previous is not None and previous.version == state.version:
@@ -142,8 +163,10 @@ class StreamSource:
     feed: ChangeFeed
     experiment_ids: list[str]
     overlap: timedelta
-    heartbeat_seconds: float
     kind: str
+    # asked in a worker thread every ``recheck_seconds``: False ends the stream
+    still_allowed: Callable[[], bool]
+    recheck_seconds: float
 
 
 def _start(
@@ -165,7 +188,7 @@ def _missing_epochs(source: StreamSource, run_id: str, first: int) -> list[Recor
 
 async def _opening(
     source: StreamSource, connection: _Connection, resume_from: datetime | None
-) -> AsyncIterator[bytes]:
+) -> AsyncIterator[Frame]:
     states, epochs = await run_in_threadpool(_start, source, resume_from)
     by_id = {s.run_id: s for s in states}
     if resume_from is None:
@@ -192,7 +215,7 @@ async def _opening(
 
 async def _changes(
     source: StreamSource, connection: _Connection, changes: list[RunChange]
-) -> AsyncIterator[bytes]:
+) -> AsyncIterator[Frame]:
     for change in changes:
         state = change.state
         known = connection.epochs_known.get(state.run_id, 0)
@@ -211,31 +234,28 @@ async def _changes(
             yield frame
 
 
-async def event_stream(
-    source: StreamSource,
-    resume_from: datetime | None,
-    disconnected: Callable[[], Any],
-) -> AsyncIterator[bytes]:
-    """The stream's bytes: opening (snapshot or replay), then live changes until ``end``."""
+async def event_stream(source: StreamSource, resume_from: datetime | None) -> AsyncIterator[Frame]:
+    """The stream's events: opening (snapshot or replay), then live changes until ``end``, or
+    until authorization no longer stands."""
     EVENT_STREAMS_OPENED.labels(source.kind).inc()
     # Subscribe before reading the opening state: a change committed in between is in both,
     # and the connection drops the repeat; none can fall between the two.
     subscription = source.feed.subscribe(source.experiment_ids)
     connection = _Connection()
     try:
-        yield f"retry: {RECONNECT_MILLISECONDS}\n\n".encode()
+        yield ServerSentEvent(retry=RECONNECT_MILLISECONDS, sep=SEPARATOR)
         async for frame in _opening(source, connection, resume_from):
             yield frame
+        recheck_at = time.monotonic() + source.recheck_seconds
         while not connection.finished():
-            try:
-                changes = await asyncio.wait_for(
-                    subscription.queue.get(), timeout=source.heartbeat_seconds
-                )
-            except TimeoutError:
-                if await disconnected():
-                    return
-                yield b": heartbeat\n\n"
-                continue
+            changes: list[RunChange] = []
+            wait = max(0.0, recheck_at - time.monotonic())
+            with contextlib.suppress(TimeoutError):  # time to ask about authorization
+                changes = await asyncio.wait_for(subscription.queue.get(), timeout=wait)
+            if time.monotonic() >= recheck_at:
+                if not await run_in_threadpool(source.still_allowed):
+                    return  # revoked, or no longer theirs: the reconnect is refused
+                recheck_at = time.monotonic() + source.recheck_seconds
             async for frame in _changes(source, connection, changes):
                 yield frame
         ended = {s.run_id: s.status for s in connection.states.values()}

@@ -12,20 +12,20 @@ import io
 import json
 import math
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 from sqlalchemy.orm import Session
 
 from gradlab.api.errors import InvalidParameterError
 from gradlab.api.json_numbers import finite_matrix
-from gradlab.api.response_cache import CachedResponse, RenderedView
+from gradlab.api.response_cache import CachedResponse
 from gradlab.science.aggregate import GradFlowStats, gradflow_stats
 from gradlab.science.layers import layer_names as spec_layer_names
-from gradlab.science.records import TERMINAL_RUN_STATUSES, GradFlowEpoch
+from gradlab.science.records import GradFlowEpoch
 from gradlab.science.spec import ExperimentSpec
 from gradlab.science.study_results import SeedRun
-from gradlab.store.gradflow import GradflowSeries, read_gradflow
+from gradlab.store.gradflow import GradflowSeries, read_gradflow, recorded_epoch_range
 from gradlab.store.models import Experiment, Run
 
 GradflowFormat = Literal["json", "csv", "png"]
@@ -36,6 +36,8 @@ _PLOT_LOCK = threading.Lock()
 
 @dataclass(frozen=True)
 class GradflowQuery:
+    """The gradient-flow view (``api/view_cache.py``) as a client asks for it."""
+
     stat: str = "mean_abs"
     window: str = "last_batch"
     seed: int | None = None
@@ -44,18 +46,33 @@ class GradflowQuery:
     format: GradflowFormat = "json"
     log_scale: bool = False
 
-    def cache_key(self, experiment_id: str) -> tuple[Any, ...]:
-        return (
-            "gradflow",
-            experiment_id,
-            self.stat,
-            self.window,
-            self.seed,
-            self.epoch_from,
-            self.epoch_to,
-            self.format,
-            self.log_scale,
-        )
+    def shown(self, session: Session, experiment: Experiment) -> GradflowQuery:
+        """The same view with its epoch window clamped to the epochs the selected runs
+        recorded: every window that shows the same rows is one query (and one cache entry),
+        whatever integers the client sent. 422 for a window that ends before it starts or a
+        seed the experiment does not have."""
+        if (self.epoch_from is not None and self.epoch_to is not None
+                and self.epoch_from > self.epoch_to):
+            raise InvalidParameterError(
+                "epoch_from", f"epoch_from ({self.epoch_from}) is after epoch_to ({self.epoch_to})"
+            )
+        recorded = recorded_epoch_range(session, [r.id for r in select_runs(experiment, self.seed)])
+        if recorded is None:
+            return replace(self, epoch_from=None, epoch_to=None)
+        first, last = recorded
+        start = min(max(self.epoch_from or 0, first), last + 1)
+        end = max(min(last if self.epoch_to is None else self.epoch_to, last), first - 1)
+        if start > end:  # nothing recorded inside the window: one empty view
+            return replace(self, epoch_from=last + 1, epoch_to=last + 1)
+        return replace(self, epoch_from=start, epoch_to=end)
+
+    def cache_key(self, session: Session, experiment: Experiment) -> tuple[Any, ...]:
+        shown = self.shown(session, experiment)
+        return ("gradflow", shown.stat, shown.window, shown.seed, shown.epoch_from,
+                shown.epoch_to, shown.format, shown.log_scale)
+
+    def render(self, session: Session, experiment: Experiment) -> CachedResponse:
+        return render_gradflow(session, experiment, self.shown(session, experiment))
 
 
 def recorded_layer_names(experiment: Experiment, runs: list[Run]) -> list[str]:
@@ -78,19 +95,11 @@ def select_runs(experiment: Experiment, seed: int | None) -> list[Run]:
     return runs
 
 
-def render_gradflow(session: Session, experiment: Experiment, query: GradflowQuery) -> RenderedView:
+def render_gradflow(
+    session: Session, experiment: Experiment, query: GradflowQuery
+) -> CachedResponse:
     """Read and render one gradient-flow view of an experiment (its runs already loaded)."""
-    if (
-        query.epoch_from is not None
-        and query.epoch_to is not None
-        and query.epoch_from > query.epoch_to
-    ):
-        raise InvalidParameterError(
-            "epoch_from", f"epoch_from ({query.epoch_from}) is after epoch_to ({query.epoch_to})"
-        )
     runs = select_runs(experiment, query.seed)
-    # Statuses are read before the data: a run terminal now has all its rows already.
-    final = all(r.status in TERMINAL_RUN_STATUSES for r in runs)
     layers = recorded_layer_names(experiment, runs)
     series = read_gradflow(
         session,
@@ -108,7 +117,7 @@ def render_gradflow(session: Session, experiment: Experiment, query: GradflowQue
         response = _png(experiment, layers, by_run, query)
     else:
         response = _json(experiment.id, layers, by_run, query)
-    return RenderedView(response, final)
+    return response
 
 
 def _across_seeds(

@@ -3,25 +3,43 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy.orm import Session
 
 from gradlab.api.json_numbers import finite_list, finite_or_none
-from gradlab.api.response_cache import CachedResponse, RenderedView
+from gradlab.api.response_cache import CachedResponse
 from gradlab.science.aggregate import metric_series, summarize
-from gradlab.science.records import TERMINAL_RUN_STATUSES, EpochMetrics
+from gradlab.science.records import EpochMetrics
 from gradlab.science.sampling import even_indices
 from gradlab.science.study_results import SeedRun
-from gradlab.store.experiments import read_final_metrics, read_metrics
+from gradlab.store.experiments import metric_epoch_counts, read_final_metrics, read_metrics
 from gradlab.store.models import Experiment, Run
 
 METRIC_NAMES = ("train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds")
 FINAL_METRIC_NAMES = ("train_loss", "train_acc", "val_loss", "val_acc")
 
 
-def metrics_cache_key(experiment_id: str, max_points: int | None) -> tuple[Any, ...]:
-    return ("metrics", experiment_id, max_points)
+@dataclass(frozen=True)
+class MetricsView:
+    """The metrics view (``api/view_cache.py``) with at most ``max_points`` epochs per series."""
+
+    max_points: int | None
+
+    def effective_max_points(self, session: Session, experiment: Experiment) -> int | None:
+        """The cap as applied: None when no series is longer, so every larger number a client
+        sends is the same view (and the same cache entry)."""
+        if self.max_points is None:
+            return None
+        longest, distinct = metric_epoch_counts(session, [r.id for r in experiment.runs])
+        return self.max_points if self.max_points < max(longest, distinct) else None
+
+    def cache_key(self, session: Session, experiment: Experiment) -> tuple[Any, ...]:
+        return ("metrics", self.effective_max_points(session, experiment))
+
+    def render(self, session: Session, experiment: Experiment) -> CachedResponse:
+        return render_metrics(session, experiment, self.effective_max_points(session, experiment))
 
 
 def _test(run: Run) -> dict[str, Any] | None:
@@ -86,10 +104,9 @@ def _across_seeds(
 
 def render_metrics(
     session: Session, experiment: Experiment, max_points: int | None
-) -> RenderedView:
+) -> CachedResponse:
     """Per-run series (each sampled to at most ``max_points``) and the across-seed mean/std."""
     runs = list(experiment.runs)
-    final = all(r.status in TERMINAL_RUN_STATUSES for r in runs)
     by_run = read_metrics(session, [r.id for r in runs])
     payload = {
         "experiment_id": experiment.id,
@@ -98,7 +115,7 @@ def render_metrics(
         "across_seeds": _across_seeds(runs, [by_run[r.id] for r in runs], max_points),
     }
     body = json.dumps(payload, separators=(",", ":"), allow_nan=False).encode()
-    return RenderedView(CachedResponse(body, "application/json"), final)
+    return CachedResponse(body, "application/json")
 
 
 def _mean_std(values: list[float]) -> dict[str, Any]:

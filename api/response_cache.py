@@ -1,16 +1,17 @@
-"""A bounded in-memory cache of rendered responses of finished experiments.
+"""A bounded in-memory cache of rendered views (JSON, CSV, PNG bytes), least recently used
+evicted first by the bytes it holds (cachetools' ``LRUCache`` sized by body length).
 
-Finished runs never change, so once every run of an experiment is terminal, a rendered
-gradient-flow or metrics response (JSON, CSV or PNG bytes) is valid forever. Entries are keyed
-by experiment id and the full query, and evicted least-recently-used by total size.
+What a key holds is the caller's policy (``api/view_cache.py``): who may see the entry, the
+view and its normalised parameters, and the version of the data it shows.
 """
 
 from __future__ import annotations
 
 import threading
-from collections import OrderedDict
 from collections.abc import Hashable
 from dataclasses import dataclass
+
+from cachetools import LRUCache
 
 from gradlab.api.prometheus_metrics import RESPONSE_CACHE_LOOKUPS
 
@@ -22,11 +23,8 @@ class CachedResponse:
     headers: tuple[tuple[str, str], ...] = ()
 
 
-@dataclass(frozen=True)
-class RenderedView:
-    response: CachedResponse
-    # every run it shows had finished when it was read, so it never changes: cacheable
-    final: bool
+def _size(entry: CachedResponse) -> int:
+    return len(entry.body)
 
 
 class ResponseCache:
@@ -34,8 +32,7 @@ class ResponseCache:
 
     def __init__(self, max_bytes: int = 256 * 1024 * 1024) -> None:
         self.max_bytes = max_bytes
-        self._entries: OrderedDict[Hashable, CachedResponse] = OrderedDict()
-        self._size = 0
+        self._entries: LRUCache[Hashable, CachedResponse] = LRUCache(max_bytes, getsizeof=_size)
         self._lock = threading.Lock()
         self.hits = 0
         self.misses = 0
@@ -45,37 +42,27 @@ class ResponseCache:
             entry = self._entries.get(key)
             if entry is None:
                 self.misses += 1
-                RESPONSE_CACHE_LOOKUPS.labels("miss").inc()
-                return None
-            self._entries.move_to_end(key)
-            self.hits += 1
-            RESPONSE_CACHE_LOOKUPS.labels("hit").inc()
-            return entry
+            else:
+                self.hits += 1
+        RESPONSE_CACHE_LOOKUPS.labels("miss" if entry is None else "hit").inc()
+        return entry
 
     def put(self, key: Hashable, entry: CachedResponse) -> None:
-        size = len(entry.body)
-        if size > self.max_bytes:
-            return
+        if _size(entry) > self.max_bytes:
+            return  # larger than the whole cache: never kept
         with self._lock:
-            old = self._entries.pop(key, None)
-            if old is not None:
-                self._size -= len(old.body)
             self._entries[key] = entry
-            self._size += size
-            while self._size > self.max_bytes:
-                _, evicted = self._entries.popitem(last=False)
-                self._size -= len(evicted.body)
 
     def discard_experiment(self, experiment_id: str) -> None:
         """Forget every view of a deleted experiment, whoever it was cached for (keys are
-        tuples holding the experiment id: ``(visibility, view, experiment id, ...)``)."""
+        tuples holding the experiment id)."""
         with self._lock:
             for key in [k for k in self._entries if isinstance(k, tuple) and experiment_id in k]:
-                self._size -= len(self._entries.pop(key).body)
+                del self._entries[key]
 
     @property
     def size_bytes(self) -> int:
-        return self._size
+        return int(self._entries.currsize)
 
     def __len__(self) -> int:
         return len(self._entries)

@@ -52,8 +52,9 @@ def _in_transaction(db: str | None, work: Callable[..., T]) -> T:
 def create_command(
     user: Annotated[str, typer.Option("--user", help="the user the token acts as (created "
                                                      "when new)")],
-    admin: Annotated[bool, typer.Option("--admin", help="the user sees everyone's "
-                                                        "experiments and studies")] = False,
+    admin: Annotated[bool, typer.Option("--admin", help="this token (only this one: the "
+                                        "user's other tokens are unchanged) sees everyone's "
+                                        "experiments and studies")] = False,
     db: DbOption = None,
 ) -> None:
     """Create a token and print it once (it is stored only hashed)."""
@@ -72,7 +73,8 @@ def create_command(
 
 @token_app.command("list")
 def list_command(db: DbOption = None) -> None:
-    """Every token: id, the first characters, user, role, created, revoked."""
+    """Every token: id, the first characters, user, role (admin is per token), created,
+    revoked."""
     from gradlab.store.users import list_tokens
 
     for info in _in_transaction(db, list_tokens):
@@ -96,3 +98,20 @@ def revoke_command(
         raise _fail(f"no token with id or prefix {token!r} (see `gradlab token list`)")
     for info in revoked:
         typer.echo(f"revoked {info.token_id} ({info.prefix}..., {info.user_name})")
+
+
+@token_app.command("revoke-admin")
+def revoke_admin_command(
+    token: Annotated[str, typer.Argument(help="token id, or the first characters shown by "
+                                              "`gradlab token list`")],
+    db: DbOption = None,
+) -> None:
+    """Take the admin grant from a token: it stays valid, seeing only its user's own work (open
+    event streams on others' work end within GRADLAB_EVENTS_AUTH_RECHECK_SECONDS)."""
+    from gradlab.store.users import revoke_admin
+
+    changed = _in_transaction(db, lambda session: revoke_admin(session, token))
+    if not changed:
+        raise _fail(f"no token with id or prefix {token!r} (see `gradlab token list`)")
+    for info in changed:
+        typer.echo(f"{info.token_id} ({info.prefix}..., {info.user_name}) is no longer admin")

@@ -164,14 +164,24 @@ class StudySpec(BaseModel):
         """How many runs (cells x seeds) the study asks for, at most (computed without
         expanding; a reduced scale may keep fewer seeds)."""
         default_seeds = len(self.seeds if self.seeds is not None else self.base.seeds)
-        grid_cells = self.cell_count() - len(self.experiments) if self.grid else 0
-        runs = grid_cells * default_seeds
+        runs = self._grid_runs(default_seeds)
         for raw in self.experiments:
             own = raw.get("seeds") if isinstance(raw, Mapping) else None
             runs += len(own) if isinstance(own, list) else default_seeds
         if not self.grid and not self.experiments:
             runs = default_seeds
         return runs
+
+    def _grid_runs(self, default_seeds: int) -> int:
+        """Runs of the grid's cells: a grid over ``seeds`` gives each cell the seeds of its
+        value (counted as they are, not as one seed per cell)."""
+        if not self.grid:
+            return 0
+        others = math.prod(len(values) for path, values in self.grid.items() if path != "seeds")
+        if "seeds" not in self.grid:
+            return others * default_seeds
+        per_value = [len(v) if isinstance(v, list) else 1 for v in self.grid["seeds"]]
+        return others * sum(per_value)
 
 
 class StudyTooLargeError(ValueError):

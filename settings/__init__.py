@@ -54,6 +54,12 @@ class Settings(BaseSettings):
     events_poll_seconds: float = 1.0
     events_overlap_seconds: float = 10.0
     events_heartbeat_seconds: float = 15.0
+    # The most runs one poll reads forward (and again behind, sweeping the overlap): more
+    # changes than this at once delay the feed by a poll per batch, never stop it.
+    events_poll_batch: int = Field(10_000, ge=1)
+    # An open stream asks this often whether its token still stands (not revoked, admin grant
+    # kept) and still sees what it follows; if not, it ends.
+    events_auth_recheck_seconds: float = Field(5.0, gt=0)
     # `gradlab worker` serves its Prometheus metrics (epoch times, heartbeats) on this port.
     worker_metrics_port: int | None = None
     # The remote command-line client: the server (GRADLAB_URL) and the bearer token
@@ -101,6 +107,11 @@ class Settings(BaseSettings):
     max_study_runs: int = Field(1024, ge=1)
     # queued + running runs one user may have at once
     max_active_runs_per_user: int = Field(1000, ge=1)
+    # Views rendered at once per user on a cache miss (a gradient-flow PNG above all), and how
+    # many more may wait; beyond that 429 with Retry-After. One user's renders then hold at
+    # most this many of the API's threads, and the plot lock is taken in turn.
+    render_concurrency_per_user: int = Field(2, ge=1, le=64)
+    render_backlog_per_user: int = Field(16, ge=0, le=10_000)
 
     @field_validator("database_url")
     @classmethod

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from sqlalchemy import select
+from sqlalchemy import func, select, tuple_
 from sqlalchemy.orm import Session
 
 from gradlab.science.records import EpochMetrics
@@ -84,15 +84,27 @@ def _states(session: Session, query: object) -> list[RunState]:
     return states
 
 
-def runs_changed_since(session: Session, since: datetime, limit: int = 10_000) -> list[RunState]:
-    """Runs whose row changed at or after ``since`` (epoch, status, lease), oldest change first."""
+# A place in the order the change feed reads runs: (updated_at, run id).
+ChangeCursor = tuple[datetime, str]
+_KEY_TYPES = (Run.updated_at.type, Run.id.type)
+
+
+def runs_changed_after(
+    session: Session, after: ChangeCursor, limit: int, until: ChangeCursor | None = None
+) -> list[RunState]:
+    """At most ``limit`` runs whose (updated_at, id) comes after ``after`` (and not after
+    ``until``), oldest change first: a reader that resumes from the last one it got always
+    moves on, however many runs changed at the same moment."""
+    key = tuple_(Run.updated_at, Run.id)
     query = (
         select(*_RUN_COLUMNS)
         .join(Experiment, Experiment.id == Run.experiment_id)
-        .where(Run.updated_at >= since)
-        .order_by(Run.updated_at)
+        .where(key > tuple_(*after, types=_KEY_TYPES))
+        .order_by(Run.updated_at, Run.id)
         .limit(limit)
     )
+    if until is not None:
+        query = query.where(key <= tuple_(*until, types=_KEY_TYPES))
     return _states(session, query)
 
 
@@ -164,3 +176,16 @@ def _recorded(row: EpochMetricsRow) -> RecordedEpoch:
 def _utc(moment: datetime) -> datetime:
     # SQLite hands back the stored UTC wall time without its zone; PostgreSQL an aware time.
     return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
+def all_visible(session: Session, experiment_ids: Sequence[str], viewer: Viewer) -> bool:
+    """Whether ``viewer`` may still see every one of these experiments (none deleted, none
+    another user's): an open event stream asks this again every few seconds."""
+    ids = set(experiment_ids)
+    if not ids:
+        return True
+    visible = session.scalar(
+        select(func.count()).select_from(Experiment)
+        .where(Experiment.id.in_(list(ids)), visible_to(Experiment.owner_id, viewer))
+    )
+    return int(visible or 0) == len(ids)

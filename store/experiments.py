@@ -390,3 +390,22 @@ def read_final_metrics(session: Session, run_ids: Sequence[str]) -> dict[str, Ep
         (EpochMetricsRow.run_id == last.c.run_id) & (EpochMetricsRow.epoch == last.c.epoch),
     )
     return {run_id: _metrics(row) for run_id, *row in session.execute(query)}
+
+
+def metric_epoch_counts(session: Session, run_ids: Sequence[str]) -> tuple[int, int]:
+    """The most epochs one of these runs recorded metrics for, and how many distinct epochs
+    they recorded together: a sampling cap at or above both samples nothing."""
+    if not run_ids:
+        return 0, 0
+    per_run = (
+        select(func.count().label("n"))
+        .where(EpochMetricsRow.run_id.in_(list(run_ids)))
+        .group_by(EpochMetricsRow.run_id)
+        .subquery()
+    )
+    longest = session.scalar(select(func.max(per_run.c.n))) or 0
+    distinct = session.scalar(
+        select(func.count(func.distinct(EpochMetricsRow.epoch)))
+        .where(EpochMetricsRow.run_id.in_(list(run_ids)))
+    ) or 0
+    return int(longest), int(distinct)

@@ -12,7 +12,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from gradlab.science.records import GRADFLOW_STATS, GRADFLOW_WINDOWS, GradFlowEpoch
@@ -102,3 +102,15 @@ def read_gradflow_epochs(
             GradFlowEpoch(epoch=epoch, layers=layers_by_run[run_id], **by_window)
         )
     return result
+
+
+def recorded_epoch_range(session: Session, run_ids: Sequence[str]) -> tuple[int, int] | None:
+    """The first and last epoch any of these runs recorded gradient flow for (None: none yet);
+    a view's epoch window is clamped to it, so windows that show the same rows are one."""
+    if not run_ids:
+        return None
+    table = GradFlowEpochRow
+    row = session.execute(
+        select(func.min(table.epoch), func.max(table.epoch)).where(table.run_id.in_(list(run_ids)))
+    ).one()
+    return None if row[0] is None else (int(row[0]), int(row[1]))

@@ -1,5 +1,9 @@
 """Typed ORM models. The schema itself exists only through the Alembic migrations.
 
+Relationships never load lazily (``lazy="raise"``): a read that needs related rows says so with
+``selectinload`` in its repository query, so no view ever runs a hidden SELECT per row, and
+one that forgets fails loudly instead of slowly.
+
 Layout: a study groups experiments; an experiment has one run per seed; a run has one row per
 finished epoch in ``epoch_metrics`` and in ``gradflow_epochs`` (a value per layer in arrays),
 and at most one (its latest) ``checkpoints`` reference (the bytes are in the checkpoint
@@ -27,6 +31,7 @@ from sqlalchemy import (
     UniqueConstraint,
 )
 from sqlalchemy.orm import Mapped, mapped_column, relationship
+from sqlalchemy.sql.expression import false
 
 from gradlab.science.records import RUN_STATUSES
 from gradlab.store.base import Base, TimestampedMixin, new_id, utcnow
@@ -36,13 +41,13 @@ EXPERIMENT_STATUSES = RUN_STATUSES
 
 
 class User(Base):
-    """Someone who holds tokens and owns experiments and studies; admins see everyone's."""
+    """Someone who holds tokens and owns experiments and studies (admin is a grant of a
+    token, ``ApiToken.is_admin``, never of the user)."""
 
     __tablename__ = "users"
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
     name: Mapped[str] = mapped_column(String(200), unique=True)
-    is_admin: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
@@ -61,8 +66,12 @@ class ApiToken(Base):
     prefix: Mapped[str] = mapped_column(String(16))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # A request with this token sees everyone's work. Granted per token (`gradlab token create
+    # --admin`), so granting it never widens a user's other tokens, and revoked on its own
+    # (`gradlab token revoke-admin`) without taking the token away.
+    is_admin: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
-    user: Mapped[User] = relationship()
+    user: Mapped[User] = relationship(lazy="raise")
 
 
 class Study(TimestampedMixin, Base):
@@ -75,7 +84,8 @@ class Study(TimestampedMixin, Base):
     owner_id: Mapped[str | None] = mapped_column(ForeignKey("users.id"), index=True)
 
     cells: Mapped[list[StudyCell]] = relationship(
-        back_populates="study", cascade="all, delete-orphan", order_by="StudyCell.position"
+        back_populates="study", cascade="all, delete-orphan", order_by="StudyCell.position",
+        lazy="raise", passive_deletes=True,
     )
 
 
@@ -97,7 +107,8 @@ class Experiment(TimestampedMixin, Base):
     owner_id: Mapped[str | None] = mapped_column(ForeignKey("users.id"), index=True)
 
     runs: Mapped[list[Run]] = relationship(
-        back_populates="experiment", cascade="all, delete-orphan", order_by="Run.seed"
+        back_populates="experiment", cascade="all, delete-orphan", order_by="Run.seed",
+        lazy="raise", passive_deletes=True,
     )
 
 
@@ -113,8 +124,8 @@ class StudyCell(Base):
     # the grid coordinates of this cell, e.g. {"depth": 38, "batch_norm": true}
     coordinates: Mapped[dict[str, Any]] = mapped_column(JSON)
 
-    study: Mapped[Study] = relationship(back_populates="cells")
-    experiment: Mapped[Experiment] = relationship()
+    study: Mapped[Study] = relationship(back_populates="cells", lazy="raise")
+    experiment: Mapped[Experiment] = relationship(lazy="raise")
 
 
 class Run(TimestampedMixin, Base):
@@ -155,7 +166,7 @@ class Run(TimestampedMixin, Base):
     # when that attempt trained it alone.
     pack: Mapped[str | None] = mapped_column(String(64))
 
-    experiment: Mapped[Experiment] = relationship(back_populates="runs")
+    experiment: Mapped[Experiment] = relationship(back_populates="runs", lazy="raise")
 
 
 class EpochMetricsRow(Base):

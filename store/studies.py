@@ -11,7 +11,7 @@ scale) again returns the existing study, so a re-run resumes instead of duplicat
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session, selectinload
 
 from gradlab.science.records import GradFlowEpoch, TestResult
 from gradlab.science.spec import ExperimentSpec
+from gradlab.science.study import StudyCell as ExpandedCell
 from gradlab.science.study import StudySpec, expand
 from gradlab.science.study_results import CellResult, SeedRun
 from gradlab.store.base import new_id, utcnow
@@ -38,15 +39,48 @@ from gradlab.store.users import EVERYONE, Viewer, owned_by, visible_to
 
 @dataclass
 class SubmittedStudy:
-    """The study row; which of its runs wait for a worker (``queued_run_ids``, queued now or
-    before) and which this submission put in the queue (``newly_queued_run_ids``: new runs and
-    requeued failed ones; only these need sending, the others were sent already)."""
+    """The study row (cells loaded); which of its runs wait for a worker (``queued_run_ids``,
+    queued now or before) and which this submission put in the queue (``newly_queued_run_ids``:
+    new runs and requeued failed ones; only these need sending, the others were sent already)."""
 
     study: Study
     created: bool
     queued_run_ids: list[str] = field(default_factory=list)
     reused_experiment_ids: list[str] = field(default_factory=list)
     newly_queued_run_ids: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class CellPlan:
+    """What submitting a new study does for one cell: reuse ``experiment`` (its runs loaded)
+    or, when None, create one; either way ``new_seeds`` get new queued runs."""
+
+    cell: ExpandedCell
+    experiment: Experiment | None
+    new_seeds: tuple[int, ...]
+
+    def seeds_after(self) -> set[int]:
+        """Every seed the cell's experiment has once the plan is applied."""
+        have = {run.seed for run in self.experiment.runs} if self.experiment else set()
+        return have | set(self.new_seeds)
+
+
+@dataclass
+class StudyPlan:
+    """What a submission would write, read before anything is written, so every limit can be
+    met first: the cells to create or reuse (none when this study exists already: ``existing``)
+    and the failed runs it would send back to the queue."""
+
+    spec: StudySpec
+    scale: str
+    owner_id: str | None
+    existing: Study | None
+    cells: list[CellPlan] = field(default_factory=list)
+    failed_runs: list[Run] = field(default_factory=list)
+
+    def runs_to_queue(self) -> int:
+        """How many runs applying the plan puts in the queue (new and requeued)."""
+        return sum(len(c.new_seeds) for c in self.cells) + len(self.failed_runs)
 
 
 def _stored_spec(study: StudySpec, scale: str) -> dict[str, Any]:
@@ -56,9 +90,14 @@ def _stored_spec(study: StudySpec, scale: str) -> dict[str, Any]:
 def find_study(
     session: Session, study: StudySpec, scale: str, owner_id: str | None = None
 ) -> Study | None:
-    """This owner's earlier submission of exactly this study at this scale, if any."""
+    """This owner's earlier submission of exactly this study at this scale, if any (cells
+    loaded)."""
     wanted = _stored_spec(study, scale)
-    query = select(Study).where(Study.name == study.name, owned_by(Study.owner_id, owner_id))
+    query = (
+        select(Study)
+        .options(selectinload(Study.cells).selectinload(StudyCell.experiment))
+        .where(Study.name == study.name, owned_by(Study.owner_id, owner_id))
+    )
     for row in session.scalars(query):
         if row.spec == wanted:
             return row
@@ -79,85 +118,117 @@ def _find_experiment(
     return session.scalars(query).first()
 
 
-def _add_missing_seeds(
-    session: Session, experiment: Experiment, seeds: Sequence[int]
-) -> list[str]:
-    have = {run.seed for run in experiment.runs}
-    missing = sorted(set(seeds) - have)
-    if not missing:
+def plan_study(
+    session: Session,
+    study: StudySpec,
+    scale: str,
+    cells: Sequence[ExpandedCell],
+    owner_id: str | None = None,
+) -> StudyPlan:
+    """What submitting ``study`` (expanded into ``cells`` at ``scale``) would write; reads only."""
+    existing = find_study(session, study, scale, owner_id)
+    plan = StudyPlan(study, scale, owner_id, existing)
+    if existing is not None:
+        plan.failed_runs = _failed(cell_runs(session, existing).values())
+        return plan
+    for cell in cells:
+        experiment = _find_experiment(session, cell.spec, owner_id)
+        have = {run.seed for run in experiment.runs} if experiment else set()
+        new_seeds = tuple(sorted(set(cell.spec.seeds) - have))
+        plan.cells.append(CellPlan(cell, experiment, new_seeds))
+        if experiment is not None:
+            wanted = set(cell.spec.seeds)
+            plan.failed_runs += _failed([[r for r in experiment.runs if r.seed in wanted]])
+    return plan
+
+
+def _add_missing_seeds(session: Session, plan: CellPlan) -> list[str]:
+    experiment = plan.experiment
+    assert experiment is not None
+    if not plan.new_seeds:
         return []
     now = utcnow()
-    added = [new_queued_run(seed, now) for seed in missing]
+    added = [new_queued_run(seed, now) for seed in plan.new_seeds]
     experiment.runs.extend(added)
     # The stored spec lists every seed the experiment has runs for.
-    experiment.spec = {**experiment.spec, "seeds": sorted(have | set(missing))}
+    experiment.spec = {**experiment.spec, "seeds": sorted(plan.seeds_after())}
     experiment.updated_at = now
     session.flush()
     refresh_experiment_status(session, experiment.id)
     return [run.id for run in added]
 
 
+def apply_study_plan(session: Session, plan: StudyPlan) -> SubmittedStudy:
+    """Write what ``plan`` says (flushed, not committed): the study and its cells when new,
+    new runs of missing seeds, failed runs back to the queue."""
+    reused: list[str] = []
+    new_runs: list[str] = []
+    study = plan.existing
+    if study is None:
+        study = Study(id=new_id(), name=plan.spec.name, spec=_stored_spec(plan.spec, plan.scale),
+                      owner_id=plan.owner_id)
+        session.add(study)
+        session.flush()
+        for cell_plan in plan.cells:
+            if cell_plan.experiment is None:
+                experiment = create_experiment(session, cell_plan.cell.spec, plan.owner_id)
+                new_runs += [run.id for run in experiment.runs]
+            else:
+                experiment = cell_plan.experiment
+                reused.append(experiment.id)
+                new_runs += _add_missing_seeds(session, cell_plan)
+            session.add(StudyCell(
+                study_id=study.id,
+                position=cell_plan.cell.position,
+                experiment_id=experiment.id,
+                coordinates=_json_coordinates(cell_plan.cell.coordinates),
+            ))
+        session.flush()
+    requeued = requeue_runs(session, plan.failed_runs)
+    loaded = get_study(session, study.id)
+    assert loaded is not None
+    return SubmittedStudy(loaded, plan.existing is None, queued_runs(session, loaded), reused,
+                          [*new_runs, *requeued])
+
+
 def submit_study(
     session: Session, study: StudySpec, scale: str | None = None, owner_id: str | None = None
 ) -> SubmittedStudy:
-    """Expand ``study`` into experiments and runs (reusing what exists); flushed, not committed.
+    """Expand ``study`` into experiments and runs (reusing what exists), with no limit: the
+    service layer (``gradlab.services.studies``) plans, checks the limits, then applies.
 
-    Expanding is the expensive part: callers cap the study first (``check_study_size``) and
-    never call this on an event loop.
+    Expanding is the expensive part: never call this on an event loop.
     """
     scale = study.scale if scale is None else scale
-    cells = expand(study, scale=scale)
-    existing = find_study(session, study, scale, owner_id)
-    created = existing is None
-    reused: list[str] = []
-    new_runs: list[str] = []
-    if existing is None:
-        existing = Study(
-            id=new_id(), name=study.name, spec=_stored_spec(study, scale), owner_id=owner_id
-        )
-        session.add(existing)
-        session.flush()
-        for cell in cells:
-            experiment = _find_experiment(session, cell.spec, owner_id)
-            if experiment is None:
-                experiment = create_experiment(session, cell.spec, owner_id)
-                new_runs += [run.id for run in experiment.runs]
-            else:
-                reused.append(experiment.id)
-                new_runs += _add_missing_seeds(session, experiment, cell.spec.seeds)
-            session.add(
-                StudyCell(
-                    study_id=existing.id,
-                    position=cell.position,
-                    experiment_id=experiment.id,
-                    coordinates=_json_coordinates(cell.coordinates),
-                )
-            )
-        session.flush()
-    requeued = _requeue_failed(session, existing)
-    queued = _queued_runs(session, existing)
-    return SubmittedStudy(existing, created, queued, reused, [*new_runs, *requeued])
+    return apply_study_plan(session, plan_study(session, study, scale, expand(study, scale=scale),
+                                                owner_id))
 
 
-def _requeue_failed(session: Session, study: Study) -> list[str]:
-    """Resubmitting a study completes it: its failed runs go back to the queue with a fresh
-    attempt budget and resume from their last checkpoint (a code failure after a fix, or an
-    infrastructure failure past the attempt cap). Diverged runs stay: divergence is
-    deterministic. Cancelled runs stay: that was someone's decision."""
+def _failed(run_groups: Iterable[Sequence[Run]]) -> list[Run]:
+    """Resubmitting a study completes it: its failed runs go back to the queue (a code failure
+    after a fix, or an infrastructure failure past the attempt cap). Diverged runs stay:
+    divergence is deterministic. Cancelled runs stay: that was someone's decision."""
+    return [run for runs in run_groups for run in runs if run.status == "failed"]
+
+
+def failed_runs(session: Session, study: Study) -> list[Run]:
+    """The study's failed runs (only the seeds its cells asked for): what a resubmit requeues."""
+    return _failed(cell_runs(session, study).values())
+
+
+def requeue_runs(session: Session, runs: Sequence[Run]) -> list[str]:
+    """These (failed) runs back to the queue with a fresh attempt budget; they resume from
+    their last checkpoint. Returns their ids, for the caller to dispatch after commit."""
     now = utcnow()
     touched: set[str] = set()
-    requeued: list[str] = []
-    for runs in cell_runs(session, study).values():
-        for run in runs:
-            if run.status == "failed":
-                run.status, run.attempt, run.queued_at = "queued", 0, now
-                run.worker = run.lease_expires_at = run.finished_at = None
-                touched.add(run.experiment_id)
-                requeued.append(run.id)
+    for run in runs:
+        run.status, run.attempt, run.queued_at, run.updated_at = "queued", 0, now, now
+        run.worker = run.lease_expires_at = run.finished_at = None
+        touched.add(run.experiment_id)
     session.flush()
     for experiment_id in touched:
         refresh_experiment_status(session, experiment_id)
-    return requeued
+    return [run.id for run in runs]
 
 
 def _json_coordinates(coordinates: dict[str, Any]) -> dict[str, Any]:
@@ -218,12 +289,10 @@ def runs_version(session: Session, study: Study) -> tuple[tuple[str, str, int, i
     return tuple((r.id, r.status, r.epochs_done, r.attempt) for r in rows)
 
 
-def _queued_runs(session: Session, study: Study) -> list[str]:
-    session.refresh(study)
-    ids: list[str] = []
-    for runs in cell_runs(session, study).values():
-        ids += [r.id for r in runs if r.status == "queued"]
-    return ids
+def queued_runs(session: Session, study: Study) -> list[str]:
+    """Every queued run of the study's cells (the seeds they asked for)."""
+    return [r.id for runs in cell_runs(session, study).values() for r in runs
+            if r.status == "queued"]
 
 
 def _seed_runs(
@@ -303,13 +372,6 @@ def list_studies(session: Session, limit: int = 100, viewer: Viewer = EVERYONE) 
         .limit(limit)
     )
     return list(session.scalars(query))
-
-
-def resubmit_failed(session: Session, study: Study) -> list[str]:
-    """Failed runs of the study back to the queue (as resubmitting the study does); returns
-    every queued run id of the study, for the caller to dispatch after commit."""
-    _requeue_failed(session, study)
-    return _queued_runs(session, study)
 
 
 def cancel_study(session: Session, study: Study) -> None:

@@ -1,6 +1,7 @@
 """Users, their bearer tokens (kept only as SHA-256), and who may see what.
 
-A ``Viewer`` is who asks: a user sees what they own, an admin sees everything, and with auth
+A ``Viewer`` is who asks: a user sees what they own, a request with an admin token sees
+everything (admin is a grant of one token, revocable, never of the user), and with auth
 off (the embedded single-user default) the one ``EVERYONE`` viewer sees everything and owns
 what it creates as NULL. Repositories filter with :func:`visible_to`, so another user's
 resource is simply not found.
@@ -14,8 +15,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, or_, select, text, true
-from sqlalchemy.orm import Session
+from sqlalchemy import false, func, or_, select, text, true, update
+from sqlalchemy.orm import Session, selectinload
 
 from gradlab.science.records import TERMINAL_RUN_STATUSES
 from gradlab.store.base import new_id, utcnow
@@ -27,11 +28,14 @@ SHOWN_PREFIX_LENGTH = 12
 
 @dataclass(frozen=True)
 class Viewer:
-    """Who is asking. ``user_id`` owns what they create (None with auth off)."""
+    """Who is asking. ``user_id`` owns what they create (None with auth off); ``token_id`` is
+    the token the request came with (None with auth off), so an open stream can ask again
+    whether it still stands."""
 
     user_id: str | None
     sees_all: bool
     name: str | None = None
+    token_id: str | None = None
 
 
 EVERYONE = Viewer(user_id=None, sees_all=True, name=None)
@@ -70,7 +74,8 @@ def hash_token(token: str) -> str:
 
 
 def create_token(session: Session, user_name: str, *, admin: bool = False) -> IssuedToken:
-    """A new token for ``user_name`` (created if new; ``admin`` makes the user an admin)."""
+    """A new token for ``user_name`` (created if new); ``admin`` grants this token, and only
+    this one, the right to see everyone's work."""
     return _add_token(session, user_name, TOKEN_PREFIX + secrets.token_urlsafe(32), admin)
 
 
@@ -87,39 +92,49 @@ def ensure_token(session: Session, user_name: str, token: str, *, admin: bool = 
 def _add_token(session: Session, user_name: str, token: str, admin: bool) -> IssuedToken:
     user = session.scalars(select(User).where(User.name == user_name)).one_or_none()
     if user is None:
-        user = User(id=new_id(), name=user_name, is_admin=admin, created_at=utcnow())
+        user = User(id=new_id(), name=user_name, created_at=utcnow())
         session.add(user)
-    elif admin:
-        user.is_admin = True
     row = ApiToken(
         id=new_id(),
         user_id=user.id,
         token_hash=hash_token(token),
         prefix=token[:SHOWN_PREFIX_LENGTH],
         created_at=utcnow(),
+        is_admin=admin,
     )
     session.add(row)
     session.flush()
-    return IssuedToken(token, row.id, user.name, user.is_admin)
+    return IssuedToken(token, row.id, user.name, row.is_admin)
 
 
 def _info(row: ApiToken) -> TokenInfo:
-    return TokenInfo(row.id, row.prefix, row.user.name, row.user.is_admin, row.created_at,
+    return TokenInfo(row.id, row.prefix, row.user.name, row.is_admin, row.created_at,
                      row.revoked_at)
 
 
+def _with_user() -> Any:
+    return select(ApiToken).options(selectinload(ApiToken.user))
+
+
 def list_tokens(session: Session) -> list[TokenInfo]:
-    rows = session.scalars(select(ApiToken).join(User).order_by(User.name, ApiToken.created_at))
+    rows = session.scalars(
+        _with_user().join(User, User.id == ApiToken.user_id)
+        .order_by(User.name, ApiToken.created_at)
+    )
     return [_info(row) for row in rows]
+
+
+def _matching(session: Session, token_id_or_prefix: str) -> list[ApiToken]:
+    return list(session.scalars(
+        _with_user().where(
+            or_(ApiToken.id == token_id_or_prefix, ApiToken.prefix == token_id_or_prefix)
+        )
+    ))
 
 
 def revoke_token(session: Session, token_id_or_prefix: str) -> list[TokenInfo]:
     """Revoke the token with this id, or every token starting with this shown prefix."""
-    rows = session.scalars(
-        select(ApiToken).where(
-            or_(ApiToken.id == token_id_or_prefix, ApiToken.prefix == token_id_or_prefix)
-        )
-    ).all()
+    rows = _matching(session, token_id_or_prefix)
     now = utcnow()
     for row in rows:
         if row.revoked_at is None:
@@ -128,24 +143,50 @@ def revoke_token(session: Session, token_id_or_prefix: str) -> list[TokenInfo]:
     return [_info(row) for row in rows]
 
 
-def viewer_for_token(session: Session, token: str) -> Viewer | None:
-    """The viewer a bearer token stands for; None when unknown or revoked."""
+def revoke_admin(session: Session, token_id_or_prefix: str) -> list[TokenInfo]:
+    """Take the admin grant from the token with this id (or every token with this shown
+    prefix); the token itself stays valid, as a plain user's."""
+    rows = _matching(session, token_id_or_prefix)
+    for row in rows:
+        row.is_admin = False
+    session.flush()
+    return [_info(row) for row in rows]
+
+
+def _viewer(session: Session, condition: Any) -> Viewer | None:
     row = session.execute(
-        select(User.id, User.name, User.is_admin)
+        select(User.id, User.name, ApiToken.is_admin, ApiToken.id)
         .join(ApiToken, ApiToken.user_id == User.id)
-        .where(ApiToken.token_hash == hash_token(token), ApiToken.revoked_at.is_(None))
+        .where(condition, ApiToken.revoked_at.is_(None))
     ).first()
     if row is None:
         return None
-    return Viewer(user_id=row.id, sees_all=row.is_admin, name=row.name)
+    return Viewer(user_id=row[0], sees_all=bool(row[2]), name=row[1], token_id=row[3])
+
+
+def viewer_for_token(session: Session, token: str) -> Viewer | None:
+    """The viewer a bearer token stands for; None when unknown or revoked."""
+    return _viewer(session, ApiToken.token_hash == hash_token(token))
+
+
+def viewer_for_token_id(session: Session, token_id: str) -> Viewer | None:
+    """The viewer the token with this id stands for now; None once it is revoked (an open
+    event stream asks this again every few seconds)."""
+    return _viewer(session, ApiToken.id == token_id)
 
 
 def lock_submissions(session: Session, owner_id: str | None) -> None:
     """Serialise one owner's submissions until the transaction ends, so two at once cannot
-    both pass the active-run limit (PostgreSQL; SQLite's single writer already does)."""
+    both pass a limit they read before writing. Call it first in the transaction.
+
+    PostgreSQL: an advisory lock per owner. SQLite: a write that changes nothing, so the
+    transaction holds the database's single write lock (waiting on ``busy_timeout``) before
+    it reads what the limits count."""
     if session.get_bind().dialect.name == "postgresql":
         key = f"gradlab-submit:{owner_id or ''}"
         session.execute(text("SELECT pg_advisory_xact_lock(hashtext(:key))"), {"key": key})
+    else:
+        session.execute(update(User).where(false()).values(name=User.name))
 
 
 def active_runs(session: Session, owner_id: str | None) -> int:

@@ -1,7 +1,9 @@
 """Server-sent events: ``GET /experiments/{id}/events`` and ``GET /studies/{id}/events``.
 
 An event per epoch and per status change of the runs concerned (see ``api/event_stream.py``
-for the events, their ids and resuming with ``Last-Event-ID``).
+for the events, their ids and resuming with ``Last-Event-ID``). Ownership is checked before
+``Last-Event-ID`` is read, and again every ``GRADLAB_EVENTS_AUTH_RECHECK_SECONDS`` while the
+stream is open, with the token as it stands then.
 """
 
 from __future__ import annotations
@@ -11,17 +13,16 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Header, Query, Request
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import StreamingResponse
 from sqlalchemy.orm import Session, sessionmaker
+from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from gradlab.api.auth import ViewerDep, get_viewer
 from gradlab.api.deps import SessionFactoryDep, SettingsDep
 from gradlab.api.errors import NotFoundError, error_responses
-from gradlab.api.event_stream import StreamSource, event_stream, parse_event_id
+from gradlab.api.event_stream import SEPARATOR, StreamSource, event_stream, parse_event_id
 from gradlab.settings import Settings
-from gradlab.store import experiments as experiment_store
-from gradlab.store.events import study_experiment_ids
-from gradlab.store.users import Viewer
+from gradlab.store.events import all_visible, study_experiment_ids
+from gradlab.store.users import Viewer, viewer_for_token_id
 
 # Every route needs a token when auth is on (the dependency runs before the stream starts).
 router = APIRouter(tags=["events"], dependencies=[Depends(get_viewer)])
@@ -66,7 +67,7 @@ def _experiment_ids(
     factory: sessionmaker[Session], experiment_id: str, viewer: Viewer
 ) -> list[str]:
     with factory() as session:
-        if experiment_store.get_experiment(session, experiment_id, viewer) is None:
+        if not all_visible(session, [experiment_id], viewer):
             raise NotFoundError(f"experiment {experiment_id} not found")
     return [experiment_id]
 
@@ -79,27 +80,46 @@ def _study_ids(factory: sessionmaker[Session], study_id: str, viewer: Viewer) ->
     return ids
 
 
+def _still_allowed(
+    factory: sessionmaker[Session], viewer: Viewer, experiment_ids: list[str]
+) -> bool:
+    """The token still stands (not revoked) and, as it stands now (an admin grant may have
+    been taken away), still sees every experiment the stream follows."""
+    with factory() as session:
+        now = viewer
+        if viewer.token_id is not None:
+            found = viewer_for_token_id(session, viewer.token_id)
+            if found is None:
+                return False
+            now = found
+        return all_visible(session, experiment_ids, now)
+
+
 def _response(
     request: Request,
     settings: Settings,
     factory: sessionmaker[Session],
     experiment_ids: list[str],
+    viewer: Viewer,
     kind: str,
     resume_from: datetime | None,
-) -> StreamingResponse:
+) -> EventSourceResponse:
     source = StreamSource(
         factory=factory,
         feed=request.app.state.change_feed,
         experiment_ids=experiment_ids,
         overlap=timedelta(seconds=settings.events_overlap_seconds),
-        heartbeat_seconds=settings.events_heartbeat_seconds,
         kind=kind,
+        still_allowed=lambda: _still_allowed(factory, viewer, experiment_ids),
+        recheck_seconds=settings.events_auth_recheck_seconds,
     )
-    return StreamingResponse(
-        event_stream(source, resume_from, request.is_disconnected),
-        media_type="text/event-stream",
+    return EventSourceResponse(
+        event_stream(source, resume_from),
         # no caching, and no buffering by a reverse proxy (nginx reads X-Accel-Buffering)
-        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        headers={"Cache-Control": "no-cache"},
+        ping=settings.events_heartbeat_seconds,
+        ping_message_factory=lambda: ServerSentEvent(comment="heartbeat", sep=SEPARATOR),
+        sep=SEPARATOR,
     )
 
 
@@ -112,11 +132,11 @@ async def experiment_events(
     viewer: ViewerDep,
     last_event_id: LastEventIdHeader = None,
     last_event_id_query: LastEventIdQuery = None,
-) -> StreamingResponse:
+) -> EventSourceResponse:
     """Follow an experiment: a snapshot, then an event per epoch and per status change."""
-    resume_from = _resume_from(last_event_id, last_event_id_query)
     ids = await run_in_threadpool(_experiment_ids, factory, experiment_id, viewer)
-    return _response(request, settings, factory, ids, "experiment", resume_from)
+    resume_from = _resume_from(last_event_id, last_event_id_query)
+    return _response(request, settings, factory, ids, viewer, "experiment", resume_from)
 
 
 @router.get("/studies/{study_id}/events", responses=_SSE_RESPONSES)
@@ -128,8 +148,8 @@ async def study_events(
     viewer: ViewerDep,
     last_event_id: LastEventIdHeader = None,
     last_event_id_query: LastEventIdQuery = None,
-) -> StreamingResponse:
+) -> EventSourceResponse:
     """Follow every run of a study's cells (events name their experiment)."""
-    resume_from = _resume_from(last_event_id, last_event_id_query)
     ids = await run_in_threadpool(_study_ids, factory, study_id, viewer)
-    return _response(request, settings, factory, ids, "study", resume_from)
+    resume_from = _resume_from(last_event_id, last_event_id_query)
+    return _response(request, settings, factory, ids, viewer, "study", resume_from)

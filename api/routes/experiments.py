@@ -4,33 +4,28 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, status
-from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session
 
 from gradlab.api.auth import ViewerDep, get_viewer
 from gradlab.api.deps import (
     CheckpointStoreDep,
+    RenderLimiterDep,
     ResponseCacheDep,
-    RunsToDispatchDep,
     SessionDep,
     SessionFactoryDep,
     SettingsDep,
+    TransactionDep,
 )
 from gradlab.api.diagnostics_view import render_diagnostics
-from gradlab.api.errors import (
-    ConflictError,
-    InvalidParameterError,
-    NotFoundError,
-    error_responses,
-)
-from gradlab.api.gradflow_views import GradflowFormat, GradflowQuery, render_gradflow
-from gradlab.api.metrics_views import metrics_cache_key, render_metrics, summarize_experiment
-from gradlab.api.response_cache import CachedResponse, RenderedView, ResponseCache
+from gradlab.api.errors import InvalidParameterError, error_responses
+from gradlab.api.gradflow_views import GradflowFormat, GradflowQuery
+from gradlab.api.metrics_views import MetricsView, summarize_experiment
+from gradlab.api.response_cache import CachedResponse
 from gradlab.api.schemas import (
     DiagnosticsRead,
     ExperimentCreated,
@@ -46,14 +41,14 @@ from gradlab.api.schemas import (
     RunBrief,
     RunRead,
 )
-from gradlab.api.submission import check_active_runs, check_cost, start_submission
+from gradlab.api.view_cache import cached_view
 from gradlab.science.bounds import INT32_MAX
 from gradlab.science.records import RunStatus
 from gradlab.science.spec import ExperimentSpec
+from gradlab.services import experiments as service
 from gradlab.store import experiments as store
 from gradlab.store.models import Experiment, Run
 from gradlab.store.session import session_scope
-from gradlab.store.users import Viewer
 
 log = logging.getLogger(__name__)
 
@@ -66,13 +61,6 @@ router = APIRouter(
 )
 # Integers in queries stay inside the database's INTEGER columns they are compared with.
 EpochQuery = Annotated[int | None, Query(ge=0, le=INT32_MAX)]
-
-
-def _get_or_404(session: Session, experiment_id: str, viewer: Viewer) -> Experiment:
-    experiment = store.get_experiment(session, experiment_id, viewer)
-    if experiment is None:
-        raise NotFoundError(f"experiment {experiment_id} not found")
-    return experiment
 
 
 def _run_read(run: Run) -> RunRead:
@@ -103,26 +91,18 @@ def _experiment_read(session: Session, experiment: Experiment) -> ExperimentRead
     responses=error_responses(400, 413, 422, 429),
 )
 def create(
-    spec: ExperimentSpec,
-    session: SessionDep,
-    pending: RunsToDispatchDep,
-    viewer: ViewerDep,
-    settings: SettingsDep,
+    spec: ExperimentSpec, tx: TransactionDep, viewer: ViewerDep, settings: SettingsDep
 ) -> ExperimentCreated:
     """Store an experiment and one queued run per seed; the runs are dispatched after commit.
 
     Refused (422) when its estimated cost passes a limit, and (429) when the user's queued and
     running runs would pass theirs."""
-    check_cost([("", spec)], settings)
-    start_submission(session, viewer)
-    experiment = store.create_experiment(session, spec, viewer.user_id)
-    check_active_runs(session, viewer, settings, len(experiment.runs))
-    pending.add([run.id for run in experiment.runs])
-    # Built before the commit (in the dependency) so no attribute is reloaded after it.
+    submitted = service.submit_experiment(tx.session, spec, viewer=viewer, settings=settings)
+    tx.dispatch_after_commit(submitted.to_dispatch)
     return ExperimentCreated(
-        id=experiment.id,
-        status=experiment.status,
-        runs=[RunBrief(id=r.id, seed=r.seed, status=r.status) for r in experiment.runs],  # type: ignore[arg-type]
+        id=submitted.id,
+        status=submitted.status,  # type: ignore[arg-type]
+        runs=[RunBrief(id=r.id, seed=r.seed, status=r.status) for r in submitted.runs],  # type: ignore[arg-type]
     )
 
 
@@ -187,7 +167,8 @@ def _eta_seconds(progress: store.RunProgress, epochs_planned: int) -> float | No
 )
 def read(experiment_id: str, session: SessionDep, viewer: ViewerDep) -> ExperimentRead:
     """Spec, status, runs (seed, status, epochs done, last error) and the final-metrics summary."""
-    return _experiment_read(session, _get_or_404(session, experiment_id, viewer))
+    experiment = service.get_experiment(session, experiment_id, viewer=viewer)
+    return _experiment_read(session, experiment)
 
 
 @router.post(
@@ -197,9 +178,7 @@ def read(experiment_id: str, session: SessionDep, viewer: ViewerDep) -> Experime
 )
 def cancel(experiment_id: str, session: SessionDep, viewer: ViewerDep) -> ExperimentRead:
     """Stop an experiment: queued runs are cancelled now, running ones after their epoch."""
-    experiment = store.request_cancel(session, experiment_id, viewer)
-    if experiment is None:
-        raise NotFoundError(f"experiment {experiment_id} not found")
+    experiment = service.cancel_experiment(session, experiment_id, viewer=viewer)
     return _experiment_read(session, experiment)
 
 
@@ -218,14 +197,9 @@ def delete(
     """Delete a finished experiment: its runs, metrics, gradient flow and every checkpoint in
     the checkpoint store. 409 while a run is queued or running (cancel it first) or while a
     study holds it."""
-    try:
-        with session_scope(factory) as session:
-            _get_or_404(session, experiment_id, viewer)  # another user's: not found
-            run_ids = store.delete_experiment(session, experiment_id)
-    except store.ExperimentInUseError as exc:
-        raise ConflictError(str(exc)) from exc
-    if run_ids is None:
-        raise NotFoundError(f"experiment {experiment_id} not found")
+    # Its own transaction, committed before the bytes go (the route's session commits later).
+    with session_scope(factory) as session:
+        run_ids = service.delete_experiment(session, experiment_id, viewer=viewer)
     cache.discard_experiment(experiment_id)
     # After the commit: a failure here leaves unreferenced bytes, never a reference to none.
     for run_id in run_ids:
@@ -236,52 +210,13 @@ def delete(
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
-async def _cached_view(
-    cache: ResponseCache,
-    key: tuple[Any, ...],
-    factory: sessionmaker[Session],
-    experiment_id: str,
-    viewer: Viewer,
-    render: Callable[[Session, Experiment], RenderedView],
-) -> Response:
-    """A rendered view from the cache, else rendered in a worker thread.
+@dataclass(frozen=True)
+class _DiagnosticsView:
+    def cache_key(self, session: Session, experiment: Experiment) -> tuple[Any, ...]:
+        return ("diagnostics",)
 
-    A finished experiment's views never change: they are cached under ``key`` and a hit
-    touches neither the database nor a thread. A running experiment's views change only when
-    a run records an epoch, changes status or restarts (the worker writes an epoch's rows and
-    the run's progress in one transaction), so they are cached under ``key`` plus that version:
-    a dashboard polling between epochs costs one small read of the runs.
-
-    The key starts with who may see it (the owner's id, or everyone's view): an entry is only
-    put after the viewer was allowed to read the experiment, so a hit needs no ownership read.
-    """
-    key = (_visibility(viewer), *key)
-    hit = cache.get(key)
-    if hit is None:
-
-        def build() -> CachedResponse:
-            with factory() as session:
-                experiment = _get_or_404(session, experiment_id, viewer)
-                # read before the data, so the data is at least as new as the version
-                version = tuple((r.id, r.status, r.epochs_done, r.attempt) for r in experiment.runs)
-                versioned = (*key, version)
-                entry = cache.get(versioned)
-                if entry is None:
-                    view = render(session, experiment)
-                    entry = view.response
-                    cache.put(key if view.final else versioned, entry)
-                return entry
-
-        hit = await run_in_threadpool(build)
-    return _response(hit)
-
-
-def _visibility(viewer: Viewer) -> str:
-    return "*" if viewer.sees_all else f"owner:{viewer.user_id}"
-
-
-def _response(entry: CachedResponse) -> Response:
-    return Response(entry.body, media_type=entry.media_type, headers=dict(entry.headers))
+    def render(self, session: Session, experiment: Experiment) -> CachedResponse:
+        return render_diagnostics(session, experiment)
 
 
 @router.get(
@@ -293,6 +228,7 @@ async def metrics(
     experiment_id: str,
     factory: SessionFactoryDep,
     cache: ResponseCacheDep,
+    limiter: RenderLimiterDep,
     viewer: ViewerDep,
     max_points: Annotated[
         int | None,
@@ -304,14 +240,8 @@ async def metrics(
     ] = None,
 ) -> Response:
     """Per run and epoch: losses, accuracies, lr and seconds; mean/std across seeds; test result."""
-    return await _cached_view(
-        cache,
-        metrics_cache_key(experiment_id, max_points),
-        factory,
-        experiment_id,
-        viewer,
-        lambda session, experiment: render_metrics(session, experiment, max_points),
-    )
+    view = MetricsView(max_points)
+    return await cached_view(cache, limiter, factory, experiment_id, viewer, view)
 
 
 @router.get(
@@ -333,6 +263,7 @@ async def gradflow(
     experiment_id: str,
     factory: SessionFactoryDep,
     cache: ResponseCacheDep,
+    limiter: RenderLimiterDep,
     viewer: ViewerDep,
     stat: GradflowStat = "mean_abs",
     window: GradflowWindow = "last_batch",
@@ -347,14 +278,7 @@ async def gradflow(
     ``values[i][j]`` is layer ``j`` at ``epochs[i]``; ``across_seeds`` averages the runs shown.
     """
     query = GradflowQuery(stat, window, seed, epoch_from, epoch_to, format, log_scale)
-    return await _cached_view(
-        cache,
-        query.cache_key(experiment_id),
-        factory,
-        experiment_id,
-        viewer,
-        lambda session, experiment: render_gradflow(session, experiment, query),
-    )
+    return await cached_view(cache, limiter, factory, experiment_id, viewer, query)
 
 
 @router.get(
@@ -363,10 +287,13 @@ async def gradflow(
     responses=error_responses(404, 422),
 )
 async def diagnostics(
-    experiment_id: str, factory: SessionFactoryDep, cache: ResponseCacheDep, viewer: ViewerDep
+    experiment_id: str,
+    factory: SessionFactoryDep,
+    cache: ResponseCacheDep,
+    limiter: RenderLimiterDep,
+    viewer: ViewerDep,
 ) -> Response:
     """What went wrong so far, in words: vanishing or exploding gradients, not training,
     overfitting (the study diagnostics on this experiment's seeds), with their evidence."""
-    return await _cached_view(
-        cache, ("diagnostics", experiment_id), factory, experiment_id, viewer, render_diagnostics
-    )
+    view = _DiagnosticsView()
+    return await cached_view(cache, limiter, factory, experiment_id, viewer, view)

@@ -7,21 +7,27 @@ from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query, status
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
 from sqlalchemy.orm import Session
 
 from gradlab.api.auth import ViewerDep, get_viewer
-from gradlab.api.deps import ResponseCacheDep, RunsToDispatchDep, SessionDep, SettingsDep
-from gradlab.api.errors import InvalidFieldsError, NotFoundError, error_responses
+from gradlab.api.deps import (
+    RenderLimiterDep,
+    ResponseCacheDep,
+    SessionDep,
+    SessionFactoryDep,
+    SettingsDep,
+    TransactionDep,
+)
+from gradlab.api.errors import error_responses
 from gradlab.api.response_cache import CachedResponse
-from gradlab.api.submission import check_active_runs, check_cost, start_submission
 from gradlab.science.records import TERMINAL_RUN_STATUSES
-from gradlab.science.study import StudySpec, StudyTooLargeError, check_study_size, expand
-from gradlab.settings import Settings
+from gradlab.science.study import StudySpec
+from gradlab.services import studies as service
 from gradlab.store import studies as store
 from gradlab.store.models import Study
-from gradlab.store.users import Viewer
 
 # Every route here needs the viewer (a token when auth is required).
 router = APIRouter(
@@ -84,28 +90,6 @@ class StudyRequeued(BaseModel):
     runs_queued: int = Field(description="queued runs sent to the workers by this request")
 
 
-def _get_or_404(session: Session, study_id: str, viewer: Viewer) -> Study:
-    study = store.get_study(session, study_id, viewer)
-    if study is None:
-        raise NotFoundError(f"study {study_id} not found")
-    return study
-
-
-def _expand_within_limits(study: StudySpec, settings: Settings) -> None:
-    """422 for a study past the per-request caps (counted, not expanded), with a cell that is
-    not a valid spec, or with a cell past the cost limits."""
-    try:
-        check_study_size(
-            study, max_cells=settings.max_study_cells, max_runs=settings.max_study_runs
-        )
-        cells = expand(study)
-    except StudyTooLargeError as exc:
-        raise InvalidFieldsError([("grid", str(exc))]) from None
-    except ValueError as exc:
-        raise InvalidFieldsError([("study", str(exc))]) from None
-    check_cost([(f"cells[{c.position}] ({c.name}).", c.spec) for c in cells], settings)
-
-
 @router.post(
     "",
     status_code=status.HTTP_201_CREATED,
@@ -113,25 +97,19 @@ def _expand_within_limits(study: StudySpec, settings: Settings) -> None:
     responses=error_responses(400, 413, 422, 429),
 )
 def create(
-    study: StudySpec,
-    session: SessionDep,
-    pending: RunsToDispatchDep,
-    viewer: ViewerDep,
-    settings: SettingsDep,
+    study: StudySpec, tx: TransactionDep, viewer: ViewerDep, settings: SettingsDep
 ) -> StudyCreated:
     """Expand the study into experiments (one per cell, one run per seed) and queue its runs.
 
     A cell whose spec matches an existing experiment of yours reuses it (missing seeds get new
-    runs); submitting the same study again returns it and sends nothing already queued. The
-    number of cells and runs is capped before anything is expanded (422), each cell's cost is
+    runs, up to 64 seeds per experiment); submitting the same study again returns it and sends
+    nothing already queued. Before anything is written: the number of cells and runs is capped
+    (422, counted before expansion, a grid over seeds as the runs it makes), each cell's cost is
     checked (422), and so is your limit on queued and running runs (429). Expansion runs in a
     worker thread, never on the event loop.
     """
-    _expand_within_limits(study, settings)
-    start_submission(session, viewer)
-    submitted = store.submit_study(session, study, owner_id=viewer.user_id)
-    check_active_runs(session, viewer, settings, len(submitted.newly_queued_run_ids))
-    pending.add(submitted.newly_queued_run_ids)
+    submitted = service.submit_study(tx.session, study, viewer=viewer, settings=settings)
+    tx.dispatch_after_commit(submitted.newly_queued_run_ids)
     return StudyCreated(
         id=submitted.study.id,
         name=submitted.study.name,
@@ -162,15 +140,19 @@ def list_(
 
 
 @router.post(
-    "/{study_id}/resubmit", response_model=StudyRequeued, responses=error_responses(404, 422)
+    "/{study_id}/resubmit",
+    response_model=StudyRequeued,
+    responses=error_responses(404, 422, 429),
 )
 def resubmit(
-    study_id: str, session: SessionDep, viewer: ViewerDep, pending: RunsToDispatchDep
+    study_id: str, tx: TransactionDep, viewer: ViewerDep, settings: SettingsDep
 ) -> StudyRequeued:
     """Send the study's failed runs back to the queue (fresh attempts, resuming from their last
-    checkpoint), as submitting the study again does; diverged and cancelled runs stay."""
-    queued = store.resubmit_failed(session, _get_or_404(session, study_id, viewer))
-    pending.add(queued)
+    checkpoint), as submitting the study again does; diverged and cancelled runs stay. Only
+    those runs are sent (a run already queued was sent before); 429 when they would take the
+    owner past the limit on queued and running runs."""
+    queued = service.resubmit_study(tx.session, study_id, viewer=viewer, settings=settings)
+    tx.dispatch_after_commit(queued)
     return StudyRequeued(id=study_id, runs_queued=len(queued))
 
 
@@ -179,14 +161,16 @@ def resubmit(
 )
 def cancel(study_id: str, session: SessionDep, viewer: ViewerDep) -> StudyRead:
     """Stop every cell: queued runs are cancelled now, running ones after their epoch."""
-    store.cancel_study(session, _get_or_404(session, study_id, viewer))
-    return read(study_id, session, viewer)
+    return _study_read(session, service.cancel_study(session, study_id, viewer=viewer))
 
 
 @router.get("/{study_id}", response_model=StudyRead, responses=error_responses(404, 422))
 def read(study_id: str, session: SessionDep, viewer: ViewerDep) -> StudyRead:
     """The study's spec and its cell x seed completion matrix (status, epochs done)."""
-    study = _get_or_404(session, study_id, viewer)
+    return _study_read(session, service.get_study(session, study_id, viewer=viewer))
+
+
+def _study_read(session: Session, study: Study) -> StudyRead:
     cells = store.completion(session, study)
     seeds = [s for c in cells for s in c["seeds"]]
     return StudyRead(
@@ -204,24 +188,35 @@ def read(study_id: str, session: SessionDep, viewer: ViewerDep) -> StudyRead:
     "/{study_id}/report",
     responses={**error_responses(404, 422), 200: {"content": {"text/html": {}}}},
 )
-def report(
+async def report(
     study_id: str,
-    session: SessionDep,
+    factory: SessionFactoryDep,
     cache: ResponseCacheDep,
+    limiter: RenderLimiterDep,
     viewer: ViewerDep,
     format: Literal["json", "html"] = "json",
 ) -> Response:
     """The study's report so far: table, findings, completion (JSON), or the whole HTML page
     with its figures embedded. Works while runs are still going (numbers say how many seeds)."""
-    study = _get_or_404(session, study_id, viewer)
-    # Rendering a large study's HTML takes seconds; the report changes only when one of its
-    # runs moves, so it is cached under the runs' version (a finished study's never changes).
-    key = ("study-report", study.id, format, store.runs_version(session, study))
-    entry = cache.get(key)
-    if entry is None:
-        entry = _render_report(session, study, format)
-        cache.put(key, entry)
-    return Response(entry.body, media_type=entry.media_type)
+
+    def entry(render: bool) -> CachedResponse | None:
+        with factory() as session:
+            study = service.get_study(session, study_id, viewer=viewer)
+            # The report changes only when one of its runs moves (the runs' version), and
+            # rendering a large study's HTML takes seconds: cached under that version.
+            key = ("study-report", study.id, format, store.runs_version(session, study))
+            found = cache.get(key)
+            if found is None and render:
+                found = _render_report(session, study, format)
+                cache.put(key, found)
+            return found
+
+    found = await run_in_threadpool(entry, False)
+    if found is None:
+        async with limiter.slot(viewer.user_id or "*"):
+            found = await run_in_threadpool(entry, True)
+    assert found is not None
+    return Response(found.body, media_type=found.media_type)
 
 
 def _render_report(session: Session, study: Study, format: str) -> CachedResponse:

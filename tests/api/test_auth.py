@@ -4,13 +4,17 @@ queued + running runs (429). Real app over HTTP on PostgreSQL."""
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session, sessionmaker
+from starlette.routing import Mount
 
 from gradlab.api.app import create_app
 from gradlab.science.layers import layer_names
@@ -21,8 +25,8 @@ from gradlab.store.users import create_token, revoke_token
 from tests.api.conftest import RecordingDispatcher, small_spec
 from tests.api.synthetic_rows import insert_experiment
 
-PUBLIC = {"/healthz", "/readyz", "/metrics", "/openapi.json", "/docs", "/docs/oauth2-redirect",
-          "/redoc"}
+PUBLIC = {"/healthz", "/readyz", "/metrics"}
+REPO = Path(__file__).resolve().parents[2]
 
 
 @dataclass
@@ -78,7 +82,7 @@ def admin(postgres_session_factory: sessionmaker[Session]) -> Person:
 def test_without_a_token_every_route_but_health_and_metrics_is_401_naming_how_to_get_one(
     auth_client: TestClient,
 ) -> None:
-    paths = auth_client.get("/openapi.json").json()["paths"]
+    paths = auth_client.app.openapi()["paths"]  # type: ignore[attr-defined]
     checked = 0
     for template, operations in paths.items():
         if template in PUBLIC:
@@ -92,8 +96,53 @@ def test_without_a_token_every_route_but_health_and_metrics_is_401_naming_how_to
             assert response.headers["www-authenticate"] == "Bearer"
             checked += 1
     assert checked >= 9
-    for path in ("/healthz", "/readyz", "/metrics", "/openapi.json"):
+    for path in ("/healthz", "/readyz", "/metrics"):
         assert auth_client.get(path).status_code == 200, path
+
+
+def _readme_public_routes() -> set[str]:
+    readme = (REPO / "README.md").read_text()
+    line = next(x for x in readme.splitlines() if x.startswith("Public routes with auth on"))
+    return set(re.findall(r"`(/[^`]*)`", line.split(";")[0]))
+
+
+def test_with_auth_on_exactly_the_readmes_public_routes_answer_without_a_token(
+    auth_client: TestClient,
+) -> None:
+    """Every route the app serves, in its schema or not (the dashboard's page and files, the
+    schema, FastAPI's documentation pages), asked without a token: the ones that answer are
+    exactly those the README lists; the schema needs a token; /docs and /redoc (scripts from a
+    CDN, on the dashboard's origin) are not served at all."""
+    answered: set[str] = set()
+    for route in _every_route(auth_client.app.routes):  # type: ignore[attr-defined]
+        path = route.path  # type: ignore[attr-defined]
+        probe = path.replace("{experiment_id}", "x").replace("{study_id}", "x")
+        if isinstance(route, Mount):
+            probe, path = f"{path}/dashboard.js", f"{path}/"
+        methods = getattr(route, "methods", None) or {"GET"}
+        for method in methods - {"HEAD"}:
+            if auth_client.request(method, probe).status_code != 401:
+                answered.add(path)
+    assert answered == _readme_public_routes()
+    assert auth_client.get("/openapi.json").status_code == 401
+    for page in ("/docs", "/redoc", "/docs/oauth2-redirect"):
+        assert auth_client.get(page).status_code == 404, page
+    paths = auth_client.get("/openapi.json", headers=_bearer(auth_client)).json()["paths"]
+    assert "/experiments" in paths
+
+
+def _every_route(routes: list[Any]) -> list[Any]:
+    """The app's routes, those of included routers too (FastAPI wraps an included router)."""
+    flat = []
+    for route in routes:
+        included = getattr(route, "original_router", None)
+        flat += _every_route(included.routes) if included is not None else [route]
+    return flat
+
+
+def _bearer(client: TestClient) -> dict[str, str]:
+    factory = client.app.state.session_factory  # type: ignore[attr-defined]
+    return _person(factory).headers
 
 
 def test_an_unknown_or_revoked_token_is_401(

@@ -246,8 +246,8 @@ def test_name_templates_substitute_field_values_only(client: TestClient, templat
 def test_study_expansion_never_runs_on_the_event_loop(
     client: TestClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from gradlab.api.routes import studies as route
     from gradlab.science import study as science_study
+    from gradlab.services import studies as service
     from gradlab.store import studies as store
 
     on_loop: list[bool] = []
@@ -261,7 +261,7 @@ def test_study_expansion_never_runs_on_the_event_loop(
             on_loop.append(False)
         return real(*args, **kwargs)
 
-    for module in (route, store, science_study):
+    for module in (service, store, science_study):
         monkeypatch.setattr(module, "expand", recording_expand)
     study = {"name": f"loop-{uuid.uuid4().hex[:6]}", "grid": {"depth": [8, 14]},
              "base": {"width": 8, "hyperparameters": {"epochs": 1}}}
