@@ -18,7 +18,7 @@ from typing import Annotated, Any
 
 import typer
 
-from gradlab.science.study import SCALES, StudySpec, expand, load_study
+from gradlab.science.study import SCALES, StudySpec, load_study
 from gradlab.science.study_results import CellResult
 
 study_app = typer.Typer(help="Studies: grids of experiments with one report.", no_args_is_help=True)
@@ -90,15 +90,20 @@ def _load(file: Path, scale: str) -> StudySpec:
         text = file.read_text()
     except OSError as exc:
         raise StudyRunError(f"cannot read study file {file}: {exc.strerror}") from None
+    from gradlab.services.errors import GradlabError
+    from gradlab.services.studies import expand_within_limits
     from gradlab.settings import get_settings
 
-    limits = get_settings()
+    settings = get_settings()
     try:
-        # The same caps as the API's, counted before anything is expanded.
-        study = load_study(text, source=str(file), max_cells=limits.max_study_cells,
-                           max_runs=limits.max_study_runs)
-        expand(study, scale=scale)  # every cell valid at this scale before anything is stored
+        # The API's rules, before anything is stored: the caps (counted before expanding),
+        # every cell valid at this scale and within the cost limits.
+        study = load_study(text, source=str(file), max_cells=settings.max_study_cells,
+                           max_runs=settings.max_study_runs)
+        expand_within_limits(study, scale, settings)
         return study
+    except GradlabError as exc:
+        raise StudyRunError(f"{file}: {exc.detail}") from None
     except ValueError as exc:
         raise StudyRunError(str(exc)) from None
 
@@ -111,21 +116,32 @@ def _default_database_url(out: Path) -> str:
 
 
 def _submit(study: StudySpec, scale: str, url: str) -> tuple[Any, str, list[str]]:
-    """Migrate the database, submit the study (reusing cells), return unfinished run ids."""
+    """Migrate the database, submit the study through the service layer (the API's limits,
+    cells reused), return the run ids waiting to be trained here."""
+    from gradlab.dispatch.dispatchers import EmbeddedDispatcher
+    from gradlab.services.errors import GradlabError
+    from gradlab.services.studies import submit_study
+    from gradlab.services.transaction import transaction
+    from gradlab.settings import get_settings
     from gradlab.store.migrate import upgrade
-    from gradlab.store.session import make_engine, make_session_factory, session_scope
-    from gradlab.store.studies import submit_study
+    from gradlab.store.session import make_engine, make_session_factory
+    from gradlab.store.users import EVERYONE
     from gradlab.worker.embedded import requeue_orphans
 
     upgrade(url)
     factory = make_session_factory(make_engine(url))
-    with session_scope(factory) as session:
-        # Runs left "running" by a killed earlier call of this command go back to the queue.
-        requeue_orphans(session)
-        submitted = submit_study(session, study, scale)
-        study_id = submitted.study.id
-        queued = list(submitted.queued_run_ids)
-    return factory, study_id, queued
+    settings = get_settings()
+    try:
+        # This process is the worker: nothing to wake, it trains what is queued once committed.
+        with transaction(factory, EmbeddedDispatcher()) as tx:
+            # Runs left "running" by a killed earlier call of this command go back to the queue.
+            requeue_orphans(tx.session)
+            submitted = submit_study(tx.session, study, viewer=EVERYONE, settings=settings,
+                                     scale=scale)
+            tx.dispatch_after_commit(submitted.newly_queued_run_ids)
+    except GradlabError as exc:
+        raise StudyRunError(exc.detail) from None
+    return factory, submitted.study.id, list(submitted.queued_run_ids)
 
 
 def _run_all(
