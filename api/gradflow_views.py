@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session
 
 from gradlab.api.errors import InvalidParameterError
 from gradlab.api.json_numbers import finite_matrix
+from gradlab.api.plot_process import draw_png
 from gradlab.api.response_cache import CachedResponse
 from gradlab.science.aggregate import GradFlowStats, gradflow_stats
 from gradlab.science.layers import layer_names as spec_layer_names
@@ -30,7 +31,8 @@ from gradlab.store.models import Experiment, Run
 
 GradflowFormat = Literal["json", "csv", "png"]
 
-# matplotlib's font cache and text layout are not safe to drive from several threads at once.
+# One figure at a time is handed to the plotting process (which draws one at a time anyway):
+# the API's threads that wait for it queue here, in the order the render slots let them in.
 _PLOT_LOCK = threading.Lock()
 
 
@@ -206,8 +208,6 @@ def _png(
     by_run: list[tuple[Run, GradflowSeries]],
     query: GradflowQuery,
 ) -> CachedResponse:
-    from gradlab.science.gradflow_figure import plot_gradflow  # matplotlib: only when asked
-
     if len(by_run) == 1:
         run, s = by_run[0]
         epochs, values = s.epochs, s.values
@@ -218,15 +218,5 @@ def _png(
         who = f"mean of {len(by_run)} seeds"
     title = f"{experiment.name}: {query.stat} ({query.window}), {who}"
     with _PLOT_LOCK:
-        figure = plot_gradflow(layers, epochs, values, title=title, log_scale=query.log_scale)
-        buffer = io.BytesIO()
-        figure.savefig(buffer, format="png")
-        _close(figure)
-    return CachedResponse(buffer.getvalue(), "image/png")
-
-
-def _close(figure: Any) -> None:
-    # A pyplot-made figure stays registered until closed; an OO Figure is simply dropped.
-    import matplotlib.pyplot as plt
-
-    plt.close(figure)
+        body = draw_png(layers, epochs, values, title=title, log_scale=query.log_scale)
+    return CachedResponse(body, "image/png")

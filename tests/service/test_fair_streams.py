@@ -169,9 +169,9 @@ def _alice_load(auth_api: str, alice: Person, experiment_id: str, study_id: str,
     def plots(offset: int) -> None:
         n = offset
         while not stop.is_set():
-            n += 4
-            params = {"format": "png", "epoch_from": n % 3, "log_scale": n % 2 == 0,
-                      "stat": ("mean_abs", "max_abs", "l2")[n % 3]}
+            n += 4  # a window not asked for before, as long as the data has windows left
+            params = {"format": "png", "epoch_from": (n // 50) % 50, "epoch_to": 50 + n % 50,
+                      "log_scale": n % 2 == 0, "stat": ("mean_abs", "max_abs", "l2")[n % 3]}
             status = client.get(f"/experiments/{experiment_id}/gradflow", params=params)
             counts["png" if status.status_code == 200 else "png_refused"] += 1
 
