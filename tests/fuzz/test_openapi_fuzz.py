@@ -118,9 +118,12 @@ def seeded_owned(fuzz_factory: sessionmaker[Session], token: tuple[str, str]) ->
 
 
 @pytest.fixture(scope="module")
-def schemas(fuzz_url: str) -> dict[bool, Any]:
-    """The real app's own schema, served by the app, with auth off and on."""
-    return {auth: schemathesis.openapi.from_asgi("/openapi.json", _app(fuzz_url, auth))
+def schemas(fuzz_url: str, token: tuple[str, str]) -> dict[bool, Any]:
+    """The real app's own schema, served by the app, with auth off and on (where the schema
+    itself needs the token)."""
+    bearer = {"Authorization": f"Bearer {token[0]}"}
+    return {auth: schemathesis.openapi.from_asgi("/openapi.json", _app(fuzz_url, auth),
+                                                  headers=bearer if auth else None)
             for auth in (False, True)}
 
 
