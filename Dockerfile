@@ -82,6 +82,7 @@ COPY dispatch dispatch
 COPY migrations migrations
 COPY observability observability
 COPY science science
+COPY services services
 COPY settings settings
 COPY store store
 COPY worker worker

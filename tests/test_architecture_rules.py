@@ -12,8 +12,8 @@ from tests.support.processes import REPO
 
 # Parts that may speak SQL: the store, and the migrations that define the schema.
 SQL_PARTS = {"store", "migrations"}
-PRODUCT_PARTS = ("api", "cli", "client", "core", "dispatch", "observability", "science", "settings",
-                 "worker")
+PRODUCT_PARTS = ("api", "cli", "client", "core", "dispatch", "observability", "science", "services",
+                 "settings", "worker")
 # SQLAlchemy's statement builders; Session/sessionmaker types and exceptions are fine anywhere.
 SQL_NAMES = {"select", "insert", "update", "delete", "text", "func", "and_", "or_", "literal",
              "bindparam", "column", "table"}

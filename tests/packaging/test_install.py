@@ -16,7 +16,7 @@ from tests.support.processes import REPO
 from tests.support.venvs import fresh_venv, run
 
 PARTS = ("api", "cli", "client", "core", "dispatch", "migrations", "observability", "science",
-         "settings", "store", "worker")
+         "services", "settings", "store", "worker")
 # Every part imported; migrations applied (found as package data through importlib.resources).
 IMPORT_CHECK = """
 import importlib, json, sys, tempfile
