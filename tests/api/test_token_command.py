@@ -32,6 +32,13 @@ def test_token_create_list_revoke_and_the_token_at_work(tmp_path: Path) -> None:
     listed = _gradlab("token", "list", "--db", url)
     assert token[:12] in listed.stdout and token not in listed.stdout  # never shown again
     assert "alice (user)" in listed.stdout and "root (admin)" in listed.stdout
+    # admin is the token's: root's next token is a user's, and the grant can be taken back
+    plain = _gradlab("token", "create", "--user", "root", "--db", url)
+    assert "for user 'root'" in plain.stderr
+    root_token = admin.stdout.strip()
+    demoted = _gradlab("token", "revoke-admin", root_token[:12], "--db", url)
+    assert demoted.returncode == 0 and "no longer admin" in demoted.stdout
+    assert "root (admin)" not in _gradlab("token", "list", "--db", url).stdout
 
     settings = Settings(database_url=url, broker_url=None, auth_required=True)
     with TestClient(create_app(settings, dispatcher=RecordingDispatcher())) as client:
