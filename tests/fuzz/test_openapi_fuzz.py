@@ -123,7 +123,7 @@ def schemas(fuzz_url: str, token: tuple[str, str]) -> dict[bool, Any]:
     itself needs the token)."""
     bearer = {"Authorization": f"Bearer {token[0]}"}
     return {auth: schemathesis.openapi.from_asgi("/openapi.json", _app(fuzz_url, auth),
-                                                  headers=bearer if auth else None)
+                                                  headers=bearer if auth else {})
             for auth in (False, True)}
 
 
