@@ -18,7 +18,7 @@ from typing import Annotated, Any
 
 import typer
 
-from gradlab.science.study import SCALES, StudySpec, load_study
+from gradlab.science.study import SCALES, StudySpec, expand, load_study
 from gradlab.science.study_results import CellResult
 
 study_app = typer.Typer(help="Studies: grids of experiments with one report.", no_args_is_help=True)
