@@ -10,7 +10,7 @@ read yet (``gradlab.services.transaction``).
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Annotated
+from typing import Annotated, cast
 
 from fastapi import Depends, Request
 from sqlalchemy.orm import Session, sessionmaker
@@ -36,23 +36,23 @@ def get_transaction(request: Request) -> Iterator[Transaction]:
 
 
 async def get_settings_dep(request: Request) -> Settings:
-    return request.app.state.settings
+    return cast("Settings", request.app.state.settings)
 
 
 async def get_session_factory(request: Request) -> sessionmaker[Session]:
-    return request.app.state.session_factory
+    return cast("sessionmaker[Session]", request.app.state.session_factory)
 
 
 async def get_checkpoint_store(request: Request) -> CheckpointStore:
-    return request.app.state.checkpoint_store
+    return cast("CheckpointStore", request.app.state.checkpoint_store)
 
 
 async def get_response_cache(request: Request) -> ResponseCache:
-    return request.app.state.response_cache
+    return cast("ResponseCache", request.app.state.response_cache)
 
 
 async def get_render_limiter(request: Request) -> RenderLimiter:
-    return request.app.state.render_limiter
+    return cast("RenderLimiter", request.app.state.render_limiter)
 
 
 # The plain getters are ``async def`` so FastAPI calls them on the event loop, not in a thread.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import cast
 
 import numpy as np
 
@@ -25,5 +26,7 @@ def finite_matrix(values: Sequence[Sequence[float]] | np.ndarray) -> list[list[f
         return [[] for _ in range(len(values))]
     finite = np.isfinite(array)
     if finite.all():
-        return array.tolist()
-    return np.where(finite, array, None).tolist()
+        return cast(list[list[float | None]], array.tolist())
+    with_none = array.astype(object)
+    with_none[~finite] = None
+    return cast(list[list[float | None]], with_none.tolist())

@@ -10,7 +10,8 @@ from gradlab.client.models import Event
 
 def parse_events(lines: Iterable[str]) -> Iterator[Event]:
     """Events from the stream's lines; comments (heartbeats) and ``retry:`` are skipped."""
-    event, data, last_id = "message", [], None
+    event, last_id = "message", None
+    data: list[str] = []
     for line in lines:
         if line == "":
             if data:

@@ -145,7 +145,7 @@ def _is_missing_queue(exc: BaseException) -> bool:
     return getattr(exc, "reply_code", None) == 404 or "NOT_FOUND" in str(exc)
 
 
-def _run_ids(messages: Iterable[bytes | str | dict]) -> Iterable[str]:
+def _run_ids(messages: Iterable[bytes | str | dict[str, Any]]) -> Iterable[str]:
     """The run id of each ``gradlab.train_run`` message as kombu stores it in Redis (a JSON
     envelope whose body is the task's ``[args, kwargs, embed]``); others are skipped."""
     for raw in messages:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from alembic import context
 
 import gradlab.store.models  # noqa: F401  (registers every table on Base.metadata)
@@ -22,7 +24,7 @@ def _database_url() -> str:
     return url or config.get_main_option("sqlalchemy.url") or get_settings().database_url
 
 
-def _configure(**kwargs: object) -> None:
+def _configure(**kwargs: Any) -> None:
     url = _database_url()
     context.configure(
         target_metadata=target_metadata,

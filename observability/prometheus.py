@@ -36,7 +36,7 @@ def exposition(extra: Iterable[Collector] = ()) -> tuple[bytes, str]:
     """The text format of every process's metrics (or this one's) plus ``extra`` collectors."""
     registry = CollectorRegistry(auto_describe=False)
     if multiprocess_mode():
-        MultiProcessCollector(registry)
+        MultiProcessCollector(registry)  # type: ignore[no-untyped-call]  # untyped upstream
     else:
         registry.register(_ThisProcess())
     for collector in extra:
@@ -52,5 +52,5 @@ def serve_metrics(port: int, addr: str = "0.0.0.0") -> None:
     registry = REGISTRY
     if multiprocess_mode():
         registry = CollectorRegistry(auto_describe=False)
-        MultiProcessCollector(registry)
+        MultiProcessCollector(registry)  # type: ignore[no-untyped-call]  # untyped upstream
     start_http_server(port, addr=addr, registry=registry)

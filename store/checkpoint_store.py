@@ -52,6 +52,10 @@ def checkpoint_key(run_id: str, epoch: int, attempt: int) -> str:
     return f"{run_prefix(run_id)}{epoch:06d}-{attempt}.ckpt"
 
 
+def _older_or_unknown(epoch: int | None, kept: int) -> bool:
+    return epoch is None or epoch <= kept
+
+
 def _epoch_of(key: str) -> int | None:
     name = key.rpartition("/")[2]
     head = name.split("-", 1)[0]
@@ -109,7 +113,7 @@ class CheckpointStore:
         stale = [
             key
             for key in self.objects.keys(run_prefix(run_id))
-            if key != keep.key and (_epoch_of(key) is None or _epoch_of(key) <= keep.epoch)
+            if key != keep.key and _older_or_unknown(_epoch_of(key), keep.epoch)
         ]
         self.objects.delete(stale)
         return stale

@@ -24,7 +24,7 @@ from gradlab.science.records import (
     EpochMetrics,
 )
 from gradlab.science.spec import ExperimentSpec
-from gradlab.store.base import new_id, utcnow
+from gradlab.store.base import new_id, rows_changed, utcnow
 from gradlab.store.models import (
     EpochMetricsRow,
     Experiment,
@@ -293,7 +293,7 @@ def request_cancel(
         .select_from(Run)
         .where(Run.experiment_id == experiment_id, Run.status.not_in(TERMINAL_RUN_STATUSES))
     )
-    if experiment.cancel_requested_at is None and (cancelled.rowcount or unfinished):
+    if experiment.cancel_requested_at is None and (rows_changed(cancelled) or unfinished):
         experiment.cancel_requested_at = now
     session.flush()
     refresh_experiment_status(session, experiment_id)

@@ -13,9 +13,10 @@ from datetime import UTC, datetime
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from gradlab.science.records import RUN_STATUSES
 from gradlab.store.base import utcnow
 from gradlab.store.health import count_by_status
-from gradlab.store.models import EXPERIMENT_STATUSES, RUN_STATUSES, Run
+from gradlab.store.models import EXPERIMENT_STATUSES, Run
 
 
 @dataclass(frozen=True)

@@ -60,7 +60,7 @@ class S3ObjectStore:
 
     def keys(self, prefix: str) -> list[str]:
         paginator = self._client.get_paginator("list_objects_v2")
-        found = []
+        found: list[str] = []
         for page in paginator.paginate(Bucket=self.bucket, Prefix=self.prefix + prefix):
             found.extend(item["Key"][len(self.prefix) :] for item in page.get("Contents", []))
         return sorted(found)

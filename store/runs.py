@@ -32,7 +32,7 @@ from gradlab.science.records import (
     TestResult,
 )
 from gradlab.science.spec import ExperimentSpec
-from gradlab.store.base import utcnow
+from gradlab.store.base import rows_changed, utcnow
 from gradlab.store.checkpoint_store import CheckpointRef
 from gradlab.store.experiments import refresh_experiment_status
 from gradlab.store.float_arrays import pack_floats
@@ -114,7 +114,7 @@ def claim_run(
         )
         .execution_options(synchronize_session=False)
     )
-    if claimed.rowcount != 1:
+    if rows_changed(claimed) != 1:
         _fail_if_out_of_attempts(session, run_id, max_attempts, now)
         return None
     run = session.execute(
@@ -218,7 +218,7 @@ def _fail_if_out_of_attempts(
         )
         .execution_options(synchronize_session=False)
     )
-    if failed.rowcount:
+    if rows_changed(failed):
         experiment_id = session.scalar(select(Run.experiment_id).where(Run.id == run_id))
         if experiment_id is not None:
             refresh_experiment_status(session, experiment_id)
@@ -240,7 +240,7 @@ def heartbeat(
         .values(heartbeat_at=now, lease_expires_at=now + timedelta(seconds=lease_seconds))
         .execution_options(synchronize_session=False)
     )
-    return result.rowcount == 1
+    return rows_changed(result) == 1
 
 
 def _gradflow_row(run_id: str, gradflow: GradFlowEpoch) -> dict[str, Any]:
@@ -327,7 +327,7 @@ def record_epoch(
         values["heartbeat_at"] = now
         values["lease_expires_at"] = now + timedelta(seconds=lease_seconds)
     result = session.execute(progress.values(**values).execution_options(synchronize_session=False))
-    if result.rowcount != 1:
+    if rows_changed(result) != 1:
         if owner is not None:
             raise LeaseLostError(f"run {run_id} is no longer leased to {owner}")
         raise LookupError(f"run {run_id} does not exist")
@@ -374,7 +374,7 @@ def record_checkpoint(
     result = session.execute(
         fence.values(updated_at=utcnow()).execution_options(synchronize_session=False)
     )
-    if result.rowcount != 1:
+    if rows_changed(result) != 1:
         raise LeaseLostError(
             f"run {run_id} is not leased to {owner} or has not recorded epoch {ref.epoch}"
         )
@@ -425,7 +425,7 @@ def finish_run(
     if owner is not None:
         stmt = stmt.where(Run.worker == owner, Run.status == "running")
     result = session.execute(stmt.values(**values).execution_options(synchronize_session=False))
-    if result.rowcount != 1:
+    if rows_changed(result) != 1:
         return False
     experiment_id = session.scalar(select(Run.experiment_id).where(Run.id == run_id))
     if experiment_id is not None:

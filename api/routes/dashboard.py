@@ -19,7 +19,8 @@ STATIC_PATH = "/dashboard/static"
 
 
 def static_files() -> StaticFiles:
-    return StaticFiles(directory=str(_PACKAGE / "static"))
+    # follow_symlink: the editable install links each file from its own tree into the repository
+    return StaticFiles(directory=str(_PACKAGE / "static"), follow_symlink=True)
 
 
 @router.get("/", response_class=HTMLResponse)

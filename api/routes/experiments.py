@@ -80,7 +80,7 @@ def _experiment_read(session: Session, experiment: Experiment) -> ExperimentRead
         **ExperimentListItem.model_validate(experiment).model_dump(),
         spec=experiment.spec,
         runs=[_run_read(r) for r in experiment.runs],
-        summary=summarize_experiment(session, experiment),  # type: ignore[arg-type]
+        summary=summarize_experiment(session, experiment),
     )
 
 
@@ -101,8 +101,8 @@ def create(
     tx.dispatch_after_commit(submitted.to_dispatch)
     return ExperimentCreated(
         id=submitted.id,
-        status=submitted.status,  # type: ignore[arg-type]
-        runs=[RunBrief(id=r.id, seed=r.seed, status=r.status) for r in submitted.runs],  # type: ignore[arg-type]
+        status=submitted.status,
+        runs=[RunBrief(id=r.id, seed=r.seed, status=r.status) for r in submitted.runs],
     )
 
 

@@ -43,10 +43,12 @@ def _check_database(factory: sessionmaker[Session]) -> str:
 def _check_broker(settings: Settings) -> str:
     if not settings.broker_url:
         return "not used (embedded mode)"
-    from kombu import Connection  # celery's transport library; only needed with a broker
+    from kombu.connection import Connection  # celery's transport library; only needed with a broker
 
     try:
-        with Connection(settings.broker_url, connect_timeout=BROKER_TIMEOUT_SECONDS) as conn:
+        with Connection(  # type: ignore[no-untyped-call]  # kombu is untyped
+            settings.broker_url, connect_timeout=BROKER_TIMEOUT_SECONDS
+        ) as conn:
             conn.ensure_connection(max_retries=1, timeout=BROKER_TIMEOUT_SECONDS)
     except Exception as exc:
         log.warning("readiness: the broker does not answer: %s", exc)
