@@ -39,6 +39,7 @@ FINAL_CELL=${FINAL_CELL:-vgg38-bn-res-wd1e-3}
 MEASURE_ARGS=${MEASURE_ARGS:-}      # e.g. "--packs 1 --processes 1 --quick --window 1"
 COLLECT_RESERVE=${COLLECT_RESERVE:-90}  # seconds kept for stopping, reporting, collecting
 mkdir -p "$OUT"
+SITE=$(realpath -m "$SITE")
 export PYTHONUNBUFFERED=1
 
 left() { echo $((START + BUDGET - SECONDS)); }
@@ -97,7 +98,7 @@ for name, folder in parts.items():
     if not os.path.islink(link):
         os.symlink(os.path.abspath(folder), link)
 EOF
-    export PYTHONPATH="$PWD/$SITE/src:$PWD/$SITE/lib${PYTHONPATH:+:$PYTHONPATH}"
+    export PYTHONPATH="$SITE/src:$SITE/lib${PYTHONPATH:+:$PYTHONPATH}"
 }
 
 install_wheels() {
@@ -130,7 +131,7 @@ WHEEL_DISTS in scripts/gpu_check.sh)"
     printf '#!/bin/sh\nexec "%s" -c "from gradlab.cli.cli import main; main()" "$@"\n' \
         "$PYTHON" >"$SITE/bin/gradlab"
     chmod +x "$SITE/bin/gradlab"
-    export PATH="$PWD/$SITE/bin:$PATH"
+    export PATH="$SITE/bin:$PATH"
     if command -v nvidia-smi >/dev/null; then
         GPU=$(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader \
             | head -1)
