@@ -164,12 +164,16 @@ check_data() {
 
 measure() {
     local models=${1:-vgg38,vgg08} results=${MEASURE_RESULTS:-runs/gpu-measure}
+    mkdir -p "$results" && : >"$results/bench.log"
     # shellcheck disable=SC2086
     timeout -k 10 "$(seconds $(($(left) - 10)))" "$PYTHON" scripts/gpu_measure.py \
-        --models "$models" --budget "$(seconds $(($(left) - 40)))" --results "$results" --device "$DEVICE" $MEASURE_ARGS
+        --models "$models" --budget "$(seconds $(($(left) - 40)))" --results "$results" \
+        --device "$DEVICE" $MEASURE_ARGS
     local status=$?
     cp "$results/sharing.json" "$results/sharing.md" "$OUT/" 2>/dev/null
-    cp "$results/bench.log" "$OUT/measure-bench.log" 2>/dev/null
+    # The benches' own output (errors of a measurement that failed) goes into this log: a call
+    # brings back 8 files at most.
+    [ -s "$results/bench.log" ] && { say "the benches' output:"; cat "$results/bench.log"; }
     return $status
 }
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -18,6 +19,7 @@ from tests.support.processes import VENV_BIN, real_data_dir
 
 SCRIPT = REPO / "scripts" / "gpu_check.sh"
 transfer = load_script("gpu_transfer")
+results_script = load_script("gpu_results")
 
 
 @pytest.fixture(scope="module")
@@ -127,9 +129,10 @@ def test_a_dry_run_measures_then_trains_the_final_cell_first_then_the_rest(
     env = {"DATA_DIR": str(cifar), "STUDY": str(study), "FINAL_CELL": "final",
            "MEASURE_ARGS": "--packs 1 --processes 1 --quick --window 1 --decide-on vgg08",
            "BUDGET": "800"}
-    first = gpu_check(tmp_path, "data", "measure", "vgg08", "train-final", **env)
+    first = gpu_check(tmp_path, "data", "measure", "vgg08", "train-final",
+                      OUT=str(tmp_path / "call-1"), **env)
     assert first.returncode == 0, first.stdout[-6000:]
-    out = tmp_path / "out"
+    out = tmp_path / "call-1"
     sharing = json.loads((out / "sharing.json").read_text())
     assert sharing["decision"]["winner"] in ("packs", "processes")
     assert "Setting: GRADLAB_GPU_SHARING=" in (out / "sharing.md").read_text()
@@ -137,7 +140,17 @@ def test_a_dry_run_measures_then_trains_the_final_cell_first_then_the_rest(
         ("final", 0): "succeeded", ("final", 1): "succeeded", ("rest", 0): "queued"}
     collected = json.loads((out / "collect.json").read_text())
     assert collected["state_parts"] and "gradlab.db" in collected["sizes"]
-    assert len(list(out.iterdir())) <= transfer.RETURN_FILES + 2  # + sharing.md, bench log
-    second = gpu_check(tmp_path, "train-rest", **env)
+    assert len(list(out.iterdir())) <= transfer.RETURN_FILES  # what a call brings back
+    second = gpu_check(tmp_path, "train-rest", OUT=str(tmp_path / "call-2"), **env)
     assert second.returncode == 0, second.stdout[-6000:]
-    assert set(_statuses(out / "report.json").values()) == {"succeeded"}
+    assert set(_statuses(tmp_path / "call-2" / "report.json").values()) == {"succeeded"}
+    # What the calls brought back, as docs/results/full-scale/ gets it.
+    results = tmp_path / "results"
+    assert results_script.main([str(out), str(tmp_path / "call-2"), "--out", str(results)]) == 0
+    text = (results / "README.md").read_text()
+    assert "GPU: no GPU (DEVICE=cpu)" in text
+    assert re.search(r"\| call-1 \| data measure train-final \| \d+ \| 800 \|", text)
+    assert re.search(r"\| final \| 0\.\d{4} \+- 0\.\d{4} \(n=2\) \| 2 \| seed 0: 2, seed 1: 2 \|",
+                     text)
+    assert "Winner on vgg08" in text
+    assert (results / "report.json").is_file() and any((results / "figures").glob("*.png"))
