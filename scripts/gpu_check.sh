@@ -37,7 +37,7 @@ STUDY_OUT=${STUDY_OUT:-runs/full-scale}
 # The seed report's final model: VGG38 BN+residual, weight decay 1e-3, four seeds.
 FINAL_CELL=${FINAL_CELL:-vgg38-bn-res-wd1e-3}
 MEASURE_ARGS=${MEASURE_ARGS:-}      # e.g. "--packs 1 --processes 1 --quick --window 1"
-COLLECT_RESERVE=${COLLECT_RESERVE:-90}  # seconds kept for stopping, reporting, collecting
+COLLECT_RESERVE=${COLLECT_RESERVE:-60}  # seconds kept after training for collecting
 mkdir -p "$OUT"
 SITE=$(realpath -m "$SITE")
 export PYTHONUNBUFFERED=1
@@ -123,8 +123,9 @@ environment() {
     if ! "$PYTHON" -c "$IMPORTS" 2>/dev/null; then
         install_wheels
         link_gradlab
-        "$PYTHON" -c "$IMPORTS" || die "gradlab does not import here (a wheel missing? see \
-WHEEL_DISTS in scripts/gpu_check.sh)"
+        "$PYTHON" -c "$IMPORTS" || die "gradlab does not import here: its wheels come with \
+$TRANSFER/call-1 (carry it first: a machine given back loses what earlier calls carried), or \
+one is missing from WHEEL_DISTS in scripts/gpu_check.sh"
     fi
     # The `gradlab` command, for this checkout's Python
     mkdir -p "$SITE/bin"
@@ -184,9 +185,9 @@ train() {
     [ "$limit" -ge 60 ] || die "only $(left) s left: too little to train"
     say "gradlab study run $STUDY --scale $SCALE ${cells[*]} --time-limit $limit"
     local started=$SECONDS
-    # Ctrl-C (SIGINT) 30 s after the time limit should have ended it: the command hands its
-    # runs back and reports; SIGKILL 20 s later at the latest.
-    timeout -s INT -k 20 $((limit + 30)) gradlab study run "$STUDY" --scale "$SCALE" \
+    # The command stops itself within its --time-limit (report included). If not: Ctrl-C
+    # (SIGINT) 20 s later, which hands its runs back and reports; SIGKILL 15 s after that.
+    timeout -s INT -k 15 $((limit + 20)) gradlab study run "$STUDY" --scale "$SCALE" \
         --device "$DEVICE" --data-dir "$DATA_DIR" --out "$STUDY_OUT" --time-limit "$limit" \
         "${cells[@]}"
     local status=$?
@@ -221,9 +222,29 @@ for part, n in (("train", 50_000), ("test", 10_000)):
     np.savez(f"{sys.argv[1]}/{part}.npz", images=images, fine_labels=labels,
              coarse_labels=labels // 5)
 PY
-    timeout "$(seconds $(($(left) / 2)))" gradlab train --depth 38 --batch-norm --residual \
-        --device "$DEVICE" --data-dir "$data" --epochs 2 --train-limit "${TRAIN_LIMIT:-10000}" \
-        --val-limit 1000 --test-limit 1000 --out "$logs/vgg38bnres" || rc=1
+    local small=(--device "$DEVICE" --data-dir "$data" --epochs 2 --train-limit
+                 "${TRAIN_LIMIT:-10000}" --val-limit 1000 --test-limit 1000)
+    local name flags
+    for name in vgg38 vgg38bnres vgg38bnres-compiled; do
+        case $name in
+            vgg38) flags=() ;;
+            vgg38bnres) flags=(--batch-norm --residual) ;;
+            *) flags=(--batch-norm --residual --compile) ;;
+        esac
+        timeout "$(seconds $(($(left) / 4)))" gradlab train --depth 38 "${flags[@]}" \
+            "${small[@]}" --out "$logs/$name" || rc=1
+        "$PYTHON" - "$logs/$name/result.json" <<'PY'
+import json, math, sys
+try:
+    r = json.load(open(sys.argv[1]))
+except OSError as exc:
+    sys.exit(f"no result: {exc}")
+g = r["gradflow"]["epoch_mean"]["mean_abs"][0]
+print(f"{sys.argv[1]}: {r['status']} loss {[round(e['train_loss'], 3) for e in r['epochs']]} "
+      f"(ln 100 = {math.log(100):.3f}) first/last mean|g| {g[0]:.2e} / {g[-1]:.2e} "
+      f"s/epoch {[round(e['seconds'], 1) for e in r['epochs']]}")
+PY
+    done
     # shellcheck disable=SC2086
     timeout "$(seconds $(($(left) - 20)))" gradlab bench --device "$DEVICE" --json \
         ${BENCH_ARGS:-} >"$OUT/bench.json" || rc=1
