@@ -114,7 +114,7 @@ install_wheels() {
     echo "$found" >"$stamp"
 }
 
-IMPORTS='import gradlab.cli.cli, gradlab.worker.runner, gradlab.core.pack'
+IMPORTS='import gradlab.cli.cli, gradlab.cli.study_commands, gradlab.worker.runner, gradlab.core.pack, gradlab.core.sharing_benchmark'
 
 environment() {
     choose_python
