@@ -164,7 +164,8 @@ def summarise(results: Path, models: list[str], skipped: dict[str, str],
               deciding: str = DECIDING_MODEL, cuda: bool = True) -> dict[str, Any]:
     """Every figure, each ratio to one run alone, and the decision."""
     raw = {p.stem: json.loads(p.read_text()) for p in sorted(results.glob("*-graphs-*.json"))}
-    environment = next((r["environment"] for r in raw.values() if "environment" in r), {})
+    environment: dict[str, Any] = next(
+        (r["environment"] for r in raw.values() if "environment" in r), {})
     out: dict[str, Any] = {"device": environment.get("device_name", environment.get("device")),
                            "environment": environment, "models": {}, "not_measured": skipped,
                            "raw": raw}

@@ -42,9 +42,9 @@ def test_processes_sharing_starts_that_many_children_per_mocked_gpu() -> None:
 
 def test_a_bad_sharing_setting_is_refused_naming_it() -> None:
     with pytest.raises(ValueError, match="gpu_sharing"):
-        Settings(gpu_sharing="threads")  # type: ignore[arg-type]
+        Settings.model_validate({"gpu_sharing": "threads"})
     with pytest.raises(ValueError, match="processes_per_gpu"):
-        Settings(processes_per_gpu=0)
+        Settings.model_validate({"processes_per_gpu": 0})
 
 
 @pytest.fixture()
