@@ -280,8 +280,14 @@ def bench_command(
                        "such as 1,2,4,8,16; aggregate images/s and the ratio to N separate "
                        "steps")] = None,
     cuda_graphs: Annotated[bool, typer.Option(
-        "--cuda-graphs/--no-cuda-graphs", help="with --pack on CUDA: compile the fused "
-                                               "forward into CUDA graphs")] = True,
+        "--cuda-graphs/--no-cuda-graphs", help="with --pack or --processes on CUDA: compile "
+                                               "the fused forward into CUDA graphs")] = True,
+    processes: Annotated[str | None, typer.Option(
+        "--processes", help="N runs as N processes sharing the device instead (sizes as for "
+                            "--pack): aggregate images/s over one common window")] = None,
+    window: Annotated[float | None, typer.Option(
+        min=0.1, help="with --processes: seconds of the common window (default: 20 on CUDA, "
+                      "5 on the CPU)")] = None,
 ) -> None:
     """Measure matmul peak, VGG08/VGG38 step and epoch rates and gradient-flow overhead."""
     from gradlab.core.benchmark import FORWARD_MFLOP, run_benchmark
@@ -297,6 +303,10 @@ def bench_command(
     if pack is not None:
         _bench_packs(_pack_sizes(pack), chosen, device, steps, quick, cuda_graphs, as_json)
         return
+    if processes is not None:
+        _bench_processes(_pack_sizes(processes, "--processes"), chosen, device, cuda_graphs,
+                         window, as_json)
+        return
     try:
         report = run_benchmark(
             device, models=chosen, steps=None if steps is None else dict.fromkeys(chosen, steps),
@@ -307,6 +317,10 @@ def bench_command(
     if as_json:
         typer.echo(json.dumps(report, indent=1))
         return
+    _print_bench(report, chosen)
+
+
+def _print_bench(report: dict[str, Any], chosen: tuple[str, ...]) -> None:
     env = report["environment"]
     typer.echo(f"{report['measured_at']}  {env['device']} ({env['processor']}, "
                f"{env['cpu_count']} CPUs, {env['torch_threads']} torch threads), torch "
@@ -323,15 +337,15 @@ def bench_command(
                    f"{r['conv_fraction_of_peak']:11.1%}")
 
 
-def _pack_sizes(text: str) -> tuple[int, ...]:
-    """``16`` -> (1, 2, 4, 8, 16); ``1,4,6`` -> (1, 4, 6)."""
+def _pack_sizes(text: str, option: str = "--pack") -> tuple[int, ...]:
+    """``16`` -> (1, 2, 4, 8, 16); ``1,4,6`` -> (1, 4, 6); ``4,`` -> (4,) (a list of one)."""
     try:
         values = [int(v) for v in text.split(",") if v.strip()]
     except ValueError:
-        raise _fail(f"--pack takes N or a list such as 1,2,4; got {text!r}") from None
+        raise _fail(f"{option} takes N or a list such as 1,2,4; got {text!r}") from None
     if not values or min(values) < 1 or max(values) > 64:
-        raise _fail(f"--pack sizes must lie in 1..64; got {text!r}")
-    if len(values) > 1:
+        raise _fail(f"{option} sizes must lie in 1..64; got {text!r}")
+    if "," in text:
         return tuple(values)
     sizes = [1 << i for i in range(values[0].bit_length()) if 1 << i < values[0]]
     return (*sizes, values[0])
@@ -362,6 +376,30 @@ def _bench_packs(sizes: tuple[int, ...], models: tuple[str, ...], device: str,
         for r in report[name]:
             typer.echo(f"{name:6}  {r['pack']:4d}  {r['images_per_s']:11.1f}  "
                        f"{r['single_images_per_s']:11.1f}  {r['ratio_to_separate']:12.2f}x")
+
+
+def _bench_processes(counts: tuple[int, ...], models: tuple[str, ...], device: str,
+                     cuda_graphs: bool, window: float | None, as_json: bool) -> None:
+    from gradlab.core.sharing_benchmark import SharingError, run_processes_benchmark
+
+    try:
+        report = run_processes_benchmark(
+            device, counts=counts, models=models, cuda_graphs=cuda_graphs, window_seconds=window,
+            progress=None if as_json else lambda m: typer.echo(f"measuring {m} ...", err=True))
+    except (ValueError, SharingError) as exc:
+        raise _fail(str(exc)) from None
+    if as_json:
+        typer.echo(json.dumps(report, indent=1))
+        return
+    env = report["environment"]
+    typer.echo(f"{report['measured_at']}  {env.get('device_name', env['device'])}, torch "
+               f"{env['torch']}, batch {report['batch_size_per_run']} per run, CUDA graphs "
+               f"{'on' if report['cuda_graphs'] else 'off'}; {report['method']}")
+    typer.echo(f"{'model':6}  {'processes':>9}  {'aggregate img/s':>15}  {'per process':>11}")
+    for name in models:
+        for r in report[name]:
+            each = r["images_per_s"] / r["processes"]
+            typer.echo(f"{name:6}  {r['processes']:9d}  {r['images_per_s']:15.1f}  {each:11.1f}")
 
 
 @data_app.command("download")

@@ -181,7 +181,9 @@ def api_command(
 
 def worker_command(
     concurrency: int | None = typer.Option(
-        None, help="Runs trained at once (default: one per visible GPU, else 1)."
+        None, help="Runs trained at once (default: one per visible GPU, or "
+                   "GRADLAB_PROCESSES_PER_GPU per GPU with GRADLAB_GPU_SHARING=processes; "
+                   "else 1)."
     ),
     queues: str | None = typer.Option(
         None, help="Comma-separated queues to consume (default: GRADLAB_CELERY_QUEUE)."
@@ -189,7 +191,8 @@ def worker_command(
     loglevel: str = typer.Option("info", help="Celery log level."),
 ) -> None:
     """A Celery training worker against the configured broker and database (one child per
-    GPU). Run `gradlab reaper` once per deployment beside the workers."""
+    GPU, or several with GRADLAB_GPU_SHARING=processes). Run `gradlab reaper` once per
+    deployment beside the workers."""
     settings = get_settings()
     _broker_url_or_exit(settings, "worker")
     if settings.worker_metrics_port is not None:
@@ -203,7 +206,8 @@ def worker_command(
     from gradlab.worker.celery_app import app as celery_app
 
     try:
-        children = devices.worker_concurrency(concurrency)
+        children = devices.worker_concurrency(
+            concurrency, per_gpu=devices.children_per_gpu(settings))
     except ValueError as exc:
         typer.secho(f"error: {exc}", fg="red", err=True)
         raise typer.Exit(2) from None

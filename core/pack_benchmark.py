@@ -47,10 +47,12 @@ class PackBench:
     steps_timed: int
 
 
-def _trainers(depth: int, count: int, dev: torch.device) -> list[Trainer]:
+def make_trainers(depth: int, count: int, dev: torch.device, first_seed: int = 0,
+                  ) -> list[Trainer]:
+    """``count`` trainers of the default spec at ``depth``, seeded ``first_seed``, +1, ..."""
     spec = ExperimentSpec(depth=depth)
     trainers = []
-    for seed in range(count):
+    for seed in range(first_seed, first_seed + count):
         torch.manual_seed(seed)
         trainers.append(build_trainer(spec, dev, compile_model=False))
     return trainers
@@ -69,8 +71,10 @@ def _single_steps(trainer: Trainer, x: torch.Tensor, y: torch.Tensor,
     return run
 
 
-def _fused_steps(trainers: list[Trainer], dev: torch.device, steps: int,
-                 cuda_graphs: bool) -> Callable[[], None]:
+def fused_steps(trainers: list[Trainer], dev: torch.device, steps: int,
+                cuda_graphs: bool) -> Callable[[], None]:
+    """``steps`` fused training steps of ``trainers`` as one pack on a fixed random batch (the
+    forward compiled into CUDA graphs on CUDA when ``cuda_graphs``, as ``fit_pack`` does)."""
     count = len(trainers)
     fused = FusedVGG([t.model for t in trainers])  # type: ignore[misc]
     forward: Callable[[torch.Tensor], torch.Tensor] = fused
@@ -90,11 +94,11 @@ def bench_pack(name: str, count: int, dev: torch.device, steps: int, repeats: in
                cuda_graphs: bool = True) -> PackBench:
     """One model at one pack size: fused and single steps timed in alternating rounds."""
     depth = DEPTHS[name]
-    single = _trainers(depth, 1, dev)[0]
+    single = make_trainers(depth, 1, dev)[0]
     x = torch.randn(BATCH, 3, 32, 32, device=dev).contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, 100, (BATCH,), device=dev)
     one = _single_steps(single, x, y, steps)
-    fused = _fused_steps(_trainers(depth, count, dev), dev, steps, cuda_graphs)
+    fused = fused_steps(make_trainers(depth, count, dev), dev, steps, cuda_graphs)
     one()  # warm-up: allocator, kernel selection, CUDA graph capture
     fused()
     rounds = []

@@ -38,6 +38,14 @@ class Settings(BaseSettings):
     # CPU, where packs measured slower than the same runs one after another (README, "Fused
     # packs").
     pack_size: int | None = Field(None, ge=1, le=64)
+    # How a worker shares each GPU between runs (docs/gpu.md): "packs" (one child per GPU, which
+    # trains runs of the same shape as one fused model of up to pack_size runs) or "processes"
+    # (processes_per_gpu children per GPU, each training one run: pack size 1 unless pack_size
+    # is set). Packs until a GPU measurement says otherwise: `bash scripts/gpu_check.sh
+    # measure` times both on a card and prints the setting that won.
+    gpu_sharing: Literal["packs", "processes"] = "packs"
+    # Children per GPU with gpu_sharing="processes" (ignored with packs).
+    processes_per_gpu: int = Field(4, ge=1, le=64)
     # Above the longest run, so Redis never redelivers a still-running task (it would anyway be
     # refused by the database lease, but this avoids the churn).
     broker_visibility_timeout: int = 7 * 24 * 3600

@@ -20,7 +20,8 @@ def make_celery(settings: Settings | None = None) -> Celery:
     app.conf.update(celery_settings(settings))
     interval = reap_interval_seconds(settings)
     app.conf.update(
-        worker_concurrency=devices.worker_concurrency(None),
+        worker_concurrency=devices.worker_concurrency(
+            None, per_gpu=devices.children_per_gpu(settings)),
         worker_hijack_root_logger=False,
         # The reap pass as a Celery task, for a deployment that runs `celery ... beat` with a
         # consumer of the reaper queue. `gradlab reaper` runs the same pass on a timer of its

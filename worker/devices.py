@@ -1,4 +1,8 @@
-"""One run per GPU: how many worker children, and which GPU each child sees.
+"""Worker children per GPU, and which GPU each child sees.
+
+One child per GPU (``GRADLAB_GPU_SHARING=packs``, the default: the child trains fused packs),
+or ``GRADLAB_PROCESSES_PER_GPU`` children per GPU (``processes``: each trains one run; the GPU
+interleaves their kernels). Children are pinned round robin, so each GPU gets the same number.
 
 The parent (the Celery main process, or ``gradlab worker``) never touches CUDA: a CUDA context
 created before fork breaks every child (pytorch/pytorch#68861), and even
@@ -13,6 +17,8 @@ import os
 import shutil
 import subprocess
 from collections.abc import MutableMapping
+
+from gradlab.settings import Settings
 
 # The parent's GPU list, handed to the children through the environment (fork copies it).
 WORKER_GPUS_ENV = "GRADLAB_WORKER_GPUS"
@@ -49,14 +55,21 @@ def _nvidia_smi_count() -> int:
     return sum(1 for line in listing.splitlines() if line.startswith("GPU "))
 
 
-def worker_concurrency(requested: int | None, env: MutableMapping[str, str] | None = None) -> int:
-    """Children to start: the request, else one per visible GPU, else one (CPU: one run uses
-    every core through PyTorch's threads; two would only fight over them)."""
+def children_per_gpu(settings: Settings) -> int:
+    """Worker children that share one GPU: ``processes_per_gpu`` with ``gpu_sharing`` set to
+    processes, else one (which trains fused packs)."""
+    return settings.processes_per_gpu if settings.gpu_sharing == "processes" else 1
+
+
+def worker_concurrency(requested: int | None, env: MutableMapping[str, str] | None = None,
+                       per_gpu: int = 1) -> int:
+    """Children to start: the request, else ``per_gpu`` per visible GPU, else one (CPU: one run
+    uses every core through PyTorch's threads; two would only fight over them)."""
     if requested is not None:
         if requested < 1:
             raise ValueError(f"--concurrency must be at least 1, got {requested}")
         return requested
-    return max(1, len(visible_gpus(env)))
+    return max(1, len(visible_gpus(env)) * per_gpu)
 
 
 def publish_gpus_to_children(env: MutableMapping[str, str] | None = None) -> list[str]:
@@ -68,7 +81,8 @@ def publish_gpus_to_children(env: MutableMapping[str, str] | None = None) -> lis
 
 
 def pin_child(child_index: int, env: MutableMapping[str, str] | None = None) -> str:
-    """In a child, right after fork: see one GPU (index modulo the GPU count) or none.
+    """In a child, right after fork: see one GPU (index modulo the GPU count, so with several
+    children per GPU they are spread round robin) or none.
 
     Returns the device string the child trains on: ``cuda:0`` (its one visible GPU) or ``cpu``.
     A replacement child reuses the index of the one it replaces, so it keeps the same GPU.

@@ -472,16 +472,18 @@ GPU_PACK_SIZE = 4
 
 
 def pack_size_on(device: str, settings: Settings) -> int:
-    """``GRADLAB_PACK_SIZE`` when set; else ``GPU_PACK_SIZE`` on a GPU and 1 on the CPU. On this
-    project's 2-core CPU a pack of 4 VGG38 runs trained 120 images/s against 143 for one run
-    alone (``gradlab bench --pack 1,4 --models vgg38 --device cpu``), and the smoke study took
-    longer packed than not: packing pays where one run leaves a GPU idle, not on a CPU."""
+    """``GRADLAB_PACK_SIZE`` when set; else ``GPU_PACK_SIZE`` on a GPU shared by packs, and 1
+    on a GPU shared by processes (``GRADLAB_GPU_SHARING=processes``: each child trains one run)
+    and on the CPU. On this project's 2-core CPU a pack of 4 VGG38 runs trained 120 images/s
+    against 143 for one run alone (``gradlab bench --pack 1,4 --models vgg38 --device cpu``),
+    and the smoke study took longer packed than not: packing pays where one run leaves a GPU
+    idle, not on a CPU."""
     if settings.pack_size is not None:
         return settings.pack_size
     kind = device.split(":")[0]
     if kind == "auto":
         kind = resolve_device("auto").type
-    return GPU_PACK_SIZE if kind == "cuda" else 1
+    return GPU_PACK_SIZE if kind == "cuda" and settings.gpu_sharing == "packs" else 1
 
 
 def _claim_companions(

@@ -116,7 +116,7 @@ def test_bench_json_has_the_documented_keys(app: typer.Typer) -> None:
 
 
 @pytest.mark.parametrize(("given", "sizes"), [("16", (1, 2, 4, 8, 16)), ("6", (1, 2, 4, 6)),
-                                              ("1", (1,)), ("1,3", (1, 3))])
+                                              ("1", (1,)), ("1,3", (1, 3)), ("4,", (4,))])
 def test_bench_pack_sizes(given: str, sizes: tuple[int, ...]) -> None:
     assert core_commands._pack_sizes(given) == sizes
 
