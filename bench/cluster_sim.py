@@ -58,8 +58,11 @@ from db_probes import (  # noqa: E402
 )
 
 from gradlab.science.records import (  # noqa: E402
+    OUTCOME_OF_DECISION,
+    EpochDecision,
     EpochMetrics,
     GradFlowEpoch,
+    RunOutcome,
     TestResult,
     TrainingResult,
 )
@@ -163,13 +166,13 @@ class Slot:
             metrics, gradflow = synthetic_epoch(seed, epoch, layers, self.epoch_seconds)
             self.store.local.saved = False
             started = time.perf_counter()
-            keep_going = on_epoch_end(metrics, gradflow,
-                                      lambda e=epoch: simulated_checkpoint(e, self.payload))
+            decision = on_epoch_end(metrics, gradflow,
+                                    lambda e=epoch: simulated_checkpoint(e, self.payload))
             self.writes.append((time.time(), 1000 * (time.perf_counter() - started),
                                 self.store.local.saved))
-            if keep_going is False:
-                return TrainingResult(status="cancelled", layers=layers)
-        return TrainingResult(status="succeeded", layers=layers,
+            if decision is not EpochDecision.CONTINUE:
+                return TrainingResult(status=OUTCOME_OF_DECISION[decision], layers=layers)
+        return TrainingResult(status=RunOutcome.SUCCEEDED, layers=layers,
                               test=TestResult(loss=2.0, acc=0.5, best_epoch=0),
                               environment={"device": device, "simulated": True})
 

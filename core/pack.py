@@ -20,6 +20,7 @@ step launched as one graph), recompiled when a member leaves. Data stay on the d
 from __future__ import annotations
 
 import contextlib
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -38,6 +39,7 @@ from gradlab.core.training_loop import (
     DIVERGENCE_CHECK_STEPS,
     RunBatches,
     Trainer,
+    ask,
     build_trainer,
     evaluate,
     evaluate_best_weights,
@@ -47,9 +49,12 @@ from gradlab.core.training_loop import (
 )
 from gradlab.science.fusion import fusion_key
 from gradlab.science.records import (
+    OUTCOME_OF_DECISION,
     Divergence,
     EpochCallback,
+    EpochDecision,
     EpochMetrics,
+    RunOutcome,
     TrainingResult,
 )
 from gradlab.science.spec import ExperimentSpec
@@ -75,7 +80,7 @@ class Member:
     batches: RunBatches
     state: TrainingState
     identity: dict[str, object]
-    status: str = "running"
+    outcome: RunOutcome | None = None  # None while it trains
     divergence: Divergence | None = None
     # this epoch's per-step losses, on the device (read by tests and by the divergence check)
     step_losses: torch.Tensor = field(default_factory=lambda: torch.zeros(0))
@@ -101,7 +106,7 @@ class Pack:
 
     def rebuild(self) -> None:
         """(Re)build the fused forward over the members still running."""
-        self.active = [m for m in self.members if m.status == "running"]
+        self.active = [m for m in self.members if m.outcome is None]
         if not self.active:
             return
         self.fused = FusedVGG([m.trainer.model for m in self.active])  # type: ignore[misc]
@@ -112,8 +117,8 @@ class Pack:
     def autocast(self) -> contextlib.AbstractContextManager[None]:
         return self.active[0].trainer.autocast()
 
-    def drop(self, member: Member, status: str) -> None:
-        member.status = status
+    def drop(self, member: Member, outcome: RunOutcome) -> None:
+        member.outcome = outcome
         self.rebuild()
 
 
@@ -157,30 +162,32 @@ def build_members(runs: list[PackRun], data: CifarArrays, dev: torch.device) -> 
 
 
 def fit_pack(runs: list[PackRun], data: CifarArrays, *, device: str = "cpu",
-             show_progress: bool = False, cuda_graphs: bool = True) -> list[TrainingResult]:
+             show_progress: bool = False, cuda_graphs: bool = True,
+             abandon: threading.Event | None = None) -> list[TrainingResult]:
     """Train ``runs`` as one pack; a result per run, in order, as ``fit`` returns alone."""
     fusable(runs)
     if data.dataset != runs[0].spec.data.dataset:
         raise ValueError(f"spec wants {runs[0].spec.data.dataset} but the data is {data.dataset}")
     dev = resolve_device(device)
     pack = Pack(build_members(runs, data, dev), dev, cuda_graphs)
-    train_pack_epochs(pack, show_progress)
+    train_pack_epochs(pack, show_progress, abandon)
     return [_result(member, dev) for member in pack.members]
 
 
 def _result(member: Member, dev: torch.device) -> TrainingResult:
-    status = "succeeded" if member.status == "running" else member.status
-    result = TrainingResult(status=status, layers=member.trainer.recorder.layers,  # type: ignore[arg-type]
+    status = member.outcome or RunOutcome.SUCCEEDED
+    result = TrainingResult(status=status, layers=member.trainer.recorder.layers,
                             epochs=list(member.state.history),
                             gradflow=list(member.state.gradflow),
                             divergence=member.divergence,
                             environment={**describe_environment(dev)})
-    if status == "succeeded" and member.state.best_weights is not None:
+    if status is RunOutcome.SUCCEEDED and member.state.best_weights is not None:
         result.test = evaluate_best_weights(member.trainer, member.batches.test, member.state)
     return result
 
 
-def train_pack_epochs(pack: Pack, show_progress: bool = False) -> None:
+def train_pack_epochs(pack: Pack, show_progress: bool = False,
+                      abandon: threading.Event | None = None) -> None:
     """Train every member from its next epoch to the last, dropping those that stop."""
     spec = pack.members[0].run.spec
     epochs = spec.hyperparameters.epochs
@@ -191,7 +198,11 @@ def train_pack_epochs(pack: Pack, show_progress: bool = False) -> None:
                 return
             started = time.perf_counter()
             progress.start_epoch(epoch, len(pack.active[0].batches.train))
-            outcomes = train_pack_epoch(pack, epoch, progress.step)
+            outcomes = train_pack_epoch(pack, epoch, progress.step, abandon)
+            if outcomes is None:  # abandoned: the epoch in progress is discarded
+                for member in list(pack.active):
+                    member.outcome = RunOutcome.STOPPED
+                return
             for member, outcome in outcomes:
                 _end_epoch(pack, member, epoch, outcome, time.perf_counter() - started, progress)
 
@@ -209,9 +220,9 @@ def _end_epoch(pack: Pack, member: Member, epoch: int, outcome: tuple[float, flo
     member.state.record(metrics, gradflow, trainer.model)
     if len(pack.members) == 1:
         progress.end_epoch(metrics)
-    callback = member.run.on_epoch_end
-    if callback is not None and callback(metrics, gradflow, member.checkpoint) is False:
-        pack.drop(member, "cancelled")
+    decision = ask(member.run.on_epoch_end, metrics, gradflow, member.checkpoint)
+    if decision is not EpochDecision.CONTINUE:
+        pack.drop(member, OUTCOME_OF_DECISION[decision])
 
 
 def _start_epoch(pack: Pack, epoch: int, steps: int) -> None:
@@ -224,9 +235,11 @@ def _start_epoch(pack: Pack, epoch: int, steps: int) -> None:
 
 
 def train_pack_epoch(pack: Pack, epoch: int, on_step: Callable[[], None] = lambda: None,
-                     ) -> list[tuple[Member, tuple[float, float]]]:
+                     abandon: threading.Event | None = None,
+                     ) -> list[tuple[Member, tuple[float, float]]] | None:
     """One epoch of every active member: (member, (mean loss, mean accuracy)) for those that
-    finished it; those that diverged leave the pack with their ``divergence`` set."""
+    finished it; those that diverged leave the pack with their ``divergence`` set. None when
+    ``abandon`` was set (read every step)."""
     steps = len(pack.active[0].batches.train)
     _start_epoch(pack, epoch, steps)
     accs = {id(m): torch.zeros(steps, device=pack.device) for m in pack.active}
@@ -236,6 +249,8 @@ def train_pack_epoch(pack: Pack, epoch: int, on_step: Callable[[], None] = lambd
     for step in range(steps):
         if not pack.active:
             break
+        if abandon is not None and abandon.is_set():
+            return None
         losses, correct = _fused_step(pack, [next(streams[id(m)]) for m in pack.active])
         for i, member in enumerate(pack.active):
             member.step_losses[step] = losses[i]
@@ -286,7 +301,7 @@ def _drop_diverged(pack: Pack, epoch: int, start: int, end: int) -> None:
             step = start + int(bad[0, 0])
             member.divergence = Divergence(epoch=epoch, step=step,
                                            loss=float(member.step_losses[step]))
-            pack.drop(member, "diverged")
+            pack.drop(member, RunOutcome.DIVERGED)
 
 
 def _epoch_means(pack: Pack, accs: dict[int, torch.Tensor],

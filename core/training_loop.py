@@ -14,6 +14,7 @@ stops early without a sync per step).
 from __future__ import annotations
 
 import contextlib
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -45,9 +46,13 @@ from gradlab.core.reproducibility import (
     seed_everything,
 )
 from gradlab.science.records import (
+    OUTCOME_OF_DECISION,
     Divergence,
     EpochCallback,
+    EpochDecision,
     EpochMetrics,
+    GradFlowEpoch,
+    RunOutcome,
     TestResult,
     TrainingResult,
 )
@@ -94,6 +99,7 @@ def fit(
     resume_from: bytes | None = None,
     show_progress: bool = False,
     compile_model: bool = False,
+    abandon: threading.Event | None = None,
 ) -> TrainingResult:
     """Train ``spec`` with ``seed`` on ``data``; see the module docstring and CONTRACTS.md."""
     if data.dataset != spec.data.dataset:
@@ -112,15 +118,13 @@ def fit(
         return save_checkpoint(model=trainer.model, optimizer=trainer.optimizer, state=state,
                                rng=capture_rng_state(generator), identity=identity)
 
-    result = TrainingResult(status="running", layers=trainer.recorder.layers,
-                            environment=describe_environment(dev))
-    status, result.divergence = train_epochs(trainer, batches, spec, state, on_epoch_end,
-                                             checkpoint, show_progress)
-    result.epochs = list(state.history)
-    result.gradflow = list(state.gradflow)
-    if status == "succeeded" and state.best_weights is not None:
+    status, divergence = train_epochs(trainer, batches, spec, state, on_epoch_end,
+                                      checkpoint, show_progress, abandon)
+    result = TrainingResult(status=status, layers=trainer.recorder.layers,
+                            epochs=list(state.history), gradflow=list(state.gradflow),
+                            divergence=divergence, environment=describe_environment(dev))
+    if status is RunOutcome.SUCCEEDED and state.best_weights is not None:
         result.test = evaluate_best_weights(trainer, batches.test, state)
-    result.status = status
     return result
 
 
@@ -150,8 +154,8 @@ def resume(trainer: Trainer, generator: torch.Generator, payload: dict[str, Any]
 
 def train_epochs(trainer: Trainer, batches: RunBatches, spec: ExperimentSpec,
                  state: TrainingState, on_epoch_end: EpochCallback | None,
-                 checkpoint: Callable[[], bytes],
-                 show_progress: bool) -> tuple[str, Divergence | None]:
+                 checkpoint: Callable[[], bytes], show_progress: bool,
+                 abandon: threading.Event | None) -> tuple[RunOutcome, Divergence | None]:
     """Train from the epoch after ``state.last_epoch`` to the end: (status, divergence)."""
     hp = spec.hyperparameters
     with EpochProgress(show_progress, hp.epochs) as progress:
@@ -160,9 +164,11 @@ def train_epochs(trainer: Trainer, batches: RunBatches, spec: ExperimentSpec,
             lr = learning_rate_at(hp, epoch)
             set_learning_rate(trainer.optimizer, lr)
             progress.start_epoch(epoch, len(batches.train))
-            outcome = train_epoch(trainer, batches.train, epoch, progress.step)
+            outcome = train_epoch(trainer, batches.train, epoch, progress.step, abandon)
+            if outcome is None:
+                return RunOutcome.STOPPED, None
             if isinstance(outcome, Divergence):
-                return "diverged", outcome
+                return RunOutcome.DIVERGED, outcome
             val_loss, val_acc = evaluate(trainer, batches.val)
             gradflow = trainer.recorder.finish_epoch(epoch)
             metrics = EpochMetrics(epoch=epoch, train_loss=outcome[0], train_acc=outcome[1],
@@ -170,9 +176,21 @@ def train_epochs(trainer: Trainer, batches: RunBatches, spec: ExperimentSpec,
                                    seconds=time.perf_counter() - started)
             state.record(metrics, gradflow, trainer.model)
             progress.end_epoch(metrics)
-            if on_epoch_end is not None and on_epoch_end(metrics, gradflow, checkpoint) is False:
-                return "cancelled", None
-    return "succeeded", None
+            decision = ask(on_epoch_end, metrics, gradflow, checkpoint)
+            if decision is not EpochDecision.CONTINUE:
+                return OUTCOME_OF_DECISION[decision], None
+    return RunOutcome.SUCCEEDED, None
+
+
+def ask(callback: EpochCallback | None, metrics: EpochMetrics, gradflow: GradFlowEpoch,
+        checkpoint: Callable[[], bytes]) -> EpochDecision:
+    """The callback's decision; a value that is not an EpochDecision is refused."""
+    if callback is None:
+        return EpochDecision.CONTINUE
+    decision = callback(metrics, gradflow, checkpoint)
+    if not isinstance(decision, EpochDecision):
+        raise TypeError(f"on_epoch_end must return an EpochDecision, got {decision!r}")
+    return decision
 
 
 def evaluate_best_weights(trainer: Trainer, batches: EvalBatches,
@@ -205,8 +223,10 @@ def build_trainer(spec: ExperimentSpec, dev: torch.device, compile_model: bool) 
 
 
 def train_epoch(trainer: Trainer, batches: TrainBatches, epoch: int,
-                 on_step: Callable[[], None]) -> tuple[float, float] | Divergence:
-    """One epoch of training: (mean batch loss, mean batch accuracy), or where it diverged."""
+                on_step: Callable[[], None], abandon: threading.Event | None = None,
+                ) -> tuple[float, float] | Divergence | None:
+    """One epoch of training: (mean batch loss, mean batch accuracy), or where it diverged;
+    None when ``abandon`` was set (read every step)."""
     trainer.model.train()
     trainer.recorder.start_epoch()
     steps = len(batches)
@@ -214,6 +234,8 @@ def train_epoch(trainer: Trainer, batches: TrainBatches, epoch: int,
     accs = torch.zeros(steps, device=trainer.device)
     checked = 0
     for step, (x, y) in enumerate(batches.epoch()):
+        if abandon is not None and abandon.is_set():
+            return None
         with trainer.autocast():
             logits = trainer.forward(x)
             loss = F.cross_entropy(logits.float(), y)

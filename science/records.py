@@ -8,6 +8,7 @@ tensors), so they serialise to JSON and compare exactly.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from enum import StrEnum
 from typing import Any, Literal, Protocol
 
 GRADFLOW_STATS: tuple[str, ...] = ("mean_abs", "max_abs", "l2")
@@ -19,6 +20,44 @@ RUN_STATUSES: tuple[RunStatus, ...] = (
 )
 # A run in one of these never trains again (unless a study resubmission requeues a failure).
 TERMINAL_RUN_STATUSES: tuple[RunStatus, ...] = ("succeeded", "failed", "cancelled", "diverged")
+
+
+class RunOutcome(StrEnum):
+    """How training ended (``TrainingResult.status``).
+
+    The first three are also stored run statuses (same strings). STOPPED is not: training
+    ended before its last epoch because a stop was asked (at an epoch boundary, or mid-epoch,
+    when the epoch in progress is discarded); the run is unfinished, and whoever stopped it
+    decides what becomes of it (the worker hands it back to the queue).
+    """
+
+    SUCCEEDED = "succeeded"
+    DIVERGED = "diverged"
+    CANCELLED = "cancelled"
+    STOPPED = "stopped"
+
+
+class EpochDecision(StrEnum):
+    """What the epoch callback asks of the training loop after a finished epoch."""
+
+    CONTINUE = "continue"
+    CANCEL = "cancel"  # the run was cancelled: it ends CANCELLED
+    STOP = "stop"  # stop now, at this boundary: it ends STOPPED (resumable from this epoch)
+
+
+# The outcome of a run whose epoch callback ends its training.
+OUTCOME_OF_DECISION: dict[EpochDecision, RunOutcome] = {
+    EpochDecision.CANCEL: RunOutcome.CANCELLED,
+    EpochDecision.STOP: RunOutcome.STOPPED,
+}
+
+# The stored status each outcome leaves: a stopped run is unfinished and waits to train again.
+STATUS_AFTER: dict[RunOutcome, RunStatus] = {
+    RunOutcome.SUCCEEDED: "succeeded",
+    RunOutcome.DIVERGED: "diverged",
+    RunOutcome.CANCELLED: "cancelled",
+    RunOutcome.STOPPED: "queued",
+}
 
 
 @dataclass(frozen=True)
@@ -78,13 +117,15 @@ class EpochCallback(Protocol):
     """Called once after every finished epoch, in order.
 
     ``checkpoint`` serialises the complete training state (model, optimiser, schedule, every
-    RNG, best-so-far) to bytes; it is lazy so a callback that does not save pays nothing.
-    Return ``False`` to stop training after this epoch (the run ends ``cancelled``).
+    RNG, best-so-far) to bytes; it is lazy so a callback that does not save pays nothing, and
+    valid only until training goes on (call it inside the callback). The return value says
+    whether training goes on (``EpochDecision``); anything else is refused, so that a callback
+    written for the old ``True``/``False`` contract fails loudly instead of being misread.
     """
 
     def __call__(
         self, metrics: EpochMetrics, gradflow: GradFlowEpoch, checkpoint: CheckpointThunk
-    ) -> bool | None: ...
+    ) -> EpochDecision: ...
 
 
 class CheckpointThunk(Protocol):
@@ -95,7 +136,7 @@ class CheckpointThunk(Protocol):
 class TrainingResult:
     """Everything one run (one seed of one experiment) produced."""
 
-    status: RunStatus
+    status: RunOutcome
     layers: tuple[str, ...]
     epochs: list[EpochMetrics] = field(default_factory=list)
     gradflow: list[GradFlowEpoch] = field(default_factory=list)
@@ -110,7 +151,7 @@ class TrainingResult:
     def to_json_dict(self) -> dict[str, Any]:
         """The ``result.json`` layout (``gradflow.<window>.<stat>[epoch][layer]``)."""
         return {
-            "status": self.status,
+            "status": self.status.value,
             "epochs": [e.to_dict() for e in self.epochs],
             "gradflow": {
                 "layers": list(self.layers),

@@ -13,6 +13,7 @@ from typing import Any
 from gradlab.science.records import (
     GRADFLOW_STATS,
     GRADFLOW_WINDOWS,
+    STATUS_AFTER,
     TERMINAL_RUN_STATUSES,
     EpochMetrics,
     GradFlowEpoch,
@@ -48,7 +49,7 @@ class SeedRun:
     def from_training_result(cls, seed: int, result: TrainingResult) -> SeedRun:
         return cls(
             seed=seed,
-            status=result.status,
+            status=STATUS_AFTER[result.status],
             layers=tuple(result.layers),
             epochs=list(result.epochs),
             gradflow=list(result.gradflow),

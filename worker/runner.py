@@ -34,7 +34,13 @@ from sqlalchemy.orm import Session, sessionmaker
 from gradlab.core.data import CifarArrays
 from gradlab.core.environment import resolve_device
 from gradlab.observability.logs import bind_log_context
-from gradlab.science.records import EpochCallback, EpochMetrics, GradFlowEpoch, TrainingResult
+from gradlab.science.records import (
+    EpochCallback,
+    EpochDecision,
+    EpochMetrics,
+    GradFlowEpoch,
+    TrainingResult,
+)
 from gradlab.science.spec import ExperimentSpec
 from gradlab.settings import Settings, get_settings
 from gradlab.store import runs
@@ -364,13 +370,13 @@ def _epoch_writer(
 ) -> EpochCallback:
     """The callback that writes each finished epoch (metrics, gradient flow, the reference to
     its checkpoint when one is due, progress) in one transaction fenced on the lease, after
-    the checkpoint's bytes; False (stop) once a cancel is asked. An epoch just written is the
+    the checkpoint's bytes; CANCEL once a cancel is asked. An epoch just written is the
     safe point to stop at: ``StopRequested`` when asked."""
     run_id, owner = claimed.run_id, claimed.owner
 
     def on_epoch_end(
         metrics: EpochMetrics, gradflow: GradFlowEpoch, make_checkpoint: Callable[[], bytes]
-    ) -> bool:
+    ) -> EpochDecision:
         if beat.lost.is_set():
             raise runs.LeaseLostError(f"run {run_id} is no longer leased to {owner}")
         started = time.perf_counter()  # the write: checkpoint bytes (when due), then the rows
@@ -396,7 +402,7 @@ def _epoch_writer(
             if stop.requested and not cancel:
                 raise StopRequested(f"asked to stop after epoch {metrics.epoch}")
             stop.epoch_started(expected_seconds=metrics.seconds)
-        return not cancel
+        return EpochDecision.CANCEL if cancel else EpochDecision.CONTINUE
 
     return on_epoch_end
 
@@ -656,12 +662,12 @@ def _leaves_on_lost_lease(member: _PackMember, writer: EpochCallback) -> EpochCa
     stopping every run in it."""
 
     def on_epoch_end(metrics: EpochMetrics, gradflow: GradFlowEpoch,
-                     make_checkpoint: Callable[[], bytes]) -> bool:
+                     make_checkpoint: Callable[[], bytes]) -> EpochDecision:
         try:
             return writer(metrics, gradflow, make_checkpoint)
         except runs.LeaseLostError as exc:
             log.warning("%s; it leaves the pack", exc)
             member.lost = True
-            return False
+            return EpochDecision.CANCEL
 
     return on_epoch_end

@@ -42,7 +42,7 @@ from gradlab.core.data import CifarArrays
 from gradlab.core.pack import PackRun, fit_pack
 from gradlab.core.training_loop import fit
 from gradlab.science.fusion import fusion_key
-from gradlab.science.records import EpochMetrics, GradFlowEpoch, TrainingResult
+from gradlab.science.records import EpochDecision, EpochMetrics, GradFlowEpoch, TrainingResult
 from gradlab.science.spec import ExperimentSpec
 
 SEEDS = (0, 256, 512, 1024)
@@ -76,10 +76,13 @@ class Keeper:
         self.blobs: list[bytes] = []
         self.stop_after = stop_after
 
-    def __call__(self, metrics: EpochMetrics, gradflow: GradFlowEpoch, checkpoint: Any) -> bool:
+    def __call__(self, metrics: EpochMetrics, gradflow: GradFlowEpoch,
+                 checkpoint: Any) -> EpochDecision:
         self.calls.append((metrics, gradflow))
         self.blobs.append(checkpoint())
-        return self.stop_after is None or metrics.epoch < self.stop_after
+        if self.stop_after is None or metrics.epoch < self.stop_after:
+            return EpochDecision.CONTINUE
+        return EpochDecision.CANCEL
 
 
 class LossSpy:

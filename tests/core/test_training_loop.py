@@ -13,7 +13,7 @@ from gradlab.core.architectures import VGG
 from gradlab.core.checkpoints import CheckpointError, load_checkpoint
 from gradlab.core.data import CifarArrays
 from gradlab.core.training_loop import fit
-from gradlab.science.records import EpochMetrics, GradFlowEpoch, TrainingResult
+from gradlab.science.records import EpochDecision, EpochMetrics, GradFlowEpoch, TrainingResult
 from gradlab.science.spec import ExperimentSpec
 
 
@@ -36,10 +36,13 @@ class Recorder:
         self.blobs: list[bytes] = []
         self.stop_after = stop_after
 
-    def __call__(self, metrics: EpochMetrics, gradflow: GradFlowEpoch, checkpoint: Any) -> bool:
+    def __call__(self, metrics: EpochMetrics, gradflow: GradFlowEpoch,
+                 checkpoint: Any) -> EpochDecision:
         self.calls.append((metrics, gradflow))
         self.blobs.append(checkpoint())
-        return self.stop_after is None or metrics.epoch < self.stop_after
+        if self.stop_after is None or metrics.epoch < self.stop_after:
+            return EpochDecision.CONTINUE
+        return EpochDecision.CANCEL
 
 
 def without_seconds(result: TrainingResult) -> dict[str, Any]:

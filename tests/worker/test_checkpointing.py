@@ -12,7 +12,14 @@ from typing import Any
 import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
-from gradlab.science.records import GRADFLOW_STATS, EpochMetrics, GradFlowEpoch, TrainingResult
+from gradlab.science.records import (
+    GRADFLOW_STATS,
+    EpochDecision,
+    EpochMetrics,
+    GradFlowEpoch,
+    RunOutcome,
+    TrainingResult,
+)
 from gradlab.science.spec import ExperimentSpec
 from gradlab.settings import Settings
 from gradlab.store import runs
@@ -138,11 +145,11 @@ def _stopping_fit(stop: BaseException | None, epochs: int) -> Any:
     def fit(*_args: Any, on_epoch_end: Any, **_: Any) -> TrainingResult:
         values = {s: [1.0, 2.0] for s in GRADFLOW_STATS}
         for epoch in range(epochs):
-            keep_going = on_epoch_end(EpochMetrics(epoch, 1, 0, 1, 0, 1e-3, 1),
+            decision = on_epoch_end(EpochMetrics(epoch, 1, 0, 1, 0, 1e-3, 1),
                                       GradFlowEpoch(epoch, ("a", "b"), values, values),
                                       lambda e=epoch: f"state {e}".encode())
-            if keep_going is False:
-                return TrainingResult(status="cancelled", layers=("a", "b"))
+            if decision is EpochDecision.CANCEL:
+                return TrainingResult(status=RunOutcome.CANCELLED, layers=("a", "b"))
         assert stop is not None
         raise stop
 
@@ -180,7 +187,7 @@ def test_a_cancelled_run_keeps_the_checkpoint_of_its_last_epoch(
     def cancel_during_epoch_1(*args: Any, **kwargs: Any) -> TrainingResult:
         on_epoch_end = kwargs["on_epoch_end"]
 
-        def callback(metrics: EpochMetrics, *rest: Any) -> bool:
+        def callback(metrics: EpochMetrics, *rest: Any) -> EpochDecision:
             if metrics.epoch == 1:
                 with session_scope(factory) as session:
                     request_cancel(session, experiment_id)
