@@ -42,10 +42,12 @@ from torch.nn import functional as F
 
 from gradlab.core.architectures import build_model
 from gradlab.core.augment import EvalBatches, TrainBatches
+from gradlab.core.checkpoints import TrainingState
 from gradlab.core.environment import describe_environment, resolve_device
 from gradlab.core.gradflow import GradFlowRecorder
 from gradlab.core.optimization import make_optimizer
-from gradlab.core.training_loop import Trainer, build_trainer, evaluate, train_epoch
+from gradlab.core.pack import Member, Pack, PackRun, train_pack_epoch
+from gradlab.core.trainer import RunBatches, Trainer, build_trainer, evaluate
 from gradlab.science.spec import ExperimentSpec
 
 # Forward MFLOP per 32x32 image (derived in the seed notes); training is ~3x forward.
@@ -144,7 +146,7 @@ class MatmulProbe:
 def _trainer(depth: int, device: torch.device) -> Trainer:
     """The model, optimiser, recorder and autocast that ``gradlab train`` would use."""
     torch.manual_seed(0)
-    trainer = build_trainer(ExperimentSpec(depth=depth), device, compile_model=False)
+    trainer = build_trainer(ExperimentSpec(depth=depth), device)
     trainer.model.train()
     return trainer
 
@@ -153,7 +155,7 @@ def _bare_steps(trainer: Trainer, x: torch.Tensor, y: torch.Tensor, steps: int,
                 capture: bool = False) -> None:
     for _ in range(steps):
         with trainer.autocast():
-            loss = F.cross_entropy(trainer.forward(x).float(), y)
+            loss = F.cross_entropy(trainer.model(x).float(), y)
         trainer.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if capture:
@@ -196,6 +198,29 @@ def synthetic_step(depth: int, *, compiled: bool = False) -> SyntheticStep:
                          x, y)
 
 
+def _gradlab_epoch(name: str, trainer: Trainer, steps: int,
+                   generator: torch.Generator) -> Callable[[], None]:
+    """gradlab's epoch: the training loop's own (a pack of this one run) over the real batch
+    machinery (random uint8 images), then a validation pass and the gradient-flow read."""
+    device = trainer.device
+    images = np.random.default_rng(0).integers(0, 256, (BATCH * steps, 32, 32, 3), np.uint8)
+    labels = np.random.default_rng(1).integers(0, 100, BATCH * steps).astype(np.int64)
+    n_val = max(1, round(BATCH * steps * VAL_FRACTION))
+    batches = TrainBatches(images, labels, batch_size=BATCH, device=device, augment=True,
+                           generator=generator)
+    val = EvalBatches(images[:n_val], labels[:n_val], batch_size=500, device=device)
+    run = PackRun(ExperimentSpec(depth=DEPTHS[name]), 0)
+    member = Member(run, trainer, generator, RunBatches(batches, val, val), TrainingState(), {})
+    pack = Pack([member], device, cuda_graphs=False)
+
+    def epoch() -> None:
+        train_pack_epoch(pack, 0)
+        evaluate(trainer, val)
+        trainer.recorder.finish_epoch(0)
+
+    return epoch
+
+
 def bench_model(name: str, device: torch.device, steps: int, repeats: int = 3,
                 probe: MatmulProbe | None = None) -> tuple[ModelBench, float]:
     """Bare step, gradlab epoch and gradient-flow overhead of one model; and the best matmul
@@ -213,18 +238,7 @@ def bench_model(name: str, device: torch.device, steps: int, repeats: int = 3,
         memory_format=torch.channels_last)
     y = torch.randint(0, 100, (BATCH,), generator=generator).to(device)
 
-    # gradlab's epoch: the real loop over the real batch machinery (random uint8 images).
-    images = np.random.default_rng(0).integers(0, 256, (BATCH * steps, 32, 32, 3), np.uint8)
-    labels = np.random.default_rng(1).integers(0, 100, BATCH * steps).astype(np.int64)
-    n_val = max(1, round(BATCH * steps * VAL_FRACTION))
-    batches = TrainBatches(images, labels, batch_size=BATCH, device=device, augment=True,
-                           generator=generator)
-    val = EvalBatches(images[:n_val], labels[:n_val], batch_size=500, device=device)
-
-    def epoch() -> None:
-        train_epoch(trainer, batches, 0, lambda: None)
-        evaluate(trainer, val)
-        recorder.finish_epoch(0)
+    epoch = _gradlab_epoch(name, trainer, steps, generator)
 
     def bare() -> None:
         _bare_steps(trainer, x, y, steps)

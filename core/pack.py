@@ -1,18 +1,30 @@
-"""Train N same-shaped runs as one fused pack (see ``fused_vgg``), each still its own run.
+"""The training loop: N same-shaped runs trained as one fused pack, each still its own run.
 
-Each member is what ``training_loop.fit`` would build for it alone: its model initialised from
-its own seed, its own optimiser (learning rate, schedule, weight decay), gradient-flow
-recorder, data order and augmentation (its own generator over shared image tensors),
-checkpoints in the alone format (a pack's checkpoint resumes alone and the other way round),
-metrics, divergence check and cancellation. Only the training step is shared: one grouped
-forward and backward over the stacked batches, the loss the sum of each run's mean
-cross-entropy (parameters are disjoint, so each run's gradient is its own).
+A run alone is a pack of one (``training_loop.fit``): there is no other loop. Per epoch: set
+each run's closed-form learning rate, train over its shuffled augmented batches (train
+loss/acc = mean over batches, train mode), evaluate it on its validation set (eval mode),
+record its gradient flow, keep its best-validation weights, call its ``on_epoch_end``. At the
+end the best weights of each run that succeeded are evaluated on its test set.
 
-A member that diverges (checked every ``DIVERGENCE_CHECK_STEPS`` steps, as alone) or whose
-``on_epoch_end`` returns False leaves the pack; the others go on with a pack rebuilt without
-it. Validation and the final test pass run per member with the alone ``evaluate``.
+Each member is what a run alone is: its model initialised from its own seed, its own
+optimiser (learning rate, schedule, weight decay), gradient-flow recorder, data order and
+augmentation (its own generator over shared image tensors), checkpoints in one format (a
+pack's checkpoint resumes alone and the other way round), metrics, divergence check and
+outcome. Only the training step is shared: one forward and backward of the fused model
+(``fused_vgg``; for one run, the model itself) over the stacked batches, the loss the sum of
+each run's mean cross-entropy (parameters are disjoint, so each run's gradient is its own).
 
-CUDA: bf16 autocast as alone; ``cuda_graphs=True`` compiles the fused forward with
+Hot loop: no host synchronisation per step. Losses and accuracies go into device buffers;
+gradient statistics accumulate on the device; the host reads them once per epoch, and checks
+the losses for NaN/inf every ``DIVERGENCE_CHECK_STEPS`` steps, so a diverged run leaves early
+without a sync per step.
+
+How a member ends (``RunOutcome``): it diverges (leaves the pack, the others go on with a
+pack rebuilt without it); its callback returns CANCEL or STOP (it leaves after that epoch);
+``abandon`` is set (read every step, a plain attribute read: the epoch in progress is
+discarded and every member still training ends STOPPED); or it succeeds.
+
+CUDA: bf16 autocast; ``cuda_graphs=True`` compiles the fused forward with
 ``torch.compile(mode="reduce-overhead")`` (CUDA graphs: the few hundred small kernels of a
 step launched as one graph), recompiled when a member leaves. Data stay on the device.
 """
@@ -35,11 +47,9 @@ from gradlab.core.fused_vgg import FusedVGG, stack_inputs
 from gradlab.core.optimization import learning_rate_at, set_learning_rate
 from gradlab.core.progress import EpochProgress
 from gradlab.core.reproducibility import capture_rng_state, data_generator, seed_everything
-from gradlab.core.training_loop import (
-    DIVERGENCE_CHECK_STEPS,
+from gradlab.core.trainer import (
     RunBatches,
     Trainer,
-    ask,
     build_trainer,
     evaluate,
     evaluate_best_weights,
@@ -50,19 +60,24 @@ from gradlab.core.training_loop import (
 from gradlab.science.fusion import fusion_key
 from gradlab.science.records import (
     OUTCOME_OF_DECISION,
+    CheckpointThunk,
     Divergence,
     EpochCallback,
     EpochDecision,
     EpochMetrics,
+    GradFlowEpoch,
     RunOutcome,
     TrainingResult,
 )
 from gradlab.science.spec import ExperimentSpec
 
+DIVERGENCE_CHECK_STEPS = 25
+Batch = tuple[torch.Tensor, torch.Tensor]
+
 
 @dataclass
 class PackRun:
-    """One run to train in a pack: what ``fit`` takes for it alone."""
+    """One run to train: its spec and seed, its epoch callback, the checkpoint it resumes."""
 
     spec: ExperimentSpec
     seed: int
@@ -82,14 +97,25 @@ class Member:
     identity: dict[str, object]
     outcome: RunOutcome | None = None  # None while it trains
     divergence: Divergence | None = None
-    # this epoch's per-step losses, on the device (read by tests and by the divergence check)
+    in_epoch: bool = False  # between an epoch's first step and its end (model not at a boundary)
+    # this epoch's per-step losses and accuracies, on the device (read once per epoch)
     step_losses: torch.Tensor = field(default_factory=lambda: torch.zeros(0))
+    step_accs: torch.Tensor = field(default_factory=lambda: torch.zeros(0))
 
-    def checkpoint(self) -> bytes:
-        """The alone format: a pack's checkpoint resumes alone and the other way round."""
-        return save_checkpoint(model=self.trainer.model, optimizer=self.trainer.optimizer,
-                               state=self.state, rng=capture_rng_state(self.generator),
-                               identity=self.identity)
+    def checkpoint_thunk(self) -> CheckpointThunk:
+        """The state at the end of the epoch just finished, serialised on demand; refused once
+        training has gone on (the model would no longer be that epoch's)."""
+        epoch = self.state.last_epoch
+
+        def checkpoint() -> bytes:
+            if self.in_epoch or self.state.last_epoch != epoch:
+                raise RuntimeError(f"the checkpoint of epoch {epoch} was asked for after "
+                                   "training went on: call it inside the epoch callback")
+            return save_checkpoint(model=self.trainer.model, optimizer=self.trainer.optimizer,
+                                   state=self.state, rng=capture_rng_state(self.generator),
+                                   identity=self.identity)
+
+        return checkpoint
 
 
 class Pack:
@@ -99,27 +125,40 @@ class Pack:
         self.members = members
         self.device = device
         self.cuda_graphs = cuda_graphs and device.type == "cuda"
-        self.active: list[Member] = []
-        self.forward: Callable[[torch.Tensor], torch.Tensor] = lambda x: x
-        self.fused: FusedVGG | None = None
-        self.rebuild()
+        self.active = [m for m in members if m.outcome is None]
+        self.forward = self._fused_forward()
 
     def rebuild(self) -> None:
-        """(Re)build the fused forward over the members still running."""
+        """Rebuild the fused forward over the members still training."""
         self.active = [m for m in self.members if m.outcome is None]
-        if not self.active:
-            return
-        self.fused = FusedVGG([m.trainer.model for m in self.active])  # type: ignore[misc]
-        self.forward = self.fused
+        if self.active:
+            self.forward = self._fused_forward()
+
+    def _fused_forward(self) -> Callable[[torch.Tensor], torch.Tensor]:
+        fused = FusedVGG([m.trainer.model for m in self.active])
         if self.cuda_graphs:
-            self.forward = torch.compile(self.fused.forward, mode="reduce-overhead")
+            return torch.compile(fused.forward, mode="reduce-overhead")
+        return fused
 
     def autocast(self) -> contextlib.AbstractContextManager[None]:
         return self.active[0].trainer.autocast()
 
-    def drop(self, member: Member, outcome: RunOutcome) -> None:
+    def leave(self, member: Member, outcome: RunOutcome) -> None:
         member.outcome = outcome
         self.rebuild()
+
+    def stop(self) -> None:
+        """Every member still training ends STOPPED."""
+        for member in self.active:
+            member.outcome = RunOutcome.STOPPED
+        self.active = []
+
+    def step(self, batches: list[Batch]) -> tuple[torch.Tensor, torch.Tensor]:
+        """One training step of every active member on its batch: losses and accuracies [N]."""
+        x = stack_inputs([b[0] for b in batches])
+        labels = [b[1] for b in batches]
+        y = labels[0].unsqueeze(0) if len(labels) == 1 else torch.stack(labels)  # [N, B]
+        return fused_step(self.forward, [m.trainer for m in self.active], x, y, self.autocast)
 
 
 def fusable(runs: list[PackRun]) -> None:
@@ -134,10 +173,10 @@ def fusable(runs: list[PackRun]) -> None:
 
 def build_member(run: PackRun, data: CifarArrays, dev: torch.device,
                  shared: RunBatches | None) -> Member:
-    """A run's trainer as ``fit`` builds it alone (same seed, same initialisation); its
-    batches share ``shared``'s image tensors, with its own generator (order, augmentation)."""
+    """A run's trainer (its seed, so its initialisation); its batches share ``shared``'s
+    image tensors, with its own generator (order, augmentation)."""
     seed_everything(run.seed)
-    trainer = build_trainer(run.spec, dev, compile_model=False)
+    trainer = build_trainer(run.spec, dev)
     generator = data_generator(run.seed)
     if shared is None:
         batches = run_batches(run.spec, data, dev, generator)
@@ -164,7 +203,7 @@ def build_members(runs: list[PackRun], data: CifarArrays, dev: torch.device) -> 
 def fit_pack(runs: list[PackRun], data: CifarArrays, *, device: str = "cpu",
              show_progress: bool = False, cuda_graphs: bool = True,
              abandon: threading.Event | None = None) -> list[TrainingResult]:
-    """Train ``runs`` as one pack; a result per run, in order, as ``fit`` returns alone."""
+    """Train ``runs`` as one pack: a result per run, in order (see the module docstring)."""
     fusable(runs)
     if data.dataset != runs[0].spec.data.dataset:
         raise ValueError(f"spec wants {runs[0].spec.data.dataset} but the data is {data.dataset}")
@@ -188,50 +227,63 @@ def _result(member: Member, dev: torch.device) -> TrainingResult:
 
 def train_pack_epochs(pack: Pack, show_progress: bool = False,
                       abandon: threading.Event | None = None) -> None:
-    """Train every member from its next epoch to the last, dropping those that stop."""
-    spec = pack.members[0].run.spec
-    epochs = spec.hyperparameters.epochs
-    start = pack.members[0].state.last_epoch + 1
+    """Train every member from its next epoch to the last, until each has an outcome."""
+    first = pack.members[0]
+    epochs = first.run.spec.hyperparameters.epochs
     with EpochProgress(show_progress, epochs) as progress:
-        for epoch in range(start, epochs):
+        for epoch in range(first.state.last_epoch + 1, epochs):
             if not pack.active:
                 return
             started = time.perf_counter()
             progress.start_epoch(epoch, len(pack.active[0].batches.train))
-            outcomes = train_pack_epoch(pack, epoch, progress.step, abandon)
-            if outcomes is None:  # abandoned: the epoch in progress is discarded
-                for member in list(pack.active):
-                    member.outcome = RunOutcome.STOPPED
+            finished = train_pack_epoch(pack, epoch, progress.step, abandon)
+            if finished is None:
+                pack.stop()  # abandoned: the epoch in progress is discarded
                 return
-            for member, outcome in outcomes:
-                _end_epoch(pack, member, epoch, outcome, time.perf_counter() - started, progress)
+            for member, means in finished:
+                _end_epoch(pack, member, epoch, means, time.perf_counter() - started, progress)
 
 
-def _end_epoch(pack: Pack, member: Member, epoch: int, outcome: tuple[float, float],
+def _end_epoch(pack: Pack, member: Member, epoch: int, means: tuple[float, float],
                seconds: float, progress: EpochProgress) -> None:
     """Validation, gradient flow, state and the run's callback, for one member."""
     trainer = member.trainer
+    member.in_epoch = False
     val_loss, val_acc = evaluate(trainer, member.batches.val)
     gradflow = trainer.recorder.finish_epoch(epoch)
-    metrics = EpochMetrics(epoch=epoch, train_loss=outcome[0], train_acc=outcome[1],
+    metrics = EpochMetrics(epoch=epoch, train_loss=means[0], train_acc=means[1],
                            val_loss=val_loss, val_acc=val_acc,
                            lr=learning_rate_at(member.run.spec.hyperparameters, epoch),
                            seconds=seconds)
     member.state.record(metrics, gradflow, trainer.model)
     if len(pack.members) == 1:
         progress.end_epoch(metrics)
-    decision = ask(member.run.on_epoch_end, metrics, gradflow, member.checkpoint)
+    decision = ask(member.run.on_epoch_end, metrics, gradflow, member.checkpoint_thunk())
     if decision is not EpochDecision.CONTINUE:
-        pack.drop(member, OUTCOME_OF_DECISION[decision])
+        pack.leave(member, OUTCOME_OF_DECISION[decision])
+
+
+def ask(callback: EpochCallback | None, metrics: EpochMetrics, gradflow: GradFlowEpoch,
+        checkpoint: CheckpointThunk) -> EpochDecision:
+    """The callback's decision; a value that is not an EpochDecision is refused, so that a
+    callback of the old True/False contract fails loudly instead of being misread."""
+    if callback is None:
+        return EpochDecision.CONTINUE
+    decision = callback(metrics, gradflow, checkpoint)
+    if not isinstance(decision, EpochDecision):
+        raise TypeError(f"on_epoch_end must return an EpochDecision, got {decision!r}")
+    return decision
 
 
 def _start_epoch(pack: Pack, epoch: int, steps: int) -> None:
-    pack.fused.train(True)  # type: ignore[union-attr]
     for member in pack.active:
+        member.trainer.model.train()
         set_learning_rate(member.trainer.optimizer,
                           learning_rate_at(member.run.spec.hyperparameters, epoch))
         member.trainer.recorder.start_epoch()
         member.step_losses = torch.zeros(steps, device=pack.device)
+        member.step_accs = torch.zeros(steps, device=pack.device)
+        member.in_epoch = True
 
 
 def train_pack_epoch(pack: Pack, epoch: int, on_step: Callable[[], None] = lambda: None,
@@ -239,34 +291,36 @@ def train_pack_epoch(pack: Pack, epoch: int, on_step: Callable[[], None] = lambd
                      ) -> list[tuple[Member, tuple[float, float]]] | None:
     """One epoch of every active member: (member, (mean loss, mean accuracy)) for those that
     finished it; those that diverged leave the pack with their ``divergence`` set. None when
-    ``abandon`` was set (read every step)."""
+    ``abandon`` was set (read before every step: ``Event.is_set`` reads a flag, no sync)."""
     steps = len(pack.active[0].batches.train)
     _start_epoch(pack, epoch, steps)
-    accs = {id(m): torch.zeros(steps, device=pack.device) for m in pack.active}
-    streams: dict[int, Iterator[tuple[torch.Tensor, torch.Tensor]]] = {
-        id(m): m.batches.train.epoch() for m in pack.active}
+    streams: dict[int, Iterator[Batch]] = {id(m): m.batches.train.epoch() for m in pack.active}
     checked = 0
     for step in range(steps):
         if not pack.active:
             break
         if abandon is not None and abandon.is_set():
             return None
-        losses, correct = _fused_step(pack, [next(streams[id(m)]) for m in pack.active])
+        losses, correct = pack.step([next(streams[id(m)]) for m in pack.active])
         for i, member in enumerate(pack.active):
             member.step_losses[step] = losses[i]
-            accs[id(member)][step] = correct[i]
+            member.step_accs[step] = correct[i]
         on_step()
         if (step + 1) % DIVERGENCE_CHECK_STEPS == 0 or step + 1 == steps:
-            _drop_diverged(pack, epoch, checked, step + 1)
+            _leave_diverged(pack, epoch, checked, step + 1)
             checked = step + 1
-    return _epoch_means(pack, accs)
+    return _epoch_means(pack)
 
 
-def _fused_step(pack: Pack, batches: list[tuple[torch.Tensor, torch.Tensor]],
-                ) -> tuple[torch.Tensor, torch.Tensor]:
-    x = stack_inputs([b[0] for b in batches])
-    y = torch.stack([b[1] for b in batches])  # [N, B]
-    return fused_step(pack.forward, [m.trainer for m in pack.active], x, y, pack.autocast)
+def mean_cross_entropy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Each run's mean cross-entropy over its batch: logits [N, B, K], labels [N, B] -> [N].
+    One run takes cross_entropy's own mean, so a run alone keeps its numbers bit for bit; N
+    runs one call over all their rows, then a mean per run."""
+    count, size = y.shape
+    flat = logits.float().reshape(count * size, -1)
+    if count == 1:
+        return F.cross_entropy(flat, y.reshape(-1)).reshape(1)
+    return F.cross_entropy(flat, y.reshape(-1), reduction="none").view(count, size).mean(1)
 
 
 def fused_step(forward: Callable[[torch.Tensor], torch.Tensor], trainers: list[Trainer],
@@ -276,15 +330,13 @@ def fused_step(forward: Callable[[torch.Tensor], torch.Tensor], trainers: list[T
     """Forward, backward, gradient flow and optimiser steps of the runs of ``trainers`` on
     stacked inputs ``x`` [B, 3N, H, W] and labels ``y`` [N, B]: their losses and accuracies,
     on the device (no host sync)."""
-    count, size = y.shape
     with autocast():
         logits = forward(x)  # [N, B, K]
-        losses = F.cross_entropy(logits.float().reshape(count * size, -1), y.reshape(-1),
-                                 reduction="none").view(count, size).mean(1)
+        losses = mean_cross_entropy(logits, y)
     for trainer in trainers:
         trainer.optimizer.zero_grad(set_to_none=True)
     # Each run's gradient is d(sum of losses)/d(its parameters) = d(its loss)/d(them).
-    losses.sum().backward()
+    torch.autograd.backward(losses.sum())
     for trainer in trainers:
         if capture:
             trainer.recorder.after_backward()
@@ -293,23 +345,27 @@ def fused_step(forward: Callable[[torch.Tensor], torch.Tensor], trainers: list[T
     return losses.detach(), correct
 
 
-def _drop_diverged(pack: Pack, epoch: int, start: int, end: int) -> None:
+def first_non_finite(values: torch.Tensor) -> int | None:
+    """The index of the first NaN or infinite value (one host sync), or None."""
+    bad = (~torch.isfinite(values)).nonzero()
+    return None if bad.numel() == 0 else int(bad[0, 0])
+
+
+def _leave_diverged(pack: Pack, epoch: int, start: int, end: int) -> None:
     for member in list(pack.active):
-        window = member.step_losses[start:end]
-        bad = (~torch.isfinite(window)).nonzero()
-        if bad.numel():
-            step = start + int(bad[0, 0])
+        bad = first_non_finite(member.step_losses[start:end])
+        if bad is not None:
+            step = start + bad
             member.divergence = Divergence(epoch=epoch, step=step,
                                            loss=float(member.step_losses[step]))
-            pack.drop(member, RunOutcome.DIVERGED)
+            pack.leave(member, RunOutcome.DIVERGED)
 
 
-def _epoch_means(pack: Pack, accs: dict[int, torch.Tensor],
-                 ) -> list[tuple[Member, tuple[float, float]]]:
+def _epoch_means(pack: Pack) -> list[tuple[Member, tuple[float, float]]]:
     """One host transfer for every member's epoch means."""
     if not pack.active:
         return []
-    means = torch.stack([torch.stack([m.step_losses.mean(), accs[id(m)].mean()])
+    means = torch.stack([torch.stack([m.step_losses.mean(), m.step_accs.mean()])
                          for m in pack.active]).tolist()
-    return [(m, (float(loss), float(acc))) for m, (loss, acc) in zip(pack.active, means,
-                                                                     strict=True)]
+    return [(m, (float(loss), float(acc)))
+            for m, (loss, acc) in zip(pack.active, means, strict=True)]

@@ -30,7 +30,7 @@ from gradlab.core.benchmark import BATCH, DEPTHS, _best_time
 from gradlab.core.environment import describe_environment, resolve_device
 from gradlab.core.fused_vgg import FusedVGG
 from gradlab.core.pack import fused_step
-from gradlab.core.training_loop import Trainer, build_trainer
+from gradlab.core.trainer import Trainer, build_trainer
 from gradlab.science.spec import ExperimentSpec
 
 PACK_SIZES = (1, 2, 4, 8, 16)
@@ -54,7 +54,7 @@ def make_trainers(depth: int, count: int, dev: torch.device, first_seed: int = 0
     trainers = []
     for seed in range(first_seed, first_seed + count):
         torch.manual_seed(seed)
-        trainers.append(build_trainer(spec, dev, compile_model=False))
+        trainers.append(build_trainer(spec, dev))
     return trainers
 
 
@@ -63,7 +63,7 @@ def _single_steps(trainer: Trainer, x: torch.Tensor, y: torch.Tensor,
     def run() -> None:
         for _ in range(steps):
             with trainer.autocast():
-                loss = F.cross_entropy(trainer.forward(x).float(), y)
+                loss = F.cross_entropy(trainer.model(x).float(), y)
             trainer.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             trainer.recorder.after_backward()
@@ -76,7 +76,7 @@ def fused_steps(trainers: list[Trainer], dev: torch.device, steps: int,
     """``steps`` fused training steps of ``trainers`` as one pack on a fixed random batch (the
     forward compiled into CUDA graphs on CUDA when ``cuda_graphs``, as ``fit_pack`` does)."""
     count = len(trainers)
-    fused = FusedVGG([t.model for t in trainers])  # type: ignore[misc]
+    fused = FusedVGG([t.model for t in trainers])
     forward: Callable[[torch.Tensor], torch.Tensor] = fused
     if cuda_graphs and dev.type == "cuda":
         forward = torch.compile(fused.forward, mode="reduce-overhead")

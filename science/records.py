@@ -121,10 +121,11 @@ class EpochCallback(Protocol):
     valid only until training goes on (call it inside the callback). The return value says
     whether training goes on (``EpochDecision``); anything else is refused, so that a callback
     written for the old ``True``/``False`` contract fails loudly instead of being misread.
+    Arguments are positional (the loop passes them so; callbacks name them as they like).
     """
 
     def __call__(
-        self, metrics: EpochMetrics, gradflow: GradFlowEpoch, checkpoint: CheckpointThunk
+        self, metrics: EpochMetrics, gradflow: GradFlowEpoch, checkpoint: CheckpointThunk, /
     ) -> EpochDecision: ...
 
 

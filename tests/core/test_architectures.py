@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import copy
+from typing import Any
+
 import pytest
 import torch
 
-from gradlab.core.architectures import build_model, count_parameters
+from gradlab.core.architectures import VGG, build_model, count_parameters
 from gradlab.science.layers import layer_names as layer_names_for
 from gradlab.science.layers import parameter_count
 from gradlab.science.spec import ExperimentSpec
@@ -124,3 +127,43 @@ def test_batch_norm_sits_between_conv_and_activation() -> None:
         block.conv2.weight.mul_(1e6)
     out = block(torch.randn(8, 32, 16, 16))
     assert out.abs().max() < 100
+
+
+def _vgg14(seed: int) -> VGG:
+    torch.manual_seed(seed)
+    spec = ExperimentSpec(depth=14, width=8, batch_norm=True, residual=True)
+    return build_model(spec).to(memory_format=torch.channels_last).train()
+
+
+def test_forward_many_is_each_model_alone_with_its_own_running_statistics() -> None:
+    """Three models side by side (grouped convs, BN over stacked channels, batched head):
+    each run's logits and BN running statistics are what the model computes alone."""
+    models = [_vgg14(seed) for seed in (0, 1, 2)]
+    twins = [copy.deepcopy(m) for m in models]
+    xs = [torch.randn(4, 3, 32, 32).contiguous(memory_format=torch.channels_last)
+          for _ in models]
+    fused = VGG.forward_many(models, torch.cat(xs, 1).contiguous(
+        memory_format=torch.channels_last))
+    assert fused.shape == (3, 4, 100)
+    for i, (twin, x) in enumerate(zip(twins, xs, strict=True)):
+        torch.testing.assert_close(fused[i], twin(x), rtol=1e-4, atol=1e-5)
+        for (name, got), (_, want) in zip(models[i].named_buffers(), twin.named_buffers(),
+                                          strict=True):
+            torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_a_model_alone_concatenates_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    """N = 1 is each op's own module call: no concatenation or stacking of one tensor."""
+    calls: list[str] = []
+    for name in ("cat", "stack"):
+        real = getattr(torch, name)
+
+        def counting(*args: Any, _real: Any = real, _name: str = name, **kwargs: Any) -> Any:
+            calls.append(_name)
+            return _real(*args, **kwargs)
+
+        monkeypatch.setattr(torch, name, counting)
+    model = _vgg14(0)
+    x = torch.randn(4, 3, 32, 32).contiguous(memory_format=torch.channels_last)
+    torch.nn.functional.cross_entropy(model(x), torch.zeros(4, dtype=torch.long)).backward()
+    assert calls == []

@@ -36,14 +36,20 @@ import pytest
 import torch
 
 from gradlab.core import pack as pack_module
-from gradlab.core import training_loop
 from gradlab.core.checkpoints import load_checkpoint
 from gradlab.core.data import CifarArrays
 from gradlab.core.pack import PackRun, fit_pack
 from gradlab.core.training_loop import fit
 from gradlab.science.fusion import fusion_key
-from gradlab.science.records import EpochDecision, EpochMetrics, GradFlowEpoch, TrainingResult
+from gradlab.science.records import (
+    EpochDecision,
+    EpochMetrics,
+    GradFlowEpoch,
+    RunOutcome,
+    TrainingResult,
+)
 from gradlab.science.spec import ExperimentSpec
+from tests.core.test_training_loop import AbandonedByAnotherThread
 
 SEEDS = (0, 256, 512, 1024)
 # Per-run hyperparameters: a pack must keep each run's own learning rate and weight decay.
@@ -69,12 +75,15 @@ def pack_spec(index: int, **hp: Any) -> ExperimentSpec:
 
 
 class Keeper:
-    """An epoch callback that keeps metrics, gradient flow and every checkpoint."""
+    """An epoch callback that keeps metrics, gradient flow and every checkpoint; after epoch
+    ``stop_after`` it answers ``decision``."""
 
-    def __init__(self, stop_after: int | None = None) -> None:
+    def __init__(self, stop_after: int | None = None,
+                 decision: EpochDecision = EpochDecision.CANCEL) -> None:
         self.calls: list[tuple[EpochMetrics, GradFlowEpoch]] = []
         self.blobs: list[bytes] = []
         self.stop_after = stop_after
+        self.decision = decision
 
     def __call__(self, metrics: EpochMetrics, gradflow: GradFlowEpoch,
                  checkpoint: Any) -> EpochDecision:
@@ -82,32 +91,32 @@ class Keeper:
         self.blobs.append(checkpoint())
         if self.stop_after is None or metrics.epoch < self.stop_after:
             return EpochDecision.CONTINUE
-        return EpochDecision.CANCEL
+        return self.decision
 
 
 class LossSpy:
-    """Collects the per-step losses each loop hands to its divergence check."""
+    """Collects the per-step losses the loop hands to its divergence check, per seed."""
 
     def __init__(self) -> None:
-        self.windows: list[list[float]] = []
+        self.windows: dict[int, list[list[float]]] = {seed: [] for seed in SEEDS}
+        self.original = pack_module._leave_diverged
 
-    def alone(self, original: Any) -> Any:
-        def spy(values: torch.Tensor) -> int | None:
-            self.windows.append(values.tolist())
-            return original(values)
-        return spy
+    def __call__(self, pack: pack_module.Pack, epoch: int, start: int, end: int) -> None:
+        for member in pack.active:
+            self.windows[member.run.seed].append(member.step_losses[start:end].tolist())
+        self.original(pack, epoch, start, end)
 
 
 def train_alone(data: CifarArrays, monkeypatch: pytest.MonkeyPatch,
                 ) -> list[tuple[TrainingResult, Keeper, list[list[float]]]]:
+    """Each run alone (a pack of one, its model unfused)."""
     out = []
     for i, seed in enumerate(SEEDS):
         spy, keeper = LossSpy(), Keeper()
         with monkeypatch.context() as patch:
-            patch.setattr(training_loop, "_first_non_finite",
-                          spy.alone(training_loop._first_non_finite))
+            patch.setattr(pack_module, "_leave_diverged", spy)
             result = fit(pack_spec(i), seed, data, on_epoch_end=keeper)
-        out.append((result, keeper, spy.windows))
+        out.append((result, keeper, spy.windows[seed]))
     return out
 
 
@@ -115,20 +124,13 @@ def train_pack(data: CifarArrays, monkeypatch: pytest.MonkeyPatch, keepers: list
                resume: list[bytes] | None = None,
                ) -> tuple[list[TrainingResult], list[list[list[float]]]]:
     """A pack of the four runs; the per-step losses of each member, per epoch."""
-    steps: list[list[list[float]]] = [[] for _ in SEEDS]
-    original = pack_module._drop_diverged
-
-    def spy(pack: pack_module.Pack, epoch: int, start: int, end: int) -> None:
-        for member in pack.active:
-            steps[SEEDS.index(member.run.seed)].append(member.step_losses[start:end].tolist())
-        original(pack, epoch, start, end)
-
+    spy = LossSpy()
     runs = [PackRun(pack_spec(i), seed, keepers[i], None if resume is None else resume[i])
             for i, seed in enumerate(SEEDS)]
     with monkeypatch.context() as patch:
-        patch.setattr(pack_module, "_drop_diverged", spy)
+        patch.setattr(pack_module, "_leave_diverged", spy)
         results = fit_pack(runs, data)
-    return results, steps
+    return results, [spy.windows[seed] for seed in SEEDS]
 
 
 @pytest.fixture(scope="module")
@@ -284,6 +286,40 @@ def test_a_cancelled_run_leaves_the_pack_and_the_others_finish(
         assert close(results[i].epochs[-1].train_loss, alone[i][0].epochs[-1].train_loss)
 
 
+def test_abandon_mid_epoch_stops_every_member_and_the_pack_resumes_bit_for_bit(
+        synthetic_cifar: CifarArrays, module_patch: pytest.MonkeyPatch, packed: Any) -> None:
+    """One step per epoch: set before the loop's 3rd read, i.e. before epoch 2's step. Every
+    member ends STOPPED at epoch 1 (epoch 2 discarded); resumed from their epoch-1
+    checkpoints, the pack trains the uninterrupted pack's numbers bit for bit."""
+    results, _, _ = packed
+    keepers = [Keeper() for _ in SEEDS]
+    abandon = AbandonedByAnotherThread(at=3)
+    runs = [PackRun(pack_spec(i), seed, keepers[i]) for i, seed in enumerate(SEEDS)]
+    stopped = fit_pack(runs, synthetic_cifar, abandon=abandon)
+    assert abandon.reads == 3
+    assert [r.status for r in stopped] == [RunOutcome.STOPPED] * len(SEEDS)
+    for result, keeper in zip(stopped, keepers, strict=True):
+        assert [e.epoch for e in result.epochs] == [0, 1] and result.test is None
+        assert [m.epoch for m, _ in keeper.calls] == [0, 1]
+    resumed, _ = train_pack(synthetic_cifar, module_patch, [Keeper() for _ in SEEDS],
+                            resume=[k.blobs[-1] for k in keepers])
+    for i in range(len(SEEDS)):
+        assert _without_seconds(resumed[i]) == _without_seconds(results[i])
+
+
+def test_stop_and_abandon_end_their_own_members_and_leave_the_others_outcomes(
+        synthetic_cifar: CifarArrays) -> None:
+    """Run 1 cancelled after epoch 0, run 2 asks to stop after epoch 0, then abandon at
+    epoch 2: run 1 stays CANCELLED, run 2 STOPPED at epoch 0, runs 0 and 3 STOPPED at 1."""
+    keepers = [Keeper(), Keeper(stop_after=0), Keeper(stop_after=0, decision=EpochDecision.STOP),
+               Keeper()]
+    runs = [PackRun(pack_spec(i), seed, keepers[i]) for i, seed in enumerate(SEEDS)]
+    results = fit_pack(runs, synthetic_cifar, abandon=AbandonedByAnotherThread(at=3))
+    assert [r.status for r in results] == [RunOutcome.STOPPED, RunOutcome.CANCELLED,
+                                           RunOutcome.STOPPED, RunOutcome.STOPPED]
+    assert [[e.epoch for e in r.epochs] for r in results] == [[0, 1], [0], [0], [0, 1]]
+
+
 def test_a_diverged_run_leaves_the_pack_and_the_others_finish(
         synthetic_cifar: CifarArrays, alone: list[Any]) -> None:
     """A NaN in run 2's first convolution flows through every grouped layer of its slice; it
@@ -296,7 +332,7 @@ def test_a_diverged_run_leaves_the_pack_and_the_others_finish(
         pack.members[2].trainer.model.entry.conv.weight[0, 0, 0, 0] = math.nan
     pack_module.train_pack_epochs(pack)
     results = [pack_module._result(m, torch.device("cpu")) for m in pack.members]
-    assert results[2].status == "diverged" and results[2].divergence is not None
+    assert results[2].status is RunOutcome.DIVERGED and results[2].divergence is not None
     assert (results[2].divergence.epoch, results[2].divergence.step) == (0, 0)
     assert not math.isfinite(results[2].divergence.loss) and results[2].epochs == []
     for i in (0, 1, 3):

@@ -3,17 +3,24 @@
 from __future__ import annotations
 
 import math
+import threading
 from typing import Any
 
 import pytest
 import torch
 
-from gradlab.core import training_loop
+from gradlab.core import trainer as trainer_module
 from gradlab.core.architectures import VGG
 from gradlab.core.checkpoints import CheckpointError, load_checkpoint
 from gradlab.core.data import CifarArrays
 from gradlab.core.training_loop import fit
-from gradlab.science.records import EpochDecision, EpochMetrics, GradFlowEpoch, TrainingResult
+from gradlab.science.records import (
+    EpochDecision,
+    EpochMetrics,
+    GradFlowEpoch,
+    RunOutcome,
+    TrainingResult,
+)
 from gradlab.science.spec import ExperimentSpec
 
 
@@ -29,20 +36,43 @@ def tiny_spec(**overrides: Any) -> ExperimentSpec:
 
 
 class Recorder:
-    """An epoch callback that keeps every checkpoint; optionally asks to stop."""
+    """An epoch callback that keeps every checkpoint (and the last checkpoint thunk); after
+    epoch ``stop_after`` it answers ``decision``."""
 
-    def __init__(self, stop_after: int | None = None) -> None:
+    def __init__(self, stop_after: int | None = None,
+                 decision: EpochDecision = EpochDecision.CANCEL) -> None:
         self.calls: list[tuple[EpochMetrics, GradFlowEpoch]] = []
         self.blobs: list[bytes] = []
+        self.thunk: Any = None
         self.stop_after = stop_after
+        self.decision = decision
 
     def __call__(self, metrics: EpochMetrics, gradflow: GradFlowEpoch,
                  checkpoint: Any) -> EpochDecision:
         self.calls.append((metrics, gradflow))
         self.blobs.append(checkpoint())
+        self.thunk = checkpoint
         if self.stop_after is None or metrics.epoch < self.stop_after:
             return EpochDecision.CONTINUE
-        return EpochDecision.CANCEL
+        return self.decision
+
+
+class AbandonedByAnotherThread(threading.Event):
+    """The loop's ``abandon`` flag, set by another thread just before the loop's ``at``-th
+    read of it (the setter is joined, so the moment is exact); counts the reads."""
+
+    def __init__(self, at: int) -> None:
+        super().__init__()
+        self.at = at
+        self.reads = 0
+
+    def is_set(self) -> bool:
+        self.reads += 1
+        if self.reads == self.at:
+            setter = threading.Thread(target=self.set)
+            setter.start()
+            setter.join()
+        return super().is_set()
 
 
 def without_seconds(result: TrainingResult) -> dict[str, Any]:
@@ -112,12 +142,62 @@ def test_resuming_another_runs_checkpoint_is_refused(
         fit(tiny_spec(), 5, synthetic_cifar, resume_from=b"garbage")
 
 
-def test_callback_returning_false_cancels_after_that_epoch(synthetic_cifar: CifarArrays) -> None:
+def test_callback_returning_cancel_cancels_after_that_epoch(synthetic_cifar: CifarArrays) -> None:
     recorder = Recorder(stop_after=0)
     result = fit(tiny_spec(), 5, synthetic_cifar, on_epoch_end=recorder)
-    assert result.status == "cancelled"
+    assert result.status is RunOutcome.CANCELLED
     assert [e.epoch for e in result.epochs] == [0]
     assert result.test is None
+
+
+def test_callback_returning_stop_stops_after_that_epoch_and_resumes_bit_for_bit(
+        synthetic_cifar: CifarArrays, uninterrupted: tuple[TrainingResult, Recorder]) -> None:
+    recorder = Recorder(stop_after=0, decision=EpochDecision.STOP)
+    stopped = fit(tiny_spec(), 5, synthetic_cifar, on_epoch_end=recorder)
+    assert stopped.status is RunOutcome.STOPPED and stopped.to_json_dict()["status"] == "stopped"
+    assert [e.epoch for e in stopped.epochs] == [0] and stopped.test is None
+    resumed = fit(tiny_spec(), 5, synthetic_cifar, resume_from=recorder.blobs[-1])
+    assert without_seconds(resumed) == without_seconds(uninterrupted[0])
+
+
+@pytest.mark.parametrize("answer", [True, False, None])
+def test_a_callback_answering_anything_but_an_epoch_decision_is_refused(
+        synthetic_cifar: CifarArrays, answer: object) -> None:
+    spec = tiny_spec(hyperparameters={"epochs": 2, "batch_size": 40},
+                     data={"train_limit": 40, "val_limit": 20, "test_limit": 20})
+    with pytest.raises(TypeError, match="EpochDecision"):
+        fit(spec, 5, synthetic_cifar, on_epoch_end=lambda *_: answer)  # type: ignore[arg-type,return-value]
+
+
+def test_abandon_set_by_another_thread_mid_epoch_stops_at_the_next_step(
+        synthetic_cifar: CifarArrays, uninterrupted: tuple[TrainingResult, Recorder]) -> None:
+    """200 images in batches of 40: 5 steps per epoch. Set before the loop's 8th read, i.e.
+    before step 2 of epoch 1: epoch 1 is discarded, the run ends STOPPED at epoch 0, and
+    epoch 0's checkpoint resumes to the uninterrupted run's numbers bit for bit."""
+    abandon = AbandonedByAnotherThread(at=8)
+    recorder = Recorder()
+    stopped = fit(tiny_spec(), 5, synthetic_cifar, on_epoch_end=recorder, abandon=abandon)
+    assert abandon.reads == 8  # read before every step, and training stopped at once
+    assert stopped.status is RunOutcome.STOPPED and stopped.test is None
+    assert [e.epoch for e in stopped.epochs] == [0] == [m.epoch for m, _ in recorder.calls]
+    assert [g.epoch for g in stopped.gradflow] == [0]
+    assert without_seconds(stopped)["epochs"][0] == without_seconds(uninterrupted[0])["epochs"][0]
+    with pytest.raises(RuntimeError, match="after training went on"):
+        recorder.thunk()  # the model is no longer epoch 0's: no checkpoint of it now
+    later = Recorder()
+    resumed = fit(tiny_spec(), 5, synthetic_cifar, on_epoch_end=later,
+                  resume_from=recorder.blobs[-1])
+    assert without_seconds(resumed) == without_seconds(uninterrupted[0])
+    final = load_checkpoint(uninterrupted[1].blobs[-1])["model"]
+    assert all(torch.equal(t, load_checkpoint(later.blobs[-1])["model"][k])
+               for k, t in final.items())
+
+
+def test_abandon_already_set_trains_nothing(synthetic_cifar: CifarArrays) -> None:
+    abandon = threading.Event()
+    abandon.set()
+    result = fit(tiny_spec(), 5, synthetic_cifar, abandon=abandon)
+    assert result.status is RunOutcome.STOPPED and result.epochs == [] and result.test is None
 
 
 class _NaNAfter(VGG):
@@ -143,7 +223,7 @@ def test_nan_loss_stops_the_run_as_diverged_with_epoch_and_step(
         model.nan_at = nan_at
         return model
 
-    monkeypatch.setattr(training_loop, "build_model", build)
+    monkeypatch.setattr(trainer_module, "build_model", build)
     # 200 images in batches of 10: 20 steps per epoch, so training call 32 is epoch 1, step 12.
     spec = tiny_spec(batch_norm=False, hyperparameters={"epochs": 3, "batch_size": 10},
                      data={"train_limit": 200, "val_limit": 20, "test_limit": 20})
