@@ -97,20 +97,23 @@ class Member:
     identity: dict[str, object]
     outcome: RunOutcome | None = None  # None while it trains
     divergence: Divergence | None = None
-    in_epoch: bool = False  # between an epoch's first step and its end (model not at a boundary)
+    # the model is the last finished epoch's (False from an epoch's start to its end, and once
+    # the best weights are loaded for the test set)
+    at_boundary: bool = True
     # this epoch's per-step losses and accuracies, on the device (read once per epoch)
     step_losses: torch.Tensor = field(default_factory=lambda: torch.zeros(0))
     step_accs: torch.Tensor = field(default_factory=lambda: torch.zeros(0))
 
     def checkpoint_thunk(self) -> CheckpointThunk:
         """The state at the end of the epoch just finished, serialised on demand; refused once
-        training has gone on (the model would no longer be that epoch's)."""
+        the model has moved on (it would no longer be that epoch's: a checkpoint labelled with
+        one epoch holding another's weights would resume to wrong numbers)."""
         epoch = self.state.last_epoch
 
         def checkpoint() -> bytes:
-            if self.in_epoch or self.state.last_epoch != epoch:
-                raise RuntimeError(f"the checkpoint of epoch {epoch} was asked for after "
-                                   "training went on: call it inside the epoch callback")
+            if not self.at_boundary or self.state.last_epoch != epoch:
+                raise RuntimeError(f"the checkpoint of epoch {epoch} was asked for after the "
+                                   "model moved on: call it inside the epoch callback")
             return save_checkpoint(model=self.trainer.model, optimizer=self.trainer.optimizer,
                                    state=self.state, rng=capture_rng_state(self.generator),
                                    identity=self.identity)
@@ -221,6 +224,7 @@ def _result(member: Member, dev: torch.device) -> TrainingResult:
                             divergence=member.divergence,
                             environment={**describe_environment(dev)})
     if status is RunOutcome.SUCCEEDED and member.state.best_weights is not None:
+        member.at_boundary = False
         result.test = evaluate_best_weights(member.trainer, member.batches.test, member.state)
     return result
 
@@ -248,7 +252,7 @@ def _end_epoch(pack: Pack, member: Member, epoch: int, means: tuple[float, float
                seconds: float, progress: EpochProgress) -> None:
     """Validation, gradient flow, state and the run's callback, for one member."""
     trainer = member.trainer
-    member.in_epoch = False
+    member.at_boundary = True
     val_loss, val_acc = evaluate(trainer, member.batches.val)
     gradflow = trainer.recorder.finish_epoch(epoch)
     metrics = EpochMetrics(epoch=epoch, train_loss=means[0], train_acc=means[1],
@@ -283,7 +287,7 @@ def _start_epoch(pack: Pack, epoch: int, steps: int) -> None:
         member.trainer.recorder.start_epoch()
         member.step_losses = torch.zeros(steps, device=pack.device)
         member.step_accs = torch.zeros(steps, device=pack.device)
-        member.in_epoch = True
+        member.at_boundary = False
 
 
 def train_pack_epoch(pack: Pack, epoch: int, on_step: Callable[[], None] = lambda: None,

@@ -5,8 +5,8 @@ Per pack size N and model (batch 100 per run, channels_last, the training autoca
 - ``images_per_s``: the fused step's aggregate rate, N x 100 images over one fused step
   (grouped forward and backward, each run's gradient-flow capture and Adam step: what
   ``gradlab.core.pack`` runs per step);
-- ``single_images_per_s``: one run's step alone (``training_loop``'s step), timed in the same
-  round;
+- ``single_images_per_s``: a bare step of one run alone (forward, loss, backward, capture,
+  Adam), timed in the same round;
 - ``ratio_to_separate``: N separate steps' time over the fused step's time (the median over
   rounds of per-round ratios, so that drifting load from other processes largely cancels).
   Above 1, a pack trains N runs faster than one after another on this device.

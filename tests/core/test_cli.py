@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import json
+import signal
 from pathlib import Path
+from typing import Any
 
 import pytest
 import typer
 from typer.testing import CliRunner
 
 from gradlab.cli import core_commands
+from gradlab.core import pack as pack_module
+from gradlab.core.checkpoints import load_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -79,6 +83,41 @@ def test_train_writes_result_json_and_figure_then_resumes(
 
     other_seed = runner.invoke(app, [*args[:-2], "--seed", "4", "--out", str(out), "--resume"])
     assert other_seed.exit_code == 2 and "different run" in other_seed.output
+
+
+def test_ctrl_c_stops_training_at_the_next_step_keeps_the_last_epoch_and_resumes(
+        app: typer.Typer, real_data_dir: Path, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ctrl-C (a real SIGINT, raised here during epoch 1's first step) sets the loop's abandon
+    flag: that step finishes, no other begins, epoch 1 is discarded, the checkpoint file holds
+    epoch 0 and the command exits 130 without a traceback; --resume finishes the run."""
+    original = pack_module.Pack.step
+    steps: list[int] = []
+
+    def step_then_ctrl_c(pack: pack_module.Pack, batches: list[Any]) -> Any:
+        steps.append(len(steps))
+        if len(steps) == 3:  # 100 images in batches of 50: the 3rd step is epoch 1's first
+            signal.raise_signal(signal.SIGINT)
+        return original(pack, batches)
+
+    monkeypatch.setattr(pack_module.Pack, "step", step_then_ctrl_c)
+    out = tmp_path / "run"
+    args = ["train", "--depth", "8", "--epochs", "3", "--batch-size", "50", "--train-limit",
+            "100", "--val-limit", "50", "--test-limit", "50", "--data-dir", str(real_data_dir),
+            "--device", "cpu", "--out", str(out)]
+    stopped = runner.invoke(app, args)
+    assert stopped.exit_code == 130, stopped.output
+    assert "interrupted" in stopped.output and "Traceback" not in stopped.output
+    assert len(steps) == 3 and not (out / "result.json").exists()
+    assert load_checkpoint((out / "checkpoint.pt").read_bytes())["epoch"] == 0
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # given back
+
+    monkeypatch.setattr(pack_module.Pack, "step", original)
+    resumed = runner.invoke(app, [*args, "--resume"])
+    assert resumed.exit_code == 0, resumed.output
+    document = json.loads((out / "result.json").read_text())
+    assert document["status"] == "succeeded"
+    assert [e["epoch"] for e in document["epochs"]] == [0, 1, 2]
 
 
 def test_bad_spec_file_is_reported(app: typer.Typer, tmp_path: Path) -> None:

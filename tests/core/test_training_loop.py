@@ -102,6 +102,8 @@ def test_a_run_produces_every_epoch_gradflow_and_a_test_result(
     assert result.test.best_epoch == best.epoch  # first epoch with the best validation accuracy
     assert result.epochs[1].lr < result.epochs[0].lr  # cosine schedule
     assert [load_checkpoint(b)["epoch"] for b in recorder.blobs] == [0, 1, 2]
+    with pytest.raises(RuntimeError, match="moved on"):
+        recorder.thunk()  # the model now holds the best weights (test set), not epoch 2's
 
 
 @pytest.mark.parametrize("resume_epoch", [0, 1])
@@ -182,7 +184,7 @@ def test_abandon_set_by_another_thread_mid_epoch_stops_at_the_next_step(
     assert [e.epoch for e in stopped.epochs] == [0] == [m.epoch for m, _ in recorder.calls]
     assert [g.epoch for g in stopped.gradflow] == [0]
     assert without_seconds(stopped)["epochs"][0] == without_seconds(uninterrupted[0])["epochs"][0]
-    with pytest.raises(RuntimeError, match="after training went on"):
+    with pytest.raises(RuntimeError, match="after the model moved on"):
         recorder.thunk()  # the model is no longer epoch 0's: no checkpoint of it now
     later = Recorder()
     resumed = fit(tiny_spec(), 5, synthetic_cifar, on_epoch_end=later,
