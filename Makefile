@@ -41,7 +41,7 @@ test: setup services
 	$(BIN)/python -m pytest -m "not docker"
 
 # mypy --strict (settings in pyproject.toml) over the parts, as installed packages.
-TYPECHECKED := api client dispatch migrations observability science services settings store
+TYPECHECKED := api client dispatch migrations observability science services settings store worker
 typecheck: setup
 	$(BIN)/mypy $(addprefix -p gradlab.,$(TYPECHECKED))
 

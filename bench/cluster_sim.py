@@ -79,7 +79,8 @@ LIST_EVERY = 10  # one list read per this many reads of a reader
 
 class SimulationOver(BaseException):
     """Raised in a simulated run at the deadline: leaves ``execute_run`` at once, writing
-    nothing more (a BaseException, so the worker does not record it as a failure)."""
+    nothing more (a BaseException, so the worker neither records it as a failure nor hands
+    the run back)."""
 
 
 @dataclass
@@ -154,9 +155,15 @@ class Slot:
     store: CountingStore
     writes: list[tuple[float, float, bool]] = field(default_factory=list)
 
-    def fit(self, spec: Any, seed: int, _data: Any, *, device: str, on_epoch_end: Any,
-            resume_from: bytes | None = None, **_: Any) -> TrainingResult:
-        """``gradlab.core.training_loop.fit``'s signature and epoch callback, no training."""
+    def fit(self, runs: list[Any], _data: Any, *, device: str,
+            **_: Any) -> list[TrainingResult]:
+        """``gradlab.core.pack.fit_pack``'s signature and epoch callbacks for a pack of one
+        (the simulated device trains one run at a time), no training."""
+        (run,) = runs
+        return [self._fit_one(run.spec, run.seed, run.on_epoch_end, run.resume_from, device)]
+
+    def _fit_one(self, spec: Any, seed: int, on_epoch_end: Any, resume_from: bytes | None,
+                 device: str) -> TrainingResult:
         from gradlab.science.layers import layer_names
 
         layers = tuple(layer_names(spec))
@@ -228,7 +235,7 @@ def worker_process(index: int, slots: int, settings_json: dict[str, Any], epoch_
             try:
                 execute_run(run_id, factory, lambda _: None, "cpu", settings=settings,
                             worker=name, checkpoints=store, cadence=slot.cadence(settings),
-                            fit_function=slot.fit)
+                            training_loop=slot.fit)
             except SimulationOver:
                 return
             except Exception as exc:  # counted and reported; the slot goes on

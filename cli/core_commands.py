@@ -7,13 +7,9 @@ printed as one ``error:`` line with exit code 2, never a traceback.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
-import signal
-import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -181,6 +177,8 @@ def _train(spec: Any, seed: int, data_dir: Path | None, device: str, out: Path, 
     from gradlab.core.data_download import DownloadError
     from gradlab.core.training_loop import fit
     from gradlab.science.records import EpochDecision, RunOutcome
+    from gradlab.settings import get_settings
+    from gradlab.worker.stopping import stop_on_signals
 
     console = Console()
     checkpoint_path = out / "checkpoint.pt"
@@ -196,25 +194,30 @@ def _train(spec: Any, seed: int, data_dir: Path | None, device: str, out: Path, 
         raise UserError(str(exc)) from None
     out.mkdir(parents=True, exist_ok=True)
 
-    def save_epoch(_metrics: Any, _gradflow: Any, checkpoint: Any) -> EpochDecision:
-        _write_atomic(checkpoint_path, checkpoint())
-        return EpochDecision.CONTINUE
-
     console.print(f"training [bold]{spec.name}[/bold]: depth {spec.depth}, BN "
                   f"{'on' if spec.batch_norm else 'off'}, residual "
                   f"{'on' if spec.residual else 'off'}, seed {seed}, {spec.hyperparameters.epochs}"
                   f" epochs on {data.source}")
-    abandon = threading.Event()
-    try:
-        with _abandon_on_ctrl_c(abandon):
+    # The worker's cooperative stop: the first Ctrl-C stops at the end of the epoch in
+    # progress (its checkpoint written), the second at once (that epoch discarded).
+    with stop_on_signals(get_settings().shutdown_grace_seconds, sigint=True,
+                         announce=lambda text: console.print(f"[yellow]{text}[/yellow]")
+                         ) as stop:
+
+        def save_epoch(metrics: Any, gradflow: Any, checkpoint: Any) -> EpochDecision:
+            del metrics, gradflow  # result.json is written from the result at the end
+            _write_atomic(checkpoint_path, checkpoint())
+            return EpochDecision.STOP if stop.requested else EpochDecision.CONTINUE
+
+        try:
             result = fit(spec, seed, data, device=device, on_epoch_end=save_epoch,
                          resume_from=blob, show_progress=True, compile_model=compile_model,
-                         abandon=abandon)
-    except (CheckpointError, ValueError) as exc:
-        raise UserError(str(exc)) from None
+                         abandon=stop.abandon)
+        except (CheckpointError, ValueError) as exc:
+            raise UserError(str(exc)) from None
     if result.status is RunOutcome.STOPPED:
         note = "go on with --resume" if checkpoint_path.is_file() else "no epoch finished"
-        console.print(f"[yellow]interrupted[/yellow]; the last finished epoch is in "
+        console.print(f"[yellow]stopped[/yellow]; the last finished epoch is in "
                       f"{checkpoint_path} ({note})")
         raise typer.Exit(130)
     document = {"spec": spec.model_dump(mode="json"), "seed": seed, **result.to_json_dict()}
@@ -223,26 +226,6 @@ def _train(spec: Any, seed: int, data_dir: Path | None, device: str, out: Path, 
     _print_summary(console, result, out)
     if result.status is RunOutcome.DIVERGED:
         raise typer.Exit(1)
-
-
-@contextlib.contextmanager
-def _abandon_on_ctrl_c(abandon: threading.Event) -> Iterator[None]:
-    """Ctrl-C sets ``abandon``: training stops at its next step and returns (the epoch in
-    progress is discarded; the checkpoint file holds the last finished one). The handler is
-    Python's default again after that, so a second Ctrl-C interrupts at once."""
-    if threading.current_thread() is not threading.main_thread():
-        yield  # signal handlers can only be set from the main thread
-        return
-
-    def on_ctrl_c(_signum: int, _frame: object) -> None:
-        abandon.set()
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-
-    previous = signal.signal(signal.SIGINT, on_ctrl_c)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
 
 
 def _finite(value: Any) -> Any:

@@ -13,11 +13,12 @@ takes the write lock first and waits on ``busy_timeout`` instead of failing on a
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy import and_, delete, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -144,6 +145,7 @@ def claim_companions(
     lease_seconds: int,
     max_attempts: int,
     scan: int = 200,
+    among: Collection[str] | None = None,
     now: datetime | None = None,
 ) -> list[ClaimedRun]:
     """Claim up to ``limit`` queued runs that can train in one fused pack with ``primary``.
@@ -152,20 +154,24 @@ def claim_companions(
     ``epochs_done``, so the pack starts every member at the same epoch); each is claimed with
     ``claim_run``'s own conditional UPDATE, so each is fenced on its own lease exactly as if
     claimed alone, and one that another worker took first is simply skipped. The oldest
-    ``scan`` queued runs are considered, oldest first (the queue's order).
+    ``scan`` queued runs are considered, oldest first (the queue's order); only those of
+    ``among`` when given (``gradlab study run --cell`` trains only the cells it names).
     """
     if limit <= 0:
         return []
     key = _fusion_key_of(primary.spec)
     if key is None:
         return []
-    candidates = session.execute(
+    query = (
         select(Run.id, Experiment.spec)
         .join(Experiment, Experiment.id == Run.experiment_id)
         .where(Run.status == "queued", Run.epochs_done == primary.epochs_done,
                Run.id != primary.run_id, Experiment.cancel_requested_at.is_(None))
-        .order_by(Run.queued_at, Run.experiment_id, Run.seed)
-        .limit(scan)
+    )
+    if among is not None:
+        query = query.where(Run.id.in_(list(among)))
+    candidates = session.execute(
+        query.order_by(Run.queued_at, Run.experiment_id, Run.seed).limit(scan)
     ).all()
     claimed: list[ClaimedRun] = []
     for run_id, spec in candidates:
@@ -454,6 +460,25 @@ def latest_checkpoint(session: Session, run_id: str) -> CheckpointRef | None:
     return None if row is None else CheckpointRef(*row)
 
 
+def last_epoch_seconds(session: Session, run_id: str) -> float | None:
+    """How long the run's latest recorded epoch took to train (None before its first)."""
+    seconds = session.scalar(
+        select(EpochMetricsRow.seconds).where(EpochMetricsRow.run_id == run_id)
+        .order_by(EpochMetricsRow.epoch.desc()).limit(1)
+    )
+    return None if seconds is None else float(seconds)
+
+
+def forget_checkpoint(session: Session, run_id: str) -> CheckpointRef | None:
+    """Delete the run's checkpoint reference (its bytes are the caller's to delete, after
+    the commit); the reference it was, or None."""
+    ref = latest_checkpoint(session, run_id)
+    if ref is not None:
+        session.execute(delete(Checkpoint).where(Checkpoint.run_id == run_id))
+        session.flush()
+    return ref
+
+
 def cancel_requested(session: Session, run_id: str) -> bool:
     """Whether the run's experiment was asked to stop (checked once per epoch)."""
     requested = session.execute(
@@ -462,6 +487,12 @@ def cancel_requested(session: Session, run_id: str) -> bool:
         .where(Run.id == run_id)
     ).first()
     return requested is not None and requested.cancel_requested_at is not None
+
+
+def statuses(session: Session, run_ids: Collection[str]) -> dict[str, str]:
+    """Each of these runs' status (missing ones left out)."""
+    rows = session.execute(select(Run.id, Run.status).where(Run.id.in_(list(run_ids))))
+    return {run_id: status for run_id, status in rows}
 
 
 def running_runs_with_owners(session: Session) -> list[tuple[str, str | None]]:
@@ -492,11 +523,18 @@ def find_queued_runs(
     *,
     queued_before: datetime | None = None,
     limit: int = 100,
+    among: Collection[str] | None = None,
+    excluding: Collection[str] = (),
 ) -> list[str]:
-    """Queued runs, oldest first (optionally only those queued before a moment)."""
+    """Queued runs, oldest first (optionally only those queued before a moment, only those
+    ``among`` some runs, none of ``excluding``)."""
     query = select(Run.id).where(Run.status == "queued")
     if queued_before is not None:
         query = query.where(Run.queued_at < queued_before)
+    if among is not None:
+        query = query.where(Run.id.in_(list(among)))
+    if excluding:
+        query = query.where(Run.id.not_in(list(excluding)))
     # Seeds of one experiment share queued_at: take them in seed order.
     order = (Run.queued_at, Run.experiment_id, Run.seed)
     return list(session.scalars(query.order_by(*order).limit(limit)))

@@ -90,12 +90,13 @@ class RunCheckpoints:
         self._unsaved: _Snapshot | None = None
 
     def at_epoch_end(
-        self, epoch: int, make_checkpoint: Callable[[], bytes]
+        self, epoch: int, make_checkpoint: Callable[[], bytes], *, due: bool = False
     ) -> CheckpointRef | None:
-        """Snapshot the epoch; when a checkpoint is due, write its bytes and return the
-        reference to record in the epoch's transaction (then call ``committed``)."""
+        """Snapshot the epoch; when a checkpoint is due (by the cadence, or ``due``: the run
+        stops here), write its bytes and return the reference to record in the epoch's
+        transaction (then call ``committed``)."""
         self._unsaved = _Snapshot(epoch, make_checkpoint())
-        if not self._cadence.due(last_epoch=epoch >= self._last_epoch):
+        if not (due or self._cadence.due(last_epoch=epoch >= self._last_epoch)):
             return None
         return self._write_object(self._unsaved)
 

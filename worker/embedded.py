@@ -2,7 +2,8 @@
 
 A separate process (multiprocessing *spawn*: nothing of the API process, no CUDA state, no
 pooled connection, is inherited) that loops: requeue runs whose worker is gone, take the
-oldest queued run, train it with the same ``execute_run`` as the Celery task. Queued runs live
+oldest queued run, train it with the same ``execute_run`` as the Celery task (the loop of
+``queue_loop``, which ``gradlab study run`` drives too). Queued runs live
 in the database, so they survive a restart of ``gradlab serve``; a run interrupted by a
 shutdown is handed back and resumes from its checkpoint.
 """
@@ -19,13 +20,13 @@ from typing import Any
 from sqlalchemy.orm import Session, sessionmaker
 
 from gradlab.dispatch.dispatchers import EmbeddedDispatcher
-from gradlab.observability.logs import configure_logging, log_context
+from gradlab.observability.logs import configure_logging
 from gradlab.settings import Settings
 from gradlab.store import runs
 from gradlab.store.base import utcnow
 from gradlab.store.session import engine_from_settings, make_session_factory, session_scope
 from gradlab.worker.reaper import reap
-from gradlab.worker.shutdown import GracefulStop, stop_on_sigterm
+from gradlab.worker.stopping import StopControl, stop_on_signals
 
 log = logging.getLogger(__name__)
 
@@ -76,13 +77,16 @@ class LocalWorker:
         self._process = None
 
 
-def _owner_is_dead_local_process(owner: str | None) -> bool:
-    """True for a lease written by a process on this host that no longer exists."""
+def _owner_is_dead_local_process(owner: str | None, *, other_hosts: bool = False) -> bool:
+    """True for a lease written by a process on this host that no longer exists (with
+    ``other_hosts``, also for any lease written on another host)."""
     if not owner or "#" not in owner:
         return False
     name = owner.rsplit("#", 1)[0]
     host, _, pid = name.rpartition(":")
-    if host != socket.gethostname() or not pid.isdigit():
+    if host != socket.gethostname():
+        return other_hosts
+    if not pid.isdigit():
         return False
     return not _process_alive(int(pid))
 
@@ -102,14 +106,16 @@ def _process_alive(pid: int) -> bool:
     return stat.rpartition(")")[2].split()[0] != "Z"
 
 
-def requeue_orphans(session: Session) -> list[str]:
+def requeue_orphans(session: Session, *, other_hosts: bool = False) -> list[str]:
     """Runs left running by a dead process on this machine (a killed ``gradlab serve``) go
-    back to the queue now instead of after their lease expires."""
+    back to the queue now instead of after their lease expires. ``other_hosts``: those left
+    running on any other machine too, for a database no other machine uses (a study folder
+    copied here from a machine that was stopped outright)."""
     now = utcnow()
     orphans = [
         (run_id, owner)
         for run_id, owner in runs.running_runs_with_owners(session)
-        if owner is not None and _owner_is_dead_local_process(owner)
+        if owner is not None and _owner_is_dead_local_process(owner, other_hosts=other_hosts)
     ]
     requeued = [
         run_id
@@ -132,41 +138,46 @@ def run_local_worker(
         orphans = requeue_orphans(session)
     if orphans:
         log.info("resuming %d run(s) interrupted by an earlier shutdown", len(orphans))
-    # SIGTERM (from LocalWorker.stop, or the process group's) hands a run in training back at
-    # its next safe point within the grace period, then the loop ends.
+    # SIGTERM (from LocalWorker.stop) hands a run in training back at its next safe point
+    # within the grace period, then the loop ends; Ctrl-C (the terminal's, sent to the whole
+    # process group) asks the same at the end of the epoch, and `gradlab serve` follows it
+    # with SIGTERM.
     try:
-        with stop_on_sigterm(settings.shutdown_grace_seconds) as graceful:
+        with stop_on_signals(settings.shutdown_grace_seconds, sigint=True) as graceful:
             _serve_queue(factory, settings, stop, wake, poll_seconds, graceful)
-    except KeyboardInterrupt:
-        pass
     finally:
         engine.dispose()
 
 
 def _serve_queue(
     factory: sessionmaker[Session], settings: Settings, stop: Any, wake: Any,
-    poll_seconds: float, graceful: GracefulStop,
+    poll_seconds: float, graceful: StopControl,
 ) -> None:
-    """Train the oldest queued run, one at a time, until told to stop."""
+    """Train the oldest queued run, one claim at a time, until told to stop."""
     from gradlab.core.data import load_cifar, resolve_data_dir
-    from gradlab.worker.runner import execute_run
+    from gradlab.worker.queue_loop import train_queued
 
     def load_data(dataset: str) -> Any:
         return load_cifar(resolve_data_dir(settings.data_dir), dataset)
 
     parent = multiprocessing.parent_process()
-    # An orphaned worker (its `gradlab serve` was killed) finishes its run, then leaves.
-    while not (stop.is_set() or graceful.requested) and (parent is None or parent.is_alive()):
-        try:
-            reap(factory, EmbeddedDispatcher(), settings, resend_queued=False)
-            with factory() as session:
-                queued = runs.find_queued_runs(session, limit=1)
-            if queued:
-                with log_context(run_id=queued[0]):
-                    execute_run(queued[0], factory, load_data, settings.device,
-                                settings=settings, stop=graceful)
-                continue
-        except Exception:  # e.g. the database is briefly unreachable: keep serving
-            log.exception("local worker loop failed; retrying")
+
+    def serving() -> bool:
+        # An orphaned worker (its `gradlab serve` was killed) finishes its run, then leaves.
+        return not (stop.is_set() or graceful.requested) and (
+            parent is None or parent.is_alive())
+
+    def idle() -> bool:
         wake.wait(poll_seconds)
         wake.clear()
+        return serving()
+
+    def reap_lost() -> None:
+        reap(factory, EmbeddedDispatcher(), settings, resend_queued=False)
+
+    while serving():
+        try:
+            train_queued(factory, settings, load_data, graceful, idle=idle, between=reap_lost)
+        except Exception:  # e.g. the database is briefly unreachable: keep serving
+            log.exception("local worker loop failed; retrying")
+            idle()

@@ -46,7 +46,7 @@ def missing_messages(session: Session, dispatcher: RunDispatcher, sending: int) 
     cannot count its queue (then every run queued for longer than a lease is resent;
     duplicates are refused anyway)."""
     backlog = getattr(dispatcher, "backlog", None)
-    waiting = backlog() if callable(backlog) else None
+    waiting: int | None = backlog() if callable(backlog) else None
     if waiting is None:
         return None
     return max(0, runs.count_queued(session) - waiting - sending)

@@ -11,9 +11,10 @@ from gradlab.dispatch.queues import REAP_TASK, TRAIN_TASK
 from gradlab.observability.logs import log_context
 from gradlab.settings import get_settings
 from gradlab.worker import process_state
+from gradlab.worker.outcomes import AttemptOutcome
 from gradlab.worker.reaper import reap
-from gradlab.worker.runner import HANDED_BACK, execute_run
-from gradlab.worker.shutdown import stop_on_sigterm
+from gradlab.worker.runner import execute_run
+from gradlab.worker.stopping import stop_on_signals
 
 log = logging.getLogger(__name__)
 
@@ -28,20 +29,18 @@ def train_run_task(task: Task, run_id: str) -> None:
     they arrive, find them finished or leased and do nothing.
     """
     settings = get_settings()
-    outcomes: dict[str, str | None] = {}
     # every line of this run names it (and, once claimed, its experiment and attempt)
-    with log_context(run_id=run_id), stop_on_sigterm(settings.shutdown_grace_seconds) as stop:
-        execute_run(
+    with log_context(run_id=run_id), stop_on_signals(settings.shutdown_grace_seconds) as stop:
+        outcomes = execute_run(
             run_id,
             process_state.session_factory(),
             process_state.load_data,
             process_state.device(),
             settings=settings,
             stop=stop,
-            outcomes=outcomes,
         )
     # the run and the companions it trained with in a pack
-    handed_back = [rid for rid, status in outcomes.items() if status == HANDED_BACK]
+    handed_back = [rid for rid, ended in outcomes.items() if ended is AttemptOutcome.HANDED_BACK]
     if handed_back:
         try:
             CeleryDispatcher(task.app).dispatch(handed_back)

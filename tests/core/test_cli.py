@@ -85,19 +85,23 @@ def test_train_writes_result_json_and_figure_then_resumes(
     assert other_seed.exit_code == 2 and "different run" in other_seed.output
 
 
-def test_ctrl_c_stops_training_at_the_next_step_keeps_the_last_epoch_and_resumes(
-        app: typer.Typer, real_data_dir: Path, tmp_path: Path,
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    """Ctrl-C (a real SIGINT, raised here during epoch 1's first step) sets the loop's abandon
-    flag: that step finishes, no other begins, epoch 1 is discarded, the checkpoint file holds
-    epoch 0 and the command exits 130 without a traceback; --resume finishes the run."""
+@pytest.mark.parametrize(("presses", "steps_run", "kept"), [(1, 4, 1), (2, 3, 0)],
+                         ids=["once-at-the-epoch-end", "twice-at-once"])
+def test_ctrl_c_stops_training_keeps_the_last_finished_epoch_and_resumes(
+        presses: int, steps_run: int, kept: int, app: typer.Typer, real_data_dir: Path,
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ctrl-C (a real SIGINT, raised here during epoch 1's first step) once: epoch 1 finishes,
+    its checkpoint is written and training stops there; twice: the loop's abandon flag, so
+    that step finishes, no other begins and epoch 1 is discarded. Either way the command exits
+    130 without a traceback, and --resume finishes the run."""
     original = pack_module.Pack.step
     steps: list[int] = []
 
     def step_then_ctrl_c(pack: pack_module.Pack, batches: list[Any]) -> Any:
         steps.append(len(steps))
         if len(steps) == 3:  # 100 images in batches of 50: the 3rd step is epoch 1's first
-            signal.raise_signal(signal.SIGINT)
+            for _ in range(presses):
+                signal.raise_signal(signal.SIGINT)
         return original(pack, batches)
 
     monkeypatch.setattr(pack_module.Pack, "step", step_then_ctrl_c)
@@ -107,9 +111,9 @@ def test_ctrl_c_stops_training_at_the_next_step_keeps_the_last_epoch_and_resumes
             "--device", "cpu", "--out", str(out)]
     stopped = runner.invoke(app, args)
     assert stopped.exit_code == 130, stopped.output
-    assert "interrupted" in stopped.output and "Traceback" not in stopped.output
-    assert len(steps) == 3 and not (out / "result.json").exists()
-    assert load_checkpoint((out / "checkpoint.pt").read_bytes())["epoch"] == 0
+    assert "stopped" in stopped.output and "Traceback" not in stopped.output
+    assert len(steps) == steps_run and not (out / "result.json").exists()
+    assert load_checkpoint((out / "checkpoint.pt").read_bytes())["epoch"] == kept
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # given back
 
     monkeypatch.setattr(pack_module.Pack, "step", original)

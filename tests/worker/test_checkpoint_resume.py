@@ -27,6 +27,7 @@ from gradlab.store.checkpoint_store import CheckpointStore, open_checkpoint_stor
 from gradlab.store.experiments import create_experiment
 from gradlab.store.models import EpochMetricsRow, GradFlowEpochRow, Run
 from gradlab.store.session import session_scope
+from gradlab.worker.outcomes import AttemptOutcome
 from gradlab.worker.runner import execute_run
 from tests.support.processes import REPO
 from tests.support.s3_server import FAKE_AWS_ENV
@@ -81,9 +82,9 @@ def uninterrupted(postgres_session_factory: sessionmaker[Session],
     """The rows of the same run trained without interruption."""
     settings = Settings(device="cpu", data_dir=data_dir)
     run_id = _new_run(postgres_session_factory)
-    status = execute_run(run_id, postgres_session_factory, _data(settings), "cpu",
-                         settings=settings)
-    assert status == "succeeded"
+    ended = execute_run(run_id, postgres_session_factory, _data(settings), "cpu",
+                        settings=settings)
+    assert ended == {run_id: AttemptOutcome.SUCCEEDED}
     return _rows(postgres_session_factory, run_id)
 
 
@@ -139,9 +140,9 @@ def test_a_run_killed_mid_write_resumes_from_its_last_checkpoint_and_replays_ide
     with session_scope(factory) as session:
         assert runs.requeue_running(session, run_id,
                                     lease_expired_before=utcnow() + timedelta(days=1))
-    status = execute_run(run_id, factory, _data(settings), "cpu", settings=settings,
-                         checkpoints=store)
-    assert status == "succeeded"
+    ended = execute_run(run_id, factory, _data(settings), "cpu", settings=settings,
+                        checkpoints=store)
+    assert ended == {run_id: AttemptOutcome.SUCCEEDED}
 
     with factory() as session:
         run = session.get(Run, run_id)

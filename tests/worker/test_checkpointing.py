@@ -29,7 +29,9 @@ from gradlab.store.models import Run
 from gradlab.store.object_store_filesystem import FilesystemObjectStore
 from gradlab.store.session import session_scope
 from gradlab.worker.checkpointing import CheckpointCadence, RunCheckpoints, cadence_for
+from gradlab.worker.outcomes import AttemptOutcome
 from gradlab.worker.runner import execute_run
+from gradlab.worker.stopping import StopControl
 
 
 class Clock:
@@ -138,40 +140,78 @@ def test_unsaved_epochs_are_saved_on_demand_and_old_checkpoints_pruned(
     assert checkpoints.save_pending("end") is None  # nothing unsaved any more
 
 
-def _stopping_fit(stop: BaseException | None, epochs: int) -> Any:
-    """A stand-in for the training loop: ``epochs`` epochs, then ``stop`` raised (a SIGTERM
-    arrives as SystemExit, Ctrl-C as KeyboardInterrupt) or a cancelled result."""
+def _stand_in_loop(epochs: int, before_epoch: Any = None) -> Any:
+    """A stand-in for the training loop (``fit_pack``'s signature, one run): ``epochs``
+    epochs through the run's epoch writer, obeying its decisions and ``abandon`` as the real
+    loop does. ``before_epoch(epoch)`` runs as each epoch starts (a signal, a cancel)."""
 
-    def fit(*_args: Any, on_epoch_end: Any, **_: Any) -> TrainingResult:
+    def fit_pack(pack: list[Any], _data: Any, *, abandon: Any = None,
+                 **_: Any) -> list[TrainingResult]:
+        (run,) = pack
         values = {s: [1.0, 2.0] for s in GRADFLOW_STATS}
         for epoch in range(epochs):
-            decision = on_epoch_end(EpochMetrics(epoch, 1, 0, 1, 0, 1e-3, 1),
-                                      GradFlowEpoch(epoch, ("a", "b"), values, values),
-                                      lambda e=epoch: f"state {e}".encode())
+            if before_epoch is not None:
+                before_epoch(epoch)
+            if abandon is not None and abandon.is_set():  # mid-epoch: the epoch is discarded
+                return [TrainingResult(status=RunOutcome.STOPPED, layers=("a", "b"))]
+            decision = run.on_epoch_end(EpochMetrics(epoch, 1, 0, 1, 0, 1e-3, 1),
+                                        GradFlowEpoch(epoch, ("a", "b"), values, values),
+                                        lambda e=epoch: f"state {e}".encode())
             if decision is EpochDecision.CANCEL:
-                return TrainingResult(status=RunOutcome.CANCELLED, layers=("a", "b"))
-        assert stop is not None
-        raise stop
+                return [TrainingResult(status=RunOutcome.CANCELLED, layers=("a", "b"))]
+            if decision is EpochDecision.STOP:
+                return [TrainingResult(status=RunOutcome.STOPPED, layers=("a", "b"))]
+        return [TrainingResult(status=RunOutcome.SUCCEEDED, layers=("a", "b"))]
 
-    return fit
+    return fit_pack
 
 
-@pytest.mark.parametrize("stop", [SystemExit(0), KeyboardInterrupt()], ids=["sigterm", "ctrl-c"])
+def _stop_in_epoch_2(how: str, stop: StopControl) -> Any:
+    def before_epoch(epoch: int) -> None:
+        if epoch != 2:
+            return
+        if how == "exit":  # told to exit outright (a cold shutdown)
+            raise SystemExit(0)
+        stop.request("SIGTERM", within=None if how == "at-the-boundary" else 0.0)
+        if how == "mid-epoch":  # what the watcher does when the boundary comes too late
+            stop.abandon.set()
+
+    return before_epoch
+
+
+@pytest.mark.parametrize("how", ["at-the-boundary", "mid-epoch", "exit"])
 def test_a_stopped_run_saves_its_last_finished_epoch_and_goes_back_to_the_queue(
-    stop: BaseException, postgres_session_factory: sessionmaker[Session], tmp_path: Path
+    how: str, postgres_session_factory: sessionmaker[Session], tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     factory = postgres_session_factory
     with session_scope(factory) as session:
         run_id = create_experiment(session, ExperimentSpec(name="stop", seeds=[0])).runs[0].id
     store = CheckpointStore(FilesystemObjectStore(tmp_path))
-    with pytest.raises(type(stop)):
-        execute_run(run_id, factory, lambda _: None, "cpu", settings=Settings(),
-                    checkpoints=store, cadence=CheckpointCadence(3600),  # a GPU's: none due
-                    fit_function=_stopping_fit(stop, epochs=3))
+    stop = StopControl(grace_seconds=60)
+
+    def train() -> dict[str, AttemptOutcome]:
+        return execute_run(run_id, factory, lambda _: None, "cpu", settings=Settings(),
+                           checkpoints=store, cadence=CheckpointCadence(3600),  # none due
+                           training_loop=_stand_in_loop(5, _stop_in_epoch_2(how, stop)),
+                           stop=stop)
+
+    if how == "exit":
+        with pytest.raises(SystemExit):
+            train()
+    else:
+        assert train() == {run_id: AttemptOutcome.HANDED_BACK}
     with factory() as session:
-        assert session.get(Run, run_id).status == "queued"
+        run = session.get(Run, run_id)
+        assert (run.status, run.attempt) == ("queued", 0)  # this attempt not counted
         saved = runs.latest_checkpoint(session, run_id)
-    assert saved is not None and saved.epoch == 2 and store.load(saved) == b"state 2"
+    # At the boundary the epoch just written (2) is kept; mid-epoch, the last finished (1).
+    kept = 2 if how == "at-the-boundary" else 1
+    assert saved is not None and saved.epoch == kept
+    assert store.load(saved) == f"state {kept}".encode()
+    where = {"at-the-boundary": "at the end of an epoch", "mid-epoch": "mid-epoch",
+             "exit": "on exit"}[how]
+    assert f"handed back {where}" in caplog.text
 
 
 def test_a_cancelled_run_keeps_the_checkpoint_of_its_last_epoch(
@@ -182,23 +222,16 @@ def test_a_cancelled_run_keeps_the_checkpoint_of_its_last_epoch(
         experiment = create_experiment(session, ExperimentSpec(name="cancel", seeds=[0]))
         run_id, experiment_id = experiment.runs[0].id, experiment.id
     store = CheckpointStore(FilesystemObjectStore(tmp_path))
-    fit = _stopping_fit(None, epochs=5)
 
-    def cancel_during_epoch_1(*args: Any, **kwargs: Any) -> TrainingResult:
-        on_epoch_end = kwargs["on_epoch_end"]
+    def cancel_during_epoch_1(epoch: int) -> None:
+        if epoch == 1:
+            with session_scope(factory) as session:
+                request_cancel(session, experiment_id)
 
-        def callback(metrics: EpochMetrics, *rest: Any) -> EpochDecision:
-            if metrics.epoch == 1:
-                with session_scope(factory) as session:
-                    request_cancel(session, experiment_id)
-            return on_epoch_end(metrics, *rest)
-
-        return fit(*args, **{**kwargs, "on_epoch_end": callback})
-
-    status = execute_run(run_id, factory, lambda _: None, "cpu", settings=Settings(),
-                         checkpoints=store, cadence=CheckpointCadence(3600),
-                         fit_function=cancel_during_epoch_1)
-    assert status == "cancelled"
+    ended = execute_run(run_id, factory, lambda _: None, "cpu", settings=Settings(),
+                        checkpoints=store, cadence=CheckpointCadence(3600),
+                        training_loop=_stand_in_loop(5, cancel_during_epoch_1))
+    assert ended == {run_id: AttemptOutcome.CANCELLED}
     with factory() as session:
         saved = runs.latest_checkpoint(session, run_id)
     assert saved is not None and saved.epoch == 1

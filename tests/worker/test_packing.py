@@ -20,6 +20,7 @@ from gradlab.store import migrate, runs
 from gradlab.store.experiments import create_experiment
 from gradlab.store.models import EpochMetricsRow, Run
 from gradlab.store.session import make_engine, make_session_factory, session_scope
+from gradlab.worker.outcomes import AttemptOutcome
 from gradlab.worker.runner import execute_run
 from tests.support.databases import create_postgres_database, drop_postgres_database
 
@@ -88,13 +89,11 @@ def test_a_claim_packs_runs_of_the_same_shape_at_the_same_epoch(
     with session_scope(factory) as session:
         session.execute(update(Run).where(Run.id == later[0]).values(epochs_done=1))
 
-    outcomes: dict[str, str | None] = {}
-    status = execute_run(seeds[0], factory, _data(data_dir), "cpu",
-                         settings=_settings(data_dir, 4), outcomes=outcomes)
+    outcomes = execute_run(seeds[0], factory, _data(data_dir), "cpu",
+                           settings=_settings(data_dir, 4))
 
     packed = seeds + tuned
-    assert status == "succeeded"
-    assert outcomes == dict.fromkeys(packed, "succeeded")
+    assert outcomes == dict.fromkeys(packed, AttemptOutcome.SUCCEEDED)
     trained = _runs(factory, packed)
     assert len({r.pack for r in trained}) == 1 and trained[0].pack is not None
     # each on its own lease: its own owner token and attempt, released at the end
@@ -108,10 +107,9 @@ def test_a_claim_packs_runs_of_the_same_shape_at_the_same_epoch(
 
 def test_pack_size_one_trains_alone(factory: sessionmaker[Session], data_dir: Path) -> None:
     ids = _submit(factory, _spec("alone", [0, 1]))
-    outcomes: dict[str, str | None] = {}
-    status = execute_run(ids[0], factory, _data(data_dir), "cpu",
-                         settings=_settings(data_dir, 1), outcomes=outcomes)
-    assert status == "succeeded" and outcomes == {ids[0]: "succeeded"}
+    outcomes = execute_run(ids[0], factory, _data(data_dir), "cpu",
+                           settings=_settings(data_dir, 1))
+    assert outcomes == {ids[0]: AttemptOutcome.SUCCEEDED}
     first, second = _runs(factory, ids)
     assert (first.status, first.pack) == ("succeeded", None)
     assert (second.status, second.pack) == ("queued", None)
@@ -150,10 +148,10 @@ def test_a_run_whose_lease_is_lost_leaves_the_pack_and_the_others_finish(
                                 .values(worker="thief#9", attempt=9))
         return load(dataset)
 
-    outcomes: dict[str, str | None] = {}
-    execute_run(ids[0], factory, data_then_steal, "cpu", settings=_settings(data_dir, 4),
-                outcomes=outcomes)
-    assert outcomes == {ids[0]: "succeeded", ids[1]: None, ids[2]: "succeeded"}
+    outcomes = execute_run(ids[0], factory, data_then_steal, "cpu",
+                           settings=_settings(data_dir, 4))
+    assert outcomes == {ids[0]: AttemptOutcome.SUCCEEDED, ids[1]: AttemptOutcome.LOST,
+                        ids[2]: AttemptOutcome.SUCCEEDED}
     first, stolen, third = _runs(factory, ids)
     assert first.status == third.status == "succeeded"
     assert (stolen.status, stolen.worker) == ("running", "thief#9")  # left to its new owner

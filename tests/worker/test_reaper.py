@@ -24,6 +24,7 @@ from gradlab.store.experiments import create_experiment, request_cancel
 from gradlab.store.models import Experiment, Run
 from gradlab.store.session import make_engine, make_session_factory, session_scope
 from gradlab.worker.embedded import requeue_orphans
+from gradlab.worker.outcomes import AttemptOutcome
 from gradlab.worker.reaper import reap
 from gradlab.worker.runner import execute_run
 from tests.support.databases import create_postgres_database, drop_postgres_database
@@ -144,6 +145,11 @@ def test_orphans_of_a_dead_local_process_are_requeued_at_once(
         requeued = requeue_orphans(session)
     assert ids["dead"] in requeued
     assert ids["alive"] not in requeued and ids["elsewhere"] not in requeued
+    # A study folder copied here from a machine stopped outright: its leases are of that
+    # machine, and no process there will come back for them.
+    with session_scope(factory) as session:
+        requeued = requeue_orphans(session, other_hosts=True)
+    assert requeued == [ids["elsewhere"]]
 
 
 def test_an_infrastructure_failure_is_retried_up_to_the_attempt_limit(
@@ -158,20 +164,24 @@ def test_an_infrastructure_failure_is_retried_up_to_the_attempt_limit(
         raise DataNotFoundError(f"data folder /nowhere does not exist ({dataset})")
 
     for attempt in (1, 2):
-        assert execute_run(run_id, factory, no_data, "cpu", settings=settings) == "queued"
+        ended = execute_run(run_id, factory, no_data, "cpu", settings=settings)
+        assert ended == {run_id: AttemptOutcome.HANDED_BACK}
         with factory() as session:
             run = session.get(Run, run_id)
             assert (run.status, run.attempt) == ("queued", attempt)
             assert f"attempt {attempt} failed" in run.error and "DataNotFoundError" in run.error
-    assert execute_run(run_id, factory, no_data, "cpu", settings=settings) == "failed"
+    ended = execute_run(run_id, factory, no_data, "cpu", settings=settings)
+    assert ended == {run_id: AttemptOutcome.FAILED}
     with factory() as session:
         run = session.get(Run, run_id)
         assert (run.status, run.attempt) == ("failed", 3)
         assert run.error.startswith("gave up after 3 attempts")
         assert "DataNotFoundError: data folder /nowhere does not exist" in run.error
     # Finished: a redelivered message for it is refused without touching it.
-    assert execute_run(run_id, factory, no_data, "cpu", settings=settings) is None
-    assert execute_run("no-such-run", factory, no_data, "cpu", settings=settings) is None
+    ended = execute_run(run_id, factory, no_data, "cpu", settings=settings)
+    assert ended == {run_id: AttemptOutcome.LOST}
+    missing = execute_run("no-such-run", factory, no_data, "cpu", settings=settings)
+    assert missing == {"no-such-run": AttemptOutcome.LOST}
 
 
 def test_a_failure_of_the_run_itself_is_final_at_the_first_attempt(
@@ -188,7 +198,8 @@ def test_a_failure_of_the_run_itself_is_final_at_the_first_attempt(
     images = np.zeros((4, 32, 32, 3), dtype=np.uint8)
     labels = np.zeros(4, dtype=np.int64)
     cifar10 = CifarArrays("cifar10", images, labels, images, labels, source="made here")
-    assert execute_run(run_id, factory, lambda _: cifar10, "cpu", settings=settings) == "failed"
+    ended = execute_run(run_id, factory, lambda _: cifar10, "cpu", settings=settings)
+    assert ended == {run_id: AttemptOutcome.FAILED}
     with factory() as session:
         run = session.get(Run, run_id)
         assert (run.status, run.attempt) == ("failed", 1)
@@ -209,7 +220,8 @@ def test_execute_run_ends_a_run_cancelled_before_it_started_without_training(
         raise AssertionError("a cancelled run must not load data")
 
     settings = _settings(database_url)
-    assert execute_run(run_id, factory, must_not_load, "cpu", settings=settings) == "cancelled"
+    ended = execute_run(run_id, factory, must_not_load, "cpu", settings=settings)
+    assert ended == {run_id: AttemptOutcome.CANCELLED}
     with factory() as session:
         assert session.get(Experiment, experiment_id).status == "cancelled"
 
@@ -219,9 +231,9 @@ def test_an_epoch_write_whose_connection_drops_is_retried_then_gives_up(
 ) -> None:
     from sqlalchemy.exc import OperationalError
 
-    from gradlab.worker import runner
+    from gradlab.worker import attempt
 
-    monkeypatch.setattr(runner, "WRITE_RETRY_PAUSES", (0.0, 0.0))
+    monkeypatch.setattr(attempt, "WRITE_RETRY_PAUSES", (0.0, 0.0))
     calls: list[int] = []
 
     def flaky() -> str:
@@ -230,14 +242,14 @@ def test_an_epoch_write_whose_connection_drops_is_retried_then_gives_up(
             raise OperationalError("INSERT ...", {}, ConnectionError("server closed"))
         return "written"
 
-    assert runner._retrying(flaky, "epoch 0") == "written"
+    assert attempt.retrying(flaky, "epoch 0") == "written"
     assert len(calls) == 3
 
     def down() -> str:
         raise OperationalError("INSERT ...", {}, ConnectionError("connection refused"))
 
     with pytest.raises(OperationalError):
-        runner._retrying(down, "epoch 0")
+        attempt.retrying(down, "epoch 0")
 
 
 class DispatcherWithBacklog(RecordingDispatcher):
