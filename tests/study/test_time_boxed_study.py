@@ -3,9 +3,9 @@ CIFAR-100 (CPU): a time limit stops every run at an epoch boundary with its chec
 written and the same command resumes; the folder moved (and copied) to another path resumes
 and finishes; finished runs' checkpoints are deleted; Ctrl-C stops at a boundary.
 
-The time-limit tests run the command in this process with a clock of their own that
-advances 10 s per epoch recorded in the study's database: what fits is then decided by the
-epochs, never by how fast this machine trains.
+The time-limit test runs the command in this process with a clock of its own that advances
+10 s per epoch trained: what fits is then decided by the epochs, never by how fast this
+machine trains.
 """
 
 from __future__ import annotations
@@ -17,12 +17,14 @@ import signal
 import sqlite3
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 import typer
 from typer.testing import CliRunner
 
 from gradlab.cli import study_commands
+from gradlab.worker.attempt import Attempt
 from tests.support.processes import VENV_BIN, wait_for
 
 pytestmark = [pytest.mark.slow]
@@ -40,29 +42,31 @@ SECONDS_PER_EPOCH = 10.0
 
 
 class EpochClock:
-    """Time as the study's database tells it: 10 s per epoch recorded there (the folder it
-    reads is the one the command is given)."""
+    """Time that passes 10 s per epoch trained: it ticks as each epoch ends, before the
+    worker's epoch writer decides anything."""
 
     def __init__(self) -> None:
-        self.folder: Path | None = None
-        self._last = 0.0
+        self.now = 0.0
 
     def __call__(self) -> float:
-        database = None if self.folder is None else self.folder / "gradlab.db"
-        if database is None or not database.exists():
-            return self._last
-        try:
-            with sqlite3.connect(f"file:{database}?mode=ro", uri=True, timeout=5) as conn:
-                (rows,) = conn.execute("SELECT count(*) FROM epoch_metrics").fetchone()
-        except sqlite3.OperationalError:  # not migrated yet, or busy: time has not moved
-            return self._last
-        self._last = max(self._last, SECONDS_PER_EPOCH * rows)
-        return self._last
+        return self.now
 
 
 @pytest.fixture
 def clock(monkeypatch: pytest.MonkeyPatch) -> EpochClock:
     epoch_clock = EpochClock()
+    writer = Attempt.epoch_writer
+
+    def ticking_writer(attempt: Attempt, boundary: Any) -> Any:
+        write = writer(attempt, boundary)
+
+        def on_epoch_end(*args: Any) -> Any:
+            epoch_clock.now += SECONDS_PER_EPOCH
+            return write(*args)
+
+        return on_epoch_end
+
+    monkeypatch.setattr(Attempt, "epoch_writer", ticking_writer)
     monkeypatch.setattr(study_commands, "clock", epoch_clock)
     return epoch_clock
 
@@ -112,15 +116,16 @@ def _checkpoint_files(out: Path) -> list[str]:
     return sorted(p.relative_to(out).as_posix() for p in (out / "checkpoints").rglob("*.ckpt"))
 
 
+@pytest.mark.usefixtures("clock")
 def test_a_time_limit_stops_at_an_epoch_boundary_and_the_moved_or_copied_folder_resumes(
-    clock: EpochClock, tmp_path: Path, data_dir: Path
+    tmp_path: Path, data_dir: Path
 ) -> None:
     study_file = _study_file(tmp_path)
     out = tmp_path / "first-machine" / "study"
-    # 75 s: 30 kept for the report, 45 to train. The first run trains its 4 epochs (40 s);
-    # the second's first epoch ends at 50 > 45: it stops at that boundary.
-    limit = ["--time-limit", "75"]
-    clock.folder = out
+    # 85 s: 30 kept for the report, 55 to train. The first run trains its 4 epochs (40 s);
+    # the second's first epoch ends at 50, and its next would end at 60 > 55: it stops at
+    # that boundary (before the deadline itself, which would abandon an epoch).
+    limit = ["--time-limit", "85"]
     code, said = _run(study_file, out, data_dir, *limit)
     assert code == 0, said
     first = _runs(out)
@@ -143,7 +148,6 @@ def test_a_time_limit_stops_at_an_epoch_boundary_and_the_moved_or_copied_folder_
     copied = tmp_path / "third-machine" / "copy"
     shutil.copytree(moved, copied)
     for folder in (moved, copied):
-        clock.folder = folder
         code, said = _run(study_file, folder, data_dir, *limit)
         assert code == 0, said
         assert "0 already succeeded" not in said and "1 to run" in said
