@@ -9,14 +9,18 @@ export GRADLAB_DATA_DIR
 
 .PHONY: setup demo test typecheck test-deploy lint services bench clean dashboard images compose-up compose-down
 
-setup: $(VENV)/.installed
+# The link tree under build/ is part of the install: if it went (`make clean`, a git clean), the
+# venv reinstalls.
+setup:
+	@ls -d build/__editable__.gradlab-* >/dev/null 2>&1 || rm -f $(VENV)/.installed
+	@$(MAKE) --no-print-directory $(VENV)/.installed
 
 # The parts installed as gradlab.<part>. The install is setuptools' strict editable mode: a tree
 # of links under build/ that static tools (mypy, editors) resolve like any package, unlike the
 # default mode's import hook. A file added to or removed from a part changes its folder, which
 # reinstalls (the links are per file).
 PARTS := api cli client core dispatch migrations observability science services settings store worker
-PART_FOLDERS := $(wildcard $(PARTS) $(addsuffix /*/,$(PARTS)))
+PART_FOLDERS := $(wildcard $(addsuffix /,$(PARTS)) $(addsuffix /*/,$(PARTS)))
 
 $(VENV)/.installed: pyproject.toml $(PART_FOLDERS)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)

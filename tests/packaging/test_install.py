@@ -75,11 +75,7 @@ def test_a_wheel_installs_every_part_and_imports_from_the_repository_root(
 ) -> None:
     # Built from a copy of the checkout's files: setuptools' build/ in the checkout may hold
     # modules deleted since, which would land in the wheel.
-    source = tmp_path / "source"
-    for name in run(["git", "ls-files", "-co", "--exclude-standard"]).splitlines():
-        if (REPO / name).is_file():
-            (source / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(REPO / name, source / name)
+    source = _copy_of_checkout(tmp_path / "source")
     run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
          "-w", str(tmp_path / "dist"), str(source)])
     wheel = next((tmp_path / "dist").glob("gradlab-*.whl"))
@@ -98,15 +94,24 @@ def test_a_wheel_installs_every_part_and_imports_from_the_repository_root(
 def test_editable_installs_import_this_checkout_from_any_directory(
     tmp_path: Path, mode: str
 ) -> None:
+    # A copy of the checkout: a strict install writes build/__editable__.gradlab-*, the very
+    # link tree the project's own venv imports from (`make setup` installs in strict mode).
+    checkout = _copy_of_checkout(tmp_path / "checkout")
     bin_dir = fresh_venv(tmp_path / "venv", with_pip=False)
     _link_dev_dependencies(bin_dir)
     run([str(bin_dir / "python"), "-m", "pip", "install", "-q", "--no-deps",
-         "--no-build-isolation", "-e", str(REPO), "--config-settings", f"editable_mode={mode}"])
+         "--no-build-isolation", "-e", str(checkout), "--config-settings",
+         f"editable_mode={mode}"])
     # Strict mode links the files from build/__editable__*; lenient mode maps to the folders.
-    root = REPO / "build" if mode == "strict" else REPO
-    try:
-        for cwd in (REPO, tmp_path):
-            _assert_imported_from(_imports(bin_dir, cwd), root)
-    finally:
-        for tree in (REPO / "build").glob("__editable__.gradlab-*"):
-            shutil.rmtree(tree, ignore_errors=True)
+    root = checkout / "build" if mode == "strict" else checkout
+    for cwd in (checkout, tmp_path):
+        _assert_imported_from(_imports(bin_dir, cwd), root)
+
+
+def _copy_of_checkout(target: Path) -> Path:
+    """The checkout's files as git sees them (tracked, and untracked but not ignored)."""
+    for name in run(["git", "ls-files", "-co", "--exclude-standard"]).splitlines():
+        if (REPO / name).is_file():
+            (target / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / name, target / name)
+    return target
