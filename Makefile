@@ -44,8 +44,8 @@ test: setup services
 	$(MAKE) typecheck
 	$(BIN)/python -m pytest -m "not docker"
 
-# mypy --strict (settings in pyproject.toml) over the parts, as installed packages.
-TYPECHECKED := api client dispatch migrations observability science services settings store worker
+# mypy --strict (settings in pyproject.toml) over every part, as installed packages.
+TYPECHECKED := $(PARTS)
 typecheck: setup
 	$(BIN)/mypy $(addprefix -p gradlab.,$(TYPECHECKED))
 

@@ -8,8 +8,8 @@ configured one (Celery with a broker, else the embedded local worker) at startup
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
@@ -17,6 +17,7 @@ from fastapi import Depends, FastAPI
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
+from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from gradlab.api.auth import get_viewer
@@ -90,6 +91,30 @@ def create_app(
     """A gradlab API app on ``settings`` (default: from GRADLAB_* variables)."""
     settings = settings or get_settings()
     engine = engine_from_settings(settings)
+    # With auth on, the schema needs a token like every data route, and the interactive pages
+    # are off: they load their scripts from a CDN, on the origin where the dashboard keeps the
+    # token. With auth off (one user, no token to take) they are served as FastAPI makes them.
+    pages_off = settings.auth_required
+    app = FastAPI(
+        title="gradlab",
+        version=_package_version(),
+        description=DESCRIPTION,
+        lifespan=_lifespan(settings, engine),
+        generate_unique_id_function=_operation_id,
+        openapi_url=None if pages_off else "/openapi.json",
+        docs_url=None if pages_off else "/docs",
+        redoc_url=None if pages_off else "/redoc",
+    )
+    _attach_state(app, settings, engine, dispatcher)
+    _install_routes(app, settings)
+    return app
+
+
+def _lifespan(
+    settings: Settings, engine: Engine
+) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
+    """Startup: the configured dispatcher unless one was given, the admin token registered.
+    Shutdown: the change feed, a dispatcher made here, the engine's connections."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -109,20 +134,13 @@ def create_app(
                 close()
             engine.dispose()
 
-    # With auth on, the schema needs a token like every data route, and the interactive pages
-    # are off: they load their scripts from a CDN, on the origin where the dashboard keeps the
-    # token. With auth off (one user, no token to take) they are served as FastAPI makes them.
-    pages_off = settings.auth_required
-    app = FastAPI(
-        title="gradlab",
-        version=_package_version(),
-        description=DESCRIPTION,
-        lifespan=lifespan,
-        generate_unique_id_function=_operation_id,
-        openapi_url=None if pages_off else "/openapi.json",
-        docs_url=None if pages_off else "/docs",
-        redoc_url=None if pages_off else "/redoc",
-    )
+    return lifespan
+
+
+def _attach_state(app: FastAPI, settings: Settings, engine: Engine,
+                  dispatcher: RunDispatcher | None) -> None:
+    """What the routes reach through ``app.state``: settings, database, checkpoint store,
+    dispatcher, response cache, render limiter and change feed."""
     app.state.settings = settings
     app.state.engine = engine
     app.state.session_factory = make_session_factory(engine)
@@ -140,6 +158,9 @@ def create_app(
         batch=settings.events_poll_batch,
     )
 
+
+def _install_routes(app: FastAPI, settings: Settings) -> None:
+    """Error handlers, middleware, routers, the dashboard's static files and the schema."""
     install_error_handlers(app)
     # The last added is the outermost: requests refused for their size or text are counted.
     app.add_middleware(RequestLimitsMiddleware, max_body_bytes=settings.max_request_bytes)
@@ -153,7 +174,6 @@ def create_app(
     _document_auth_as_configured(app, settings.auth_required)
     if settings.auth_required:
         _serve_schema_behind_auth(app)
-    return app
 
 
 def _serve_schema_behind_auth(app: FastAPI) -> None:

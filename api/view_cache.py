@@ -16,13 +16,17 @@ A miss is rendered in a worker thread, holding one of the viewer's render slots
 
 from __future__ import annotations
 
-from collections.abc import Hashable
-from typing import Protocol
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass
+from typing import Annotated, Protocol
 
+from fastapi import Depends
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 from sqlalchemy.orm import Session, sessionmaker
 
+from gradlab.api.auth import ViewerDep
+from gradlab.api.deps import RenderLimiterDep, ResponseCacheDep, SessionFactoryDep
 from gradlab.api.render_limits import RenderLimiter
 from gradlab.api.response_cache import CachedResponse, ResponseCache
 from gradlab.services.experiments import get_experiment
@@ -57,34 +61,51 @@ def _key(
             runs_version(experiment))
 
 
-async def cached_view(
-    cache: ResponseCache,
-    limiter: RenderLimiter,
-    factory: sessionmaker[Session],
-    experiment_id: str,
-    viewer: Viewer,
-    view: ExperimentView,
-) -> Response:
-    """The view from the cache, else rendered in a thread under the viewer's render slot."""
+@dataclass(frozen=True)
+class Views:
+    """What a cached, rendered view needs (one per request, ``ViewsDep``): sessions, the
+    response cache, the render slots and the viewer."""
 
-    def lookup() -> CachedResponse | None:
-        with factory() as session:
-            experiment = get_experiment(session, experiment_id, viewer=viewer)
-            return cache.get(_key(session, experiment, viewer, view))
+    factory: sessionmaker[Session]
+    cache: ResponseCache
+    limiter: RenderLimiter
+    viewer: Viewer
 
-    def build() -> CachedResponse:
-        # read again: the version may have moved while this request waited for its slot
-        with factory() as session:
-            experiment = get_experiment(session, experiment_id, viewer=viewer)
-            key = _key(session, experiment, viewer, view)
-            entry = cache.get(key)  # another request may have rendered it meanwhile
-            if entry is None:
-                entry = view.render(session, experiment)
-                cache.put(key, entry)
-            return entry
+    async def experiment(self, experiment_id: str, view: ExperimentView) -> Response:
+        """The view from the cache, else rendered in a thread under the viewer's render slot."""
 
-    entry = await run_in_threadpool(lookup)
-    if entry is None:
-        async with limiter.slot(viewer.user_id or "*"):
-            entry = await run_in_threadpool(build)
-    return Response(entry.body, media_type=entry.media_type, headers=dict(entry.headers))
+        def find(render: bool) -> CachedResponse | None:
+            # On a miss, read again: the version may have moved while this request waited for
+            # its slot, and another request may have rendered it meanwhile.
+            with self.factory() as session:
+                experiment = get_experiment(session, experiment_id, viewer=self.viewer)
+                key = _key(session, experiment, self.viewer, view)
+                entry = self.cache.get(key)
+                if entry is None and render:
+                    entry = view.render(session, experiment)
+                    self.cache.put(key, entry)
+                return entry
+
+        entry = await self.cached(find)
+        return Response(entry.body, media_type=entry.media_type, headers=dict(entry.headers))
+
+    async def cached(self, find: Callable[[bool], CachedResponse | None]) -> CachedResponse:
+        """``find(False)``: the cached entry or None, in a thread. On a miss, ``find(True)``
+        renders (and caches) it in a thread, holding one of the viewer's render slots."""
+        entry = await run_in_threadpool(find, False)
+        if entry is None:
+            async with self.limiter.slot(self.viewer.user_id or "*"):
+                entry = await run_in_threadpool(find, True)
+        if entry is None:
+            raise RuntimeError("a view asked to render returned nothing")
+        return entry
+
+
+async def _views(
+    factory: SessionFactoryDep, cache: ResponseCacheDep, limiter: RenderLimiterDep,
+    viewer: ViewerDep,
+) -> Views:
+    return Views(factory, cache, limiter, viewer)
+
+
+ViewsDep = Annotated[Views, Depends(_views)]

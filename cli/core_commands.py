@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -318,24 +319,38 @@ def bench_command(
         _bench_processes(_pack_sizes(processes, "--processes"), chosen, device, cuda_graphs,
                          window, as_json)
         return
+    report = _measure(as_json, lambda progress: run_benchmark(
+        device, models=chosen, steps=None if steps is None else dict.fromkeys(chosen, steps),
+        quick=quick, progress=progress))
+    if report is not None:
+        _print_bench(report, chosen)
+
+
+def _measure(as_json: bool, run: Callable[[Callable[[str], None] | None], dict[str, Any]],
+             refused: tuple[type[Exception], ...] = (ValueError,)) -> dict[str, Any] | None:
+    """A benchmark's report (``run(progress)``), for the caller to print as a table; with
+    --json the report is printed here and None returned. Progress lines go to stderr, none
+    with --json; a refusal (``refused``) is an error line and exit code 2."""
     try:
-        report = run_benchmark(
-            device, models=chosen, steps=None if steps is None else dict.fromkeys(chosen, steps),
-            quick=quick,
-            progress=None if as_json else lambda m: typer.echo(f"measuring {m} ...", err=True))
-    except ValueError as exc:
+        report = run(None if as_json else lambda m: typer.echo(f"measuring {m} ...", err=True))
+    except refused as exc:
         raise _fail(str(exc)) from None
     if as_json:
         typer.echo(json.dumps(report, indent=1))
-        return
-    _print_bench(report, chosen)
+        return None
+    return report
+
+
+def _machine(report: dict[str, Any]) -> str:
+    """When and where a benchmark measured: date, device, processor, CPUs, threads, torch."""
+    env = report["environment"]
+    return (f"{report['measured_at']}  {env['device']} ({env['processor']}, "
+            f"{env['cpu_count']} CPUs, {env['torch_threads']} torch threads), torch "
+            f"{env['torch']}")
 
 
 def _print_bench(report: dict[str, Any], chosen: tuple[str, ...]) -> None:
-    env = report["environment"]
-    typer.echo(f"{report['measured_at']}  {env['device']} ({env['processor']}, "
-               f"{env['cpu_count']} CPUs, {env['torch_threads']} torch threads), torch "
-               f"{env['torch']}, batch {report['batch_size']}")
+    typer.echo(f"{_machine(report)}, batch {report['batch_size']}")
     typer.echo(f"matmul {report['matmul_dtype']} peak: {report['matmul_gflops']:.1f} GFLOP/s "
                f"({report['matmul_backend']})")
     typer.echo(f"{'model':6}  {'step img/s':>10}  {'of peak':>7}  {'epoch img/s':>11}  "
@@ -366,20 +381,12 @@ def _bench_packs(sizes: tuple[int, ...], models: tuple[str, ...], device: str,
                  steps: int | None, quick: bool, cuda_graphs: bool, as_json: bool) -> None:
     from gradlab.core.pack_benchmark import run_pack_benchmark
 
-    try:
-        report = run_pack_benchmark(
-            device, sizes=sizes, models=models, steps=steps, quick=quick,
-            cuda_graphs=cuda_graphs,
-            progress=None if as_json else lambda m: typer.echo(f"measuring {m} ...", err=True))
-    except ValueError as exc:
-        raise _fail(str(exc)) from None
-    if as_json:
-        typer.echo(json.dumps(report, indent=1))
+    report = _measure(as_json, lambda progress: run_pack_benchmark(
+        device, sizes=sizes, models=models, steps=steps, quick=quick, cuda_graphs=cuda_graphs,
+        progress=progress))
+    if report is None:
         return
-    env = report["environment"]
-    typer.echo(f"{report['measured_at']}  {env['device']} ({env['processor']}, "
-               f"{env['cpu_count']} CPUs, {env['torch_threads']} torch threads), torch "
-               f"{env['torch']}, batch {report['batch_size_per_run']} per run, CUDA graphs "
+    typer.echo(f"{_machine(report)}, batch {report['batch_size_per_run']} per run, CUDA graphs "
                f"{'on' if report['cuda_graphs'] else 'off'}")
     typer.echo(f"{'model':6}  {'pack':>4}  {'fused img/s':>11}  {'alone img/s':>11}  "
                f"{'vs N separate':>13}")
@@ -393,14 +400,10 @@ def _bench_processes(counts: tuple[int, ...], models: tuple[str, ...], device: s
                      cuda_graphs: bool, window: float | None, as_json: bool) -> None:
     from gradlab.core.sharing_benchmark import SharingError, run_processes_benchmark
 
-    try:
-        report = run_processes_benchmark(
-            device, counts=counts, models=models, cuda_graphs=cuda_graphs, window_seconds=window,
-            progress=None if as_json else lambda m: typer.echo(f"measuring {m} ...", err=True))
-    except (ValueError, SharingError) as exc:
-        raise _fail(str(exc)) from None
-    if as_json:
-        typer.echo(json.dumps(report, indent=1))
+    report = _measure(as_json, lambda progress: run_processes_benchmark(
+        device, counts=counts, models=models, cuda_graphs=cuda_graphs, window_seconds=window,
+        progress=progress), refused=(ValueError, SharingError))
+    if report is None:
         return
     env = report["environment"]
     typer.echo(f"{report['measured_at']}  {env.get('device_name', env['device'])}, torch "

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from enum import IntEnum
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, TypedDict, TypeVar
 
 import typer
 
@@ -28,7 +28,15 @@ from gradlab.client import (
     ValidationError,
 )
 
-T = TypeVar("T")
+E = TypeVar("E")
+S = TypeVar("S")
+
+
+class _Owner(TypedDict, total=False):
+    """Whose events: one of the two keys, as ``GradlabClient.events`` takes them."""
+
+    experiment_id: str
+    study_id: str
 
 
 class ExitCode(IntEnum):
@@ -84,7 +92,7 @@ def _console() -> Any:
     return Console()
 
 
-def _either(experiment: Callable[[], T], study: Callable[[], T]) -> T:
+def _either(experiment: Callable[[], E], study: Callable[[], S]) -> E | S:
     """An id names an experiment or a study: try the experiment first."""
     try:
         return experiment()
@@ -144,7 +152,7 @@ def _follow_with_bars(client: GradlabClient, kind: str, ident: str, quiet: bool)
     """A progress bar per run, moved by the event stream; returns run id -> final status."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
-    key = {"experiment_id": ident} if kind == "experiment" else {"study_id": ident}
+    key: _Owner = {"experiment_id": ident} if kind == "experiment" else {"study_id": ident}
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                TextColumn("{task.fields[status]}"))
     bars: dict[str, Any] = {}
@@ -195,7 +203,7 @@ def ls_command(
     with _errors_as_exit_codes(), _client(url) as client:
         if studies:
             rows = [s.model_dump(mode="json") for s in client.studies(limit)]
-            columns = ("id", "name", "scale", "cells", "created_at")
+            columns: tuple[str, ...] = ("id", "name", "scale", "cells", "created_at")
         else:
             items = client.experiments(status=status, limit=limit)
             rows = [e.model_dump(mode="json") for e in items]
@@ -345,8 +353,8 @@ def logs_command(
 ) -> None:
     """The runs' events: every epoch and status change (with --follow, live until they end)."""
     with _errors_as_exit_codes(), _client(url) as client:
-        key = _either(lambda: {"experiment_id": client.experiment(ident).id},
-                      lambda: {"study_id": client.study(ident).id})
+        key = _either(lambda: _Owner(experiment_id=client.experiment(ident).id),
+                      lambda: _Owner(study_id=client.study(ident).id))
         if not follow:
             _print_history(client, key, as_json)
             return
@@ -355,7 +363,7 @@ def logs_command(
             _print_event(event.event, event.data, as_json)
 
 
-def _print_history(client: GradlabClient, key: dict[str, str], as_json: bool) -> None:
+def _print_history(client: GradlabClient, key: _Owner, as_json: bool) -> None:
     """Every recorded epoch and each run's status, from the REST views."""
     if "experiment_id" in key:
         experiment_ids = [key["experiment_id"]]

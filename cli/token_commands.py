@@ -7,9 +7,14 @@ administers the server. A token is printed once and stored only as its SHA-256.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Annotated, TypeVar
+from typing import TYPE_CHECKING, Annotated, TypeVar
 
 import typer
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
+
+    from gradlab.store.users import TokenInfo
 
 token_app = typer.Typer(help="Bearer tokens for the API (GRADLAB_AUTH_REQUIRED=true).",
                         no_args_is_help=True)
@@ -17,6 +22,9 @@ T = TypeVar("T")
 DbOption = Annotated[
     str | None,
     typer.Option("--db", help="Database URL or SQLite file (default: GRADLAB_DATABASE_URL)."),
+]
+TokenArgument = Annotated[
+    str, typer.Argument(help="token id, or the first characters shown by `gradlab token list`")
 ]
 
 
@@ -46,6 +54,16 @@ def _in_transaction(db: str | None, work: Callable[..., T]) -> T:
                     "migrated (`gradlab migrate`)?") from None
     finally:
         engine.dispose()
+
+
+def _change_tokens(db: str | None, token: str,
+                   change: Callable[[Session, str], list[TokenInfo]]) -> list[TokenInfo]:
+    """``change(session, token)`` on the tokens ``token`` names (an id, or a prefix shown by
+    `gradlab token list`) in one transaction; naming none is an error."""
+    changed = _in_transaction(db, lambda session: change(session, token))
+    if not changed:
+        raise _fail(f"no token with id or prefix {token!r} (see `gradlab token list`)")
+    return changed
 
 
 @token_app.command("create")
@@ -86,32 +104,24 @@ def list_command(db: DbOption = None) -> None:
 
 @token_app.command("revoke")
 def revoke_command(
-    token: Annotated[str, typer.Argument(help="token id, or the first characters shown by "
-                                              "`gradlab token list`")],
+    token: TokenArgument,
     db: DbOption = None,
 ) -> None:
     """Revoke a token: requests with it answer 401 from now on."""
     from gradlab.store.users import revoke_token
 
-    revoked = _in_transaction(db, lambda session: revoke_token(session, token))
-    if not revoked:
-        raise _fail(f"no token with id or prefix {token!r} (see `gradlab token list`)")
-    for info in revoked:
+    for info in _change_tokens(db, token, revoke_token):
         typer.echo(f"revoked {info.token_id} ({info.prefix}..., {info.user_name})")
 
 
 @token_app.command("revoke-admin")
 def revoke_admin_command(
-    token: Annotated[str, typer.Argument(help="token id, or the first characters shown by "
-                                              "`gradlab token list`")],
+    token: TokenArgument,
     db: DbOption = None,
 ) -> None:
     """Take the admin grant from a token: it stays valid, seeing only its user's own work (open
     event streams on others' work end within GRADLAB_EVENTS_AUTH_RECHECK_SECONDS)."""
     from gradlab.store.users import revoke_admin
 
-    changed = _in_transaction(db, lambda session: revoke_admin(session, token))
-    if not changed:
-        raise _fail(f"no token with id or prefix {token!r} (see `gradlab token list`)")
-    for info in changed:
+    for info in _change_tokens(db, token, revoke_admin):
         typer.echo(f"{info.token_id} ({info.prefix}..., {info.user_name}) is no longer admin")

@@ -126,53 +126,63 @@ class Entry(nn.Module):
         return _conv_norm_act([e.conv for e in entries], [e.bn for e in entries], x)
 
 
-class ProcessingBlock(nn.Module):
+class _ConvPair(nn.Module):
+    """Two 3x3 convolutions at constant width (``conv1``, ``conv2``), each followed by its
+    BatchNorm (``bn1``, ``bn2``) in the BatchNorm variant: the layers of both block kinds."""
+
+    def __init__(self, width: int, batch_norm: bool, bias: bool) -> None:
+        super().__init__()
+        # Attribute order = registration order = depth order (conv1, bn1, conv2, bn2).
+        self.conv1 = nn.Conv2d(width, width, 3, padding=1, bias=bias)
+        self.bn1 = _batch_norm(batch_norm, width)
+        self.conv2 = nn.Conv2d(width, width, 3, padding=1, bias=bias)
+        self.bn2 = _batch_norm(batch_norm, width)
+
+
+def _first(pairs: Sequence[_ConvPair], x: torch.Tensor) -> torch.Tensor:
+    """conv1 -> [bn1] -> leaky ReLU, N blocks side by side."""
+    return _conv_norm_act([p.conv1 for p in pairs], _norms([p.bn1 for p in pairs]), x)
+
+
+def _second(pairs: Sequence[_ConvPair], x: torch.Tensor,
+            skip: torch.Tensor | None) -> torch.Tensor:
+    """conv2 -> [bn2] -> [+ skip] -> leaky ReLU, N blocks side by side."""
+    convs, norms = [p.conv2 for p in pairs], _norms([p.bn2 for p in pairs])
+    if skip is None:
+        return _conv_norm_act(convs, norms, x)
+    return _conv_norm_add_act(convs, norms, x, skip)
+
+
+class ProcessingBlock(_ConvPair):
     """Two bias-free 3x3 convs at constant shape; identity skip when ``residual``."""
 
     def __init__(self, width: int, batch_norm: bool, residual: bool) -> None:
-        super().__init__()
+        super().__init__(width, batch_norm, bias=False)
         self.residual = residual
-        # Attribute order = registration order = depth order (conv1, bn1, conv2, bn2).
-        self.conv1 = nn.Conv2d(width, width, 3, padding=1, bias=False)
-        self.bn1 = _batch_norm(batch_norm, width)
-        self.conv2 = nn.Conv2d(width, width, 3, padding=1, bias=False)
-        self.bn2 = _batch_norm(batch_norm, width)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_many([self], x)
 
     @staticmethod
     def forward_many(blocks: Sequence[ProcessingBlock], x: torch.Tensor) -> torch.Tensor:
-        out = _conv_norm_act([b.conv1 for b in blocks], _norms([b.bn1 for b in blocks]), x)
-        convs, norms = [b.conv2 for b in blocks], _norms([b.bn2 for b in blocks])
-        if not blocks[0].residual:
-            return _conv_norm_act(convs, norms, out)
-        return _conv_norm_add_act(convs, norms, out, x)
+        return _second(blocks, _first(blocks, x), x if blocks[0].residual else None)
 
 
-class ReductionBlock(nn.Module):
+class ReductionBlock(_ConvPair):
     """conv (bias) -> avgpool 2x2 -> conv (bias); optional avg-pooled identity skip."""
 
     def __init__(self, width: int, batch_norm: bool, skip: bool) -> None:
-        super().__init__()
+        super().__init__(width, batch_norm, bias=True)
         self.skip = skip
-        self.conv1 = nn.Conv2d(width, width, 3, padding=1, bias=True)
-        self.bn1 = _batch_norm(batch_norm, width)
-        self.conv2 = nn.Conv2d(width, width, 3, padding=1, bias=True)
-        self.bn2 = _batch_norm(batch_norm, width)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_many([self], x)
 
     @staticmethod
     def forward_many(blocks: Sequence[ReductionBlock], x: torch.Tensor) -> torch.Tensor:
-        first = _conv_norm_act([b.conv1 for b in blocks], _norms([b.bn1 for b in blocks]), x)
-        out = F.avg_pool2d(first, 2, 2)
-        convs, norms = [b.conv2 for b in blocks], _norms([b.bn2 for b in blocks])
-        if not blocks[0].skip:
-            return _conv_norm_act(convs, norms, out)
+        out = F.avg_pool2d(_first(blocks, x), 2, 2)
         # Shapes differ only spatially (channels stay F), so pooling the identity matches them.
-        return _conv_norm_add_act(convs, norms, out, F.avg_pool2d(x, 2, 2))
+        return _second(blocks, out, F.avg_pool2d(x, 2, 2) if blocks[0].skip else None)
 
 
 class Stage(nn.Module):

@@ -79,7 +79,7 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _best_time(fn: Callable[[], None], device: torch.device, repeats: int) -> float:
+def _best_time(fn: Callable[[], object], device: torch.device, repeats: int) -> float:
     times = []
     for _ in range(repeats):
         _sync(device)
@@ -157,7 +157,7 @@ def _bare_steps(trainer: Trainer, x: torch.Tensor, y: torch.Tensor, steps: int,
         with trainer.autocast():
             loss = F.cross_entropy(trainer.model(x).float(), y)
         trainer.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        torch.autograd.backward(loss)
         if capture:
             trainer.recorder.after_backward()
         trainer.optimizer.step()
@@ -179,7 +179,7 @@ class SyntheticStep:
 
     def backward(self, loss: torch.Tensor) -> None:
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        torch.autograd.backward(loss)
 
     def __call__(self) -> None:
         self.backward(self.loss())
@@ -291,7 +291,7 @@ def _conv_shapes(model: torch.nn.Module) -> list[tuple[torch.nn.Conv2d, torch.Si
     for module in meta.modules():
         if isinstance(module, torch.nn.Conv2d):
             module.register_forward_pre_hook(
-                lambda m, args: shapes.append((m, args[0].shape)))  # type: ignore[arg-type]
+                lambda m, args: shapes.append((m, args[0].shape)))
     with torch.no_grad():
         meta(torch.empty(BATCH, 3, 32, 32, device="meta"))
     return shapes

@@ -34,7 +34,11 @@ _UNIT = [1, 1]
 
 def fusion_available() -> bool:
     """Whether this PyTorch build has oneDNN and its fused convolution op."""
-    return _POINTWISE is not None and torch.backends.mkldnn.is_available()
+    if _POINTWISE is None:
+        return False
+    # torch.backends.mkldnn.is_available carries no annotations.
+    mkldnn: bool = torch.backends.mkldnn.is_available()  # type: ignore[no-untyped-call]
+    return mkldnn
 
 
 def _fusable(x: torch.Tensor, conv: nn.Conv2d) -> bool:
@@ -49,8 +53,8 @@ class _ConvLeakyReLU(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
                 padding: list[int], slope: float) -> torch.Tensor:
-        out = _POINTWISE(x, weight, bias, padding, _UNIT, _UNIT, 1,  # type: ignore[misc]
-                         "leaky_relu", [slope], "")
+        out: torch.Tensor = _POINTWISE(x, weight, bias, padding,  # type: ignore[misc]
+                                       _UNIT, _UNIT, 1, "leaky_relu", [slope], "")
         ctx.save_for_backward(x, weight, out)
         ctx.padding, ctx.slope, ctx.has_bias = padding, slope, bias is not None
         return out
@@ -70,5 +74,7 @@ class _ConvLeakyReLU(torch.autograd.Function):
 def conv_leaky_relu(conv: nn.Conv2d, x: torch.Tensor, slope: float) -> torch.Tensor:
     """``leaky_relu(conv(x), slope)``, fused into one oneDNN call where that applies."""
     if slope > 0 and _fusable(x, conv):
-        return _ConvLeakyReLU.apply(x, conv.weight, conv.bias, list(conv.padding), slope)
+        fused: torch.Tensor = _ConvLeakyReLU.apply(x, conv.weight, conv.bias,
+                                                   list(conv.padding), slope)
+        return fused
     return F.leaky_relu(conv(x), slope)

@@ -65,7 +65,7 @@ def _single_steps(trainer: Trainer, x: torch.Tensor, y: torch.Tensor,
             with trainer.autocast():
                 loss = F.cross_entropy(trainer.model(x).float(), y)
             trainer.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            torch.autograd.backward(loss)
             trainer.recorder.after_backward()
             trainer.optimizer.step()
     return run

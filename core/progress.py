@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Self
 from gradlab.science.progress_bar import progress_bar
 
 if TYPE_CHECKING:
-    from rich.progress import Progress
+    from rich.progress import Progress, TaskID
 from gradlab.science.records import EpochMetrics
 
 
@@ -19,7 +19,7 @@ class EpochProgress:
         self.enabled = enabled
         self.total_epochs = total_epochs
         self._progress: Progress | None = None
-        self._task = None
+        self._task: TaskID | None = None
 
     def __enter__(self) -> Self:
         if self.enabled:

@@ -31,7 +31,10 @@ def data_generator(seed: int) -> torch.Generator:
 
 def capture_rng_state(data: torch.Generator) -> dict[str, Any]:
     """Every RNG state as plain tensors and lists (safe for ``torch.load(weights_only=True)``)."""
-    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    legacy = np.random.get_state(legacy=True)
+    if not isinstance(legacy, tuple):  # the global generator is MT19937: always the tuple
+        raise TypeError(f"unexpected NumPy RNG state {type(legacy).__name__}")
+    kind, keys, pos, has_gauss, cached = legacy
     version, internal, gauss = random.getstate()
     state: dict[str, Any] = {
         "data": data.get_state(),
@@ -39,7 +42,8 @@ def capture_rng_state(data: torch.Generator) -> dict[str, Any]:
         "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached],
         "python": [version, list(internal), gauss],
     }
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
+    # torch.cuda.is_initialized carries no annotations.
+    if torch.cuda.is_available() and torch.cuda.is_initialized():  # type: ignore[no-untyped-call]
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 

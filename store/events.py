@@ -16,6 +16,7 @@ from sqlalchemy import func, select, tuple_
 from sqlalchemy.orm import Session
 
 from gradlab.science.records import EpochMetrics
+from gradlab.store.experiments import METRIC_COLUMNS, metrics_of
 from gradlab.store.models import EpochMetricsRow, Experiment, Run, Study, StudyCell
 from gradlab.store.users import EVERYONE, Viewer, visible_to
 
@@ -141,36 +142,30 @@ def epochs_recorded_since(
     if not run_ids:
         return []
     query = (
-        select(EpochMetricsRow)
+        select(*_RECORDED_COLUMNS)
         .where(EpochMetricsRow.run_id.in_(list(run_ids)), EpochMetricsRow.recorded_at >= since)
         .order_by(EpochMetricsRow.recorded_at, EpochMetricsRow.run_id, EpochMetricsRow.epoch)
     )
-    return [_recorded(row) for row in session.scalars(query)]
+    return [_recorded(*row) for row in session.execute(query)]
 
 
 def epochs_from(session: Session, run_id: str, first_epoch: int) -> list[RecordedEpoch]:
     """A run's epochs from ``first_epoch`` on (a stream that fell behind catches up)."""
     query = (
-        select(EpochMetricsRow)
+        select(*_RECORDED_COLUMNS)
         .where(EpochMetricsRow.run_id == run_id, EpochMetricsRow.epoch >= first_epoch)
         .order_by(EpochMetricsRow.epoch)
     )
-    return [_recorded(row) for row in session.scalars(query)]
+    return [_recorded(*row) for row in session.execute(query)]
 
 
-def _recorded(row: EpochMetricsRow) -> RecordedEpoch:
-    metrics = EpochMetrics(
-        epoch=row.epoch,
-        train_loss=row.train_loss,
-        train_acc=row.train_acc,
-        val_loss=row.val_loss,
-        val_acc=row.val_acc,
-        lr=row.lr,
-        seconds=row.seconds,
-    )
+_RECORDED_COLUMNS = (EpochMetricsRow.run_id, EpochMetricsRow.recorded_at, *METRIC_COLUMNS)
+
+
+def _recorded(run_id: str, recorded_at: datetime | None, *metrics: float) -> RecordedEpoch:
     # Rows written before the change feed existed have no time: they are older than any stream.
-    recorded = _utc(row.recorded_at) if row.recorded_at else datetime.min.replace(tzinfo=UTC)
-    return RecordedEpoch(run_id=row.run_id, metrics=metrics, recorded_at=recorded)
+    recorded = _utc(recorded_at) if recorded_at else datetime.min.replace(tzinfo=UTC)
+    return RecordedEpoch(run_id=run_id, metrics=metrics_of(metrics), recorded_at=recorded)
 
 
 def _utc(moment: datetime) -> datetime:

@@ -337,7 +337,8 @@ def delete_experiment(session: Session, experiment_id: str) -> list[str] | None:
     return run_ids
 
 
-def _metrics(row: Sequence[float | int]) -> EpochMetrics:
+def metrics_of(row: Sequence[float | int]) -> EpochMetrics:
+    """An epoch's metrics from the values of ``METRIC_COLUMNS``, in their order."""
     return EpochMetrics(
         epoch=int(row[0]),
         train_loss=float(row[1]),
@@ -349,7 +350,8 @@ def _metrics(row: Sequence[float | int]) -> EpochMetrics:
     )
 
 
-_METRIC_COLUMNS = (
+# The columns of epoch_metrics that make an ``EpochMetrics`` (``metrics_of``), in its order.
+METRIC_COLUMNS = (
     EpochMetricsRow.epoch,
     EpochMetricsRow.train_loss,
     EpochMetricsRow.train_acc,
@@ -366,12 +368,12 @@ def read_metrics(session: Session, run_ids: Sequence[str]) -> dict[str, list[Epo
     if not run_ids:
         return result
     query = (
-        select(EpochMetricsRow.run_id, *_METRIC_COLUMNS)
+        select(EpochMetricsRow.run_id, *METRIC_COLUMNS)
         .where(EpochMetricsRow.run_id.in_(run_ids))
         .order_by(EpochMetricsRow.run_id, EpochMetricsRow.epoch)
     )
     for run_id, *row in session.execute(query):
-        result[run_id].append(_metrics(row))
+        result[run_id].append(metrics_of(row))
     return result
 
 
@@ -385,11 +387,11 @@ def read_final_metrics(session: Session, run_ids: Sequence[str]) -> dict[str, Ep
         .group_by(EpochMetricsRow.run_id)
         .subquery()
     )
-    query = select(EpochMetricsRow.run_id, *_METRIC_COLUMNS).join(
+    query = select(EpochMetricsRow.run_id, *METRIC_COLUMNS).join(
         last,
         (EpochMetricsRow.run_id == last.c.run_id) & (EpochMetricsRow.epoch == last.c.epoch),
     )
-    return {run_id: _metrics(row) for run_id, *row in session.execute(query)}
+    return {run_id: metrics_of(row) for run_id, *row in session.execute(query)}
 
 
 def metric_epoch_counts(session: Session, run_ids: Sequence[str]) -> tuple[int, int]:

@@ -8,6 +8,8 @@ stream is open, with the token as it stands then.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Annotated
 
@@ -58,9 +60,8 @@ LastEventIdQuery = Annotated[
 ]
 
 
-def _resume_from(header: str | None, query: str | None) -> datetime | None:
-    value = header or query
-    return None if not value else parse_event_id(value)
+# Who may follow what: the experiment ids behind an experiment's or a study's id (404 if none).
+_IdsOf = Callable[[sessionmaker[Session], str, Viewer], list[str]]
 
 
 def _experiment_ids(
@@ -123,33 +124,45 @@ def _response(
     )
 
 
-@router.get("/experiments/{experiment_id}/events", responses=_SSE_RESPONSES)
-async def experiment_events(
-    experiment_id: str,
+@dataclass(frozen=True)
+class _Follow:
+    """What both event routes take: the request, settings, sessions, the viewer and where to
+    resume (the Last-Event-ID header, else the query parameter), read only after ownership."""
+
+    request: Request
+    settings: Settings
+    factory: sessionmaker[Session]
+    viewer: Viewer
+    last_event_id: str | None
+
+    async def stream(self, ids_of: _IdsOf, ident: str, kind: str) -> EventSourceResponse:
+        ids = await run_in_threadpool(ids_of, self.factory, ident, self.viewer)
+        resume_from = None if not self.last_event_id else parse_event_id(self.last_event_id)
+        return _response(self.request, self.settings, self.factory, ids, self.viewer, kind,
+                         resume_from)
+
+
+async def _follow(
     request: Request,
     settings: SettingsDep,
     factory: SessionFactoryDep,
     viewer: ViewerDep,
     last_event_id: LastEventIdHeader = None,
     last_event_id_query: LastEventIdQuery = None,
-) -> EventSourceResponse:
+) -> _Follow:
+    return _Follow(request, settings, factory, viewer, last_event_id or last_event_id_query)
+
+
+FollowDep = Annotated[_Follow, Depends(_follow)]
+
+
+@router.get("/experiments/{experiment_id}/events", responses=_SSE_RESPONSES)
+async def experiment_events(experiment_id: str, follow: FollowDep) -> EventSourceResponse:
     """Follow an experiment: a snapshot, then an event per epoch and per status change."""
-    ids = await run_in_threadpool(_experiment_ids, factory, experiment_id, viewer)
-    resume_from = _resume_from(last_event_id, last_event_id_query)
-    return _response(request, settings, factory, ids, viewer, "experiment", resume_from)
+    return await follow.stream(_experiment_ids, experiment_id, "experiment")
 
 
 @router.get("/studies/{study_id}/events", responses=_SSE_RESPONSES)
-async def study_events(
-    study_id: str,
-    request: Request,
-    settings: SettingsDep,
-    factory: SessionFactoryDep,
-    viewer: ViewerDep,
-    last_event_id: LastEventIdHeader = None,
-    last_event_id_query: LastEventIdQuery = None,
-) -> EventSourceResponse:
+async def study_events(study_id: str, follow: FollowDep) -> EventSourceResponse:
     """Follow every run of a study's cells (events name their experiment)."""
-    ids = await run_in_threadpool(_study_ids, factory, study_id, viewer)
-    resume_from = _resume_from(last_event_id, last_event_id_query)
-    return _response(request, settings, factory, ids, viewer, "study", resume_from)
+    return await follow.stream(_study_ids, study_id, "study")

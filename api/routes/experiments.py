@@ -14,7 +14,6 @@ from sqlalchemy.orm import Session
 from gradlab.api.auth import ViewerDep, get_viewer
 from gradlab.api.deps import (
     CheckpointStoreDep,
-    RenderLimiterDep,
     ResponseCacheDep,
     SessionDep,
     SessionFactoryDep,
@@ -41,7 +40,7 @@ from gradlab.api.schemas import (
     RunBrief,
     RunRead,
 )
-from gradlab.api.view_cache import cached_view
+from gradlab.api.view_cache import ViewsDep
 from gradlab.science.bounds import INT32_MAX
 from gradlab.science.records import RunStatus
 from gradlab.science.spec import ExperimentSpec
@@ -226,10 +225,7 @@ class _DiagnosticsView:
 )
 async def metrics(
     experiment_id: str,
-    factory: SessionFactoryDep,
-    cache: ResponseCacheDep,
-    limiter: RenderLimiterDep,
-    viewer: ViewerDep,
+    views: ViewsDep,
     max_points: Annotated[
         int | None,
         Query(
@@ -240,8 +236,7 @@ async def metrics(
     ] = None,
 ) -> Response:
     """Per run and epoch: losses, accuracies, lr and seconds; mean/std across seeds; test result."""
-    view = MetricsView(max_points)
-    return await cached_view(cache, limiter, factory, experiment_id, viewer, view)
+    return await views.experiment(experiment_id, MetricsView(max_points))
 
 
 @router.get(
@@ -261,10 +256,7 @@ async def metrics(
 )
 async def gradflow(
     experiment_id: str,
-    factory: SessionFactoryDep,
-    cache: ResponseCacheDep,
-    limiter: RenderLimiterDep,
-    viewer: ViewerDep,
+    views: ViewsDep,
     stat: GradflowStat = "mean_abs",
     window: GradflowWindow = "last_batch",
     seed: Annotated[int | None, Query(ge=0, le=INT32_MAX)] = None,
@@ -278,7 +270,7 @@ async def gradflow(
     ``values[i][j]`` is layer ``j`` at ``epochs[i]``; ``across_seeds`` averages the runs shown.
     """
     query = GradflowQuery(stat, window, seed, epoch_from, epoch_to, format, log_scale)
-    return await cached_view(cache, limiter, factory, experiment_id, viewer, query)
+    return await views.experiment(experiment_id, query)
 
 
 @router.get(
@@ -286,14 +278,7 @@ async def gradflow(
     response_model=DiagnosticsRead,
     responses=error_responses(404, 422),
 )
-async def diagnostics(
-    experiment_id: str,
-    factory: SessionFactoryDep,
-    cache: ResponseCacheDep,
-    limiter: RenderLimiterDep,
-    viewer: ViewerDep,
-) -> Response:
+async def diagnostics(experiment_id: str, views: ViewsDep) -> Response:
     """What went wrong so far, in words: vanishing or exploding gradients, not training,
     overfitting (the study diagnostics on this experiment's seeds), with their evidence."""
-    view = _DiagnosticsView()
-    return await cached_view(cache, limiter, factory, experiment_id, viewer, view)
+    return await views.experiment(experiment_id, _DiagnosticsView())

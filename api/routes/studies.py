@@ -7,22 +7,19 @@ from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query, status
-from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
 from sqlalchemy.orm import Session
 
 from gradlab.api.auth import ViewerDep, get_viewer
 from gradlab.api.deps import (
-    RenderLimiterDep,
-    ResponseCacheDep,
     SessionDep,
-    SessionFactoryDep,
     SettingsDep,
     TransactionDep,
 )
 from gradlab.api.errors import error_responses
 from gradlab.api.response_cache import CachedResponse
+from gradlab.api.view_cache import ViewsDep
 from gradlab.science.records import TERMINAL_RUN_STATUSES
 from gradlab.science.study import StudySpec
 from gradlab.services import studies as service
@@ -190,32 +187,25 @@ def _study_read(session: Session, study: Study) -> StudyRead:
 )
 async def report(
     study_id: str,
-    factory: SessionFactoryDep,
-    cache: ResponseCacheDep,
-    limiter: RenderLimiterDep,
-    viewer: ViewerDep,
+    views: ViewsDep,
     format: Literal["json", "html"] = "json",
 ) -> Response:
     """The study's report so far: table, findings, completion (JSON), or the whole HTML page
     with its figures embedded. Works while runs are still going (numbers say how many seeds)."""
 
     def entry(render: bool) -> CachedResponse | None:
-        with factory() as session:
-            study = service.get_study(session, study_id, viewer=viewer)
+        with views.factory() as session:
+            study = service.get_study(session, study_id, viewer=views.viewer)
             # The report changes only when one of its runs moves (the runs' version), and
             # rendering a large study's HTML takes seconds: cached under that version.
             key = ("study-report", study.id, format, store.runs_version(session, study))
-            found = cache.get(key)
+            found = views.cache.get(key)
             if found is None and render:
                 found = _render_report(session, study, format)
-                cache.put(key, found)
+                views.cache.put(key, found)
             return found
 
-    found = await run_in_threadpool(entry, False)
-    if found is None:
-        async with limiter.slot(viewer.user_id or "*"):
-            found = await run_in_threadpool(entry, True)
-    assert found is not None
+    found = await views.cached(entry)
     return Response(found.body, media_type=found.media_type)
 
 
