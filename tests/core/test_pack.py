@@ -15,7 +15,9 @@ and of BatchNorm's statistics differently): float32 reassociation, a relative er
   gradient by its own running magnitude, so an element whose gradient is at rounding level
   (the conv biases in front of BatchNorm have an exact gradient of 0: BN subtracts the batch
   mean) moves by +-lr depending on the sign of that noise; and 38 layers at batch 10 on random
-  labels are chaotic. Observed after 4 steps: losses <= 1.3e-5 relative (bound ``1e-4``),
+  labels are chaotic. Observed after 4 steps: losses <= 1.3e-5 relative on an Intel Xeon
+  (AMX) and 2.9e-4 on an AMD EPYC (Zen 4), whose oneDNN kernels block differently (bound
+  ``1e-3``; another seed differs by 6e-2),
   single gradient statistics up to 35% on a few BatchNorm gammas (bound: within
   ``GRADFLOW_DECADES`` = 0.25 decade, i.e. the profile the diagnostics read on a log scale),
   and the parameters' difference <= ``PARAM_SHARE`` of the distance they travelled (the norm
@@ -57,7 +59,7 @@ LEARNING_RATES = (1e-3, 2e-3, 5e-4, 1e-3)
 WEIGHT_DECAYS = (0.0, 1e-3, 1e-2, 1e-3)
 FIRST_STEP_LOSS_RTOL = 1e-5
 FIRST_STEP_GRADFLOW_RTOL = 1e-4
-RTOL = 1e-4
+RTOL = 1e-3
 GRADFLOW_DECADES = 0.25
 PARAM_SHARE = 5e-2
 
