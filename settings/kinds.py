@@ -18,6 +18,7 @@ client's; the client refuses every server name. docs/settings.md lists who reads
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -47,6 +48,12 @@ class GradlabSettings(BaseSettings):
         return frozenset()
 
     @classmethod
+    def unusable(cls, environ: Mapping[str, str]) -> list[str]:
+        """Why each GRADLAB_ variable of ``environ`` that this kind cannot use is refused."""
+        return refused(environ, kind=cls.kind, own=cls.names(), tolerated=cls.tolerated(),
+                       readers=readers())
+
+    @classmethod
     def settings_customise_sources(
         cls,
         settings_cls: type[BaseSettings],
@@ -69,8 +76,7 @@ class _RefuseUnusable(PydanticBaseSettingsSource):
     def __call__(self) -> dict[str, Any]:
         kind = self.settings_cls
         assert issubclass(kind, GradlabSettings)
-        problems = refused(os.environ, kind=kind.kind, own=kind.names(),
-                           tolerated=kind.tolerated(), readers=readers())
+        problems = kind.unusable(os.environ)
         if problems:
             raise UnusableSettingError(kind.kind, problems)
         return {}
