@@ -30,7 +30,7 @@ from gradlab.api.response_cache import ResponseCache
 from gradlab.api.routes import dashboard, events, experiments, health, studies
 from gradlab.dispatch.dispatchers import RunDispatcher, make_dispatcher
 from gradlab.observability.logs import configure_logging
-from gradlab.settings import Settings, get_settings
+from gradlab.settings import ApiSettings, get_api_settings
 from gradlab.store import users
 from gradlab.store.checkpoint_store import open_checkpoint_store
 from gradlab.store.session import engine_from_settings, make_session_factory, session_scope
@@ -86,10 +86,10 @@ def _register_admin_token(factory: sessionmaker[Session], token: str) -> None:
 
 
 def create_app(
-    settings: Settings | None = None, dispatcher: RunDispatcher | None = None
+    settings: ApiSettings | None = None, dispatcher: RunDispatcher | None = None
 ) -> FastAPI:
     """A gradlab API app on ``settings`` (default: from GRADLAB_* variables)."""
-    settings = settings or get_settings()
+    settings = settings or get_api_settings()
     engine = engine_from_settings(settings)
     # With auth on, the schema needs a token like every data route, and the interactive pages
     # are off: they load their scripts from a CDN, on the origin where the dashboard keeps the
@@ -186,6 +186,6 @@ def _serve_schema_behind_auth(app: FastAPI) -> None:
 def create_service_app() -> FastAPI:
     """The app as an API process serves it (``gradlab api``, one call per uvicorn worker
     process): logs configured from the settings first (JSON lines or text)."""
-    settings = get_settings()
+    settings = get_api_settings()
     configure_logging(settings.log_format, settings.log_level)
     return create_app(settings)

@@ -19,7 +19,7 @@ from gradlab.api.prometheus_metrics import DISPATCH_FAILURES
 from gradlab.api.render_limits import RenderLimiter
 from gradlab.api.response_cache import ResponseCache
 from gradlab.services.transaction import Transaction, transaction
-from gradlab.settings import Settings
+from gradlab.settings import ApiSettings
 from gradlab.store.checkpoint_store import CheckpointStore
 from gradlab.store.session import session_scope
 
@@ -35,8 +35,8 @@ def get_transaction(request: Request) -> Iterator[Transaction]:
         yield tx
 
 
-async def get_settings_dep(request: Request) -> Settings:
-    return cast("Settings", request.app.state.settings)
+async def get_settings_dep(request: Request) -> ApiSettings:
+    return cast("ApiSettings", request.app.state.settings)
 
 
 async def get_session_factory(request: Request) -> sessionmaker[Session]:
@@ -59,7 +59,7 @@ async def get_render_limiter(request: Request) -> RenderLimiter:
 SessionDep = Annotated[Session, Depends(get_session, scope="function")]
 TransactionDep = Annotated[Transaction, Depends(get_transaction, scope="function")]
 SessionFactoryDep = Annotated[sessionmaker[Session], Depends(get_session_factory)]
-SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
+SettingsDep = Annotated[ApiSettings, Depends(get_settings_dep)]
 CheckpointStoreDep = Annotated[CheckpointStore, Depends(get_checkpoint_store)]
 ResponseCacheDep = Annotated[ResponseCache, Depends(get_response_cache)]
 RenderLimiterDep = Annotated[RenderLimiter, Depends(get_render_limiter)]

@@ -56,9 +56,9 @@ def serve(database_url: str, port: int) -> None:
     import uvicorn
 
     from gradlab.api.app import create_app
-    from gradlab.settings import Settings
+    from gradlab.settings import ApiSettings
 
-    app = create_app(Settings(database_url=database_url, broker_url=None), NoOpDispatcher())
+    app = create_app(ApiSettings(database_url=database_url, broker_url=None), NoOpDispatcher())
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
 
 

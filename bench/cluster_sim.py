@@ -66,7 +66,7 @@ from gradlab.science.records import (  # noqa: E402
     TestResult,
     TrainingResult,
 )
-from gradlab.settings import Settings  # noqa: E402
+from gradlab.settings import WorkerSettings  # noqa: E402
 from gradlab.store.checkpoint_store import CheckpointRef, CheckpointStore  # noqa: E402
 
 DEFAULT_SWEEP = (50, 100, 200, 300, 400)
@@ -183,7 +183,7 @@ class Slot:
                               test=TestResult(loss=2.0, acc=0.5, best_epoch=0),
                               environment={"device": device, "simulated": True})
 
-    def cadence(self, settings: Settings) -> Any:
+    def cadence(self, settings: WorkerSettings) -> Any:
         """A GPU's: the simulated device is a GPU, whatever this machine has."""
         from gradlab.worker.checkpointing import cadence_for
 
@@ -210,7 +210,7 @@ def worker_process(index: int, slots: int, settings_json: dict[str, Any], epoch_
     from gradlab.worker.runner import execute_run
 
     os.environ.setdefault("GRADLAB_GIT_REVISION", "simulation")  # as images set it
-    settings = Settings(**settings_json)
+    settings = WorkerSettings(**settings_json)
     engine = engine_from_settings(settings)
     factory = make_session_factory(engine)
     store = CountingStore(open_checkpoint_store(settings, factory))
@@ -298,9 +298,9 @@ async def _read_until(base_url: str, readers: int, interval: float, start_at: fl
 # One point: database, services, processes, measurements
 
 
-def _settings(point: Point, database_url: str, folder: Path) -> Settings:
+def _settings(point: Point, database_url: str, folder: Path) -> WorkerSettings:
     stores = {"database": "database", "filesystem": str(folder / "checkpoints")}
-    return Settings(
+    return WorkerSettings(
         database_url=database_url,
         database_pooler="pgbouncer" if point.pgbouncer else "none",
         database_pool_size=point.pool_size,
@@ -333,7 +333,7 @@ def _create_runs(factory: Any, point: Point) -> tuple[int, list[str]]:
 class Services:
     """The API (uvicorn) and the reaper of one point, started and stopped together."""
 
-    def __init__(self, settings: Settings, api_pool_size: int, log_dir: Path):
+    def __init__(self, settings: WorkerSettings, api_pool_size: int, log_dir: Path):
         from tests.support.processes import free_port
 
         self.port = free_port()
@@ -358,7 +358,7 @@ class Services:
             time.sleep(0.5)
         raise RuntimeError("the API did not start (see its log)")
 
-    def _reap(self, settings: Settings) -> None:
+    def _reap(self, settings: WorkerSettings) -> None:
         from gradlab.dispatch.dispatchers import EmbeddedDispatcher
         from gradlab.store.session import engine_from_settings, make_session_factory
         from gradlab.worker.reaper import reap
@@ -380,7 +380,7 @@ class Services:
         self.log.close()
 
 
-def _environment(settings: Settings) -> dict[str, str]:
+def _environment(settings: WorkerSettings) -> dict[str, str]:
     """GRADLAB_* variables for a process configured like ``settings``."""
     return {f"GRADLAB_{name.upper()}": str(value) for name, value in
             settings.model_dump(mode="json").items() if value is not None}
@@ -402,7 +402,8 @@ class Fleet:
             process.join(10)
 
 
-def _start_fleet(point: Point, settings: Settings, run_ids: list[str], base_url: str) -> Fleet:
+def _start_fleet(point: Point, settings: WorkerSettings, run_ids: list[str],
+                 base_url: str) -> Fleet:
     ctx = multiprocessing.get_context("spawn")
     fleet = Fleet([], [ctx.Queue() for _ in range(point.workers + 1)], ctx.Queue())
     slots = [point.runs // point.workers + (i < point.runs % point.workers)

@@ -16,8 +16,15 @@ app = typer.Typer(
 
 
 def main() -> None:
+    from gradlab.settings import UnusableSettingError
+
     _register_commands()
-    app()
+    try:
+        app()
+    except UnusableSettingError as exc:
+        # A GRADLAB_ variable this verb's process kind cannot use: refused before any work.
+        typer.secho(f"error: {exc}", fg="red", err=True)
+        raise SystemExit(2) from None
 
 
 def _register_commands() -> None:

@@ -178,7 +178,7 @@ def _train(spec: Any, seed: int, data_dir: Path | None, device: str, out: Path, 
     from gradlab.core.data_download import DownloadError
     from gradlab.core.training_loop import fit
     from gradlab.science.records import EpochDecision, RunOutcome
-    from gradlab.settings import get_settings
+    from gradlab.settings import get_worker_settings
     from gradlab.worker.stopping import stop_on_signals
 
     console = Console()
@@ -201,7 +201,7 @@ def _train(spec: Any, seed: int, data_dir: Path | None, device: str, out: Path, 
                   f" epochs on {data.source}")
     # The worker's cooperative stop: the first Ctrl-C stops at the end of the epoch in
     # progress (its checkpoint written), the second at once (that epoch discarded).
-    with stop_on_signals(get_settings().shutdown_grace_seconds, sigint=True,
+    with stop_on_signals(get_worker_settings().shutdown_grace_seconds, sigint=True,
                          announce=lambda text: console.print(f"[yellow]{text}[/yellow]")
                          ) as stop:
 

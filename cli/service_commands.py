@@ -8,10 +8,20 @@ import os
 import signal
 import sys
 from pathlib import Path
+from typing import TypeVar
 
 import typer
 
-from gradlab.settings import Settings, get_settings
+from gradlab.settings import (
+    ApiSettings,
+    ServerSettings,
+    WorkerSettings,
+    clear_cached,
+    get_api_settings,
+    get_worker_settings,
+)
+
+Kind = TypeVar("Kind", bound=ServerSettings)
 
 
 def _database_url(db: str | None) -> str | None:
@@ -23,13 +33,14 @@ def _database_url(db: str | None) -> str | None:
     return f"sqlite:///{Path(db).expanduser().resolve()}"
 
 
-def settings_with_db(db: str | None) -> Settings:
-    """The settings, with ``--db`` (when given) as the database of this process and children."""
+def settings_with_db(db: str | None, kind: type[Kind]) -> Kind:
+    """The settings of ``kind``, with ``--db`` (when given) as the database of this process
+    and its children."""
     url = _database_url(db)
     if url is not None:
         os.environ["GRADLAB_DATABASE_URL"] = url  # so every process (and child) agrees
-    get_settings.cache_clear()
-    return get_settings()
+        clear_cached()
+    return kind()
 
 
 def _without_password(url: str) -> str:
@@ -64,7 +75,7 @@ def migrate_command(
     """Bring the database schema to a revision (default: the latest)."""
     from gradlab.store import migrate
 
-    settings = settings_with_db(db)
+    settings = settings_with_db(db, ServerSettings)
     _migrate_or_exit(settings.database_url, revision)
     revision_now = migrate.current_revision(settings.database_url)
     typer.echo(f"{_without_password(settings.database_url)}: at {revision_now}")
@@ -74,7 +85,7 @@ def _exit_on_sigterm(_signum: int, _frame: object) -> None:
     raise SystemExit(0)
 
 
-def auth_notice(settings: Settings) -> str:
+def auth_notice(settings: ApiSettings) -> str:
     """One line saying whether requests need a token, printed when a server starts."""
     if settings.auth_required:
         return ("auth: on (GRADLAB_AUTH_REQUIRED=true): every route but /healthz, /readyz and "
@@ -105,7 +116,9 @@ def serve_command(
     from gradlab.observability.logs import configure_logging
     from gradlab.worker.embedded import LocalWorker
 
-    settings = settings_with_db(db)
+    # The API here, and a worker in the child: each reads its own kind.
+    settings = settings_with_db(db, ApiSettings)
+    worker_settings = WorkerSettings()
     configure_logging(settings.log_format, settings.log_level)
     if settings.broker_url:
         typer.secho(
@@ -115,8 +128,9 @@ def serve_command(
             err=True,
         )
         settings = settings.model_copy(update={"broker_url": None})
+        worker_settings = worker_settings.model_copy(update={"broker_url": None})
     _migrate_or_exit(settings.database_url)
-    worker = LocalWorker(settings)
+    worker = LocalWorker(worker_settings)
     worker.start()
     typer.echo(
         f"gradlab: API on http://{host}:{port} (docs at /docs), database "
@@ -139,7 +153,7 @@ def serve_command(
         worker.stop()
 
 
-def _broker_url_or_exit(settings: Settings, command: str) -> str:
+def _broker_url_or_exit(settings: ServerSettings, command: str) -> str:
     if not settings.broker_url:
         typer.secho(
             f"error: `gradlab {command}` needs GRADLAB_BROKER_URL (e.g. redis://localhost:6379/0);"
@@ -165,7 +179,7 @@ def api_command(
         prepare_multiprocess_dir("api")
     import uvicorn
 
-    settings = get_settings()
+    settings = get_api_settings()
     _broker_url_or_exit(settings, "api")
     typer.echo(auth_notice(settings))
     uvicorn.run(
@@ -193,7 +207,7 @@ def worker_command(
     """A Celery training worker against the configured broker and database (one child per
     GPU, or several with GRADLAB_GPU_SHARING=processes). Run `gradlab reaper` once per
     deployment beside the workers."""
-    settings = get_settings()
+    settings = get_worker_settings()
     _broker_url_or_exit(settings, "worker")
     if settings.worker_metrics_port is not None:
         from gradlab.observability.metrics_folder import prepare_multiprocess_dir
@@ -230,7 +244,7 @@ def reaper_command(
     del schedule  # still accepted, so a deployment written for the beat-based reaper starts
     from gradlab.observability.logs import configure_logging
 
-    settings = get_settings()
+    settings = get_worker_settings()
     _broker_url_or_exit(settings, "reaper")
     configure_logging(settings.log_format, loglevel.upper())
     from gradlab.worker.reaper_service import serve_reaper

@@ -30,7 +30,7 @@ from gradlab.cli.study_folder import StudyFolder, last_report_seconds, note_repo
 from gradlab.cli.study_training import PlannedRun
 from gradlab.science.study import SCALES, StudySpec, expand, load_study
 from gradlab.science.study_results import CellResult
-from gradlab.settings import Settings
+from gradlab.settings import WorkerSettings
 from gradlab.worker.stopping import StopControl, TimeLimit
 
 study_app = typer.Typer(help="Studies: grids of experiments with one report.", no_args_is_help=True)
@@ -138,9 +138,9 @@ def _load(file: Path, scale: str) -> StudySpec:
         raise StudyRunError(f"cannot read study file {file}: {exc.strerror}") from None
     from gradlab.services.errors import GradlabError
     from gradlab.services.studies import expand_within_limits
-    from gradlab.settings import get_settings
+    from gradlab.settings import get_api_settings
 
-    settings = get_settings()
+    settings = get_api_settings()  # the service layer's limits, as the API applies them
     try:
         # The API's rules, before anything is stored: the caps (counted before expanding),
         # every cell valid at this scale and within the cost limits.
@@ -167,7 +167,7 @@ def _chosen_cells(study: StudySpec, scale: str, names: list[str] | None) -> set[
 
 
 def _settings(url: str, data_dir: Path | None, device: str, pack: bool,
-              folder: StudyFolder | None) -> Settings:
+              folder: StudyFolder | None) -> WorkerSettings:
     """The worker's settings for this invocation; the study folder's checkpoints live in it,
     located from ``--out`` every time (the database keeps keys relative to that folder)."""
     update: dict[str, Any] = {"database_url": url, "device": device}
@@ -177,7 +177,7 @@ def _settings(url: str, data_dir: Path | None, device: str, pack: bool,
         update["checkpoint_store"] = str(folder.checkpoints)
     if not pack:
         update["pack_size"] = 1
-    return Settings(**update)
+    return WorkerSettings(**update)
 
 
 # --- the store path: submit into the store, train through the worker's queue loop ----------
@@ -191,7 +191,7 @@ def _submit(study: StudySpec, scale: str, url: str,
     from gradlab.services.errors import GradlabError
     from gradlab.services.studies import submit_study
     from gradlab.services.transaction import transaction
-    from gradlab.settings import get_settings
+    from gradlab.settings import get_api_settings
     from gradlab.store.migrate import upgrade
     from gradlab.store.session import make_engine, make_session_factory
     from gradlab.store.users import EVERYONE
@@ -207,7 +207,7 @@ def _submit(study: StudySpec, scale: str, url: str,
             # copied from there).
             requeue_orphans(tx.session, other_hosts=own_folder)
             submitted = submit_study(tx.session, study, viewer=EVERYONE,
-                                     settings=get_settings(), scale=scale)
+                                     settings=get_api_settings(), scale=scale)
             tx.dispatch_after_commit(submitted.newly_queued_run_ids)
     except GradlabError as exc:
         raise StudyRunError(exc.detail) from None
@@ -226,7 +226,7 @@ class _Trained:
 
 
 def _train(factory: sessionmaker[Session], study_id: str, cells: set[str] | None,
-           settings: Settings, limit: TimeLimit | None, console: Console,
+           settings: WorkerSettings, limit: TimeLimit | None, console: Console,
            kept: float) -> _Trained:
     from gradlab.cli.study_training import study_plan, train_runs
     from gradlab.worker.stopping import stop_on_signals
@@ -251,7 +251,7 @@ def _train(factory: sessionmaker[Session], study_id: str, cells: set[str] | None
                     sum(r.epochs_done for r in plan))
 
 
-def _data_source(settings: Settings, factory: sessionmaker[Session], study_id: str) -> Any:
+def _data_source(settings: WorkerSettings, factory: sessionmaker[Session], study_id: str) -> Any:
     """Loads a data set from the data folder, which holds every data set the study trains
     on: fetched first when missing (``gradlab.core.data.ensure_data``)."""
     from gradlab.core.data import CifarArrays, DataNotFoundError, ensure_data, load_cifar

@@ -19,7 +19,7 @@ from rich.progress import Progress, TaskID
 from sqlalchemy.orm import Session, sessionmaker
 
 from gradlab.science.records import TERMINAL_RUN_STATUSES
-from gradlab.settings import Settings
+from gradlab.settings import WorkerSettings
 from gradlab.worker.outcomes import AttemptOutcome
 from gradlab.worker.stopping import StopControl
 
@@ -66,7 +66,7 @@ def study_plan(factory: sessionmaker[Session], study_id: str) -> list[PlannedRun
             for cell in matrix for s in cell["seeds"]]
 
 
-def train_runs(factory: sessionmaker[Session], settings: Settings, data: DataSource,
+def train_runs(factory: sessionmaker[Session], settings: WorkerSettings, data: DataSource,
                stop: StopControl, study_id: str, chosen: list[PlannedRun],
                console: Console) -> dict[str, AttemptOutcome]:
     """Train the chosen runs that are queued (the queue loop, in this thread) with a bar for

@@ -42,9 +42,10 @@ def _in_transaction(db: str | None, work: Callable[..., T]) -> T:
     from sqlalchemy.exc import SQLAlchemyError
 
     from gradlab.cli.service_commands import settings_with_db
+    from gradlab.settings import ServerSettings
     from gradlab.store.session import make_engine, make_session_factory, session_scope
 
-    url = settings_with_db(db).database_url
+    url = settings_with_db(db, ServerSettings).database_url
     engine = make_engine(url)
     try:
         with session_scope(make_session_factory(engine)) as session:

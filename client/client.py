@@ -35,7 +35,7 @@ from gradlab.client.models import (
     StudyItem,
 )
 from gradlab.client.sse import parse_events
-from gradlab.settings import Settings
+from gradlab.settings import ClientSettings
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -57,9 +57,12 @@ class GradlabClient:
         timeout: float = 30.0,
         transport: httpx.BaseTransport | None = None,
     ) -> None:
-        settings = Settings()
-        self.url = (url or settings.url).rstrip("/")
-        token = settings.token if token is None else token
+        if not url or token is None:
+            # GRADLAB_URL and GRADLAB_TOKEN, read only for what the caller did not give
+            settings = ClientSettings()
+            url = url or settings.url
+            token = settings.token if token is None else token
+        self.url = url.rstrip("/")
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self._http = httpx.Client(
             base_url=self.url, headers=headers, timeout=timeout, transport=transport

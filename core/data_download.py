@@ -31,7 +31,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from urllib.parse import urlparse
 
-from gradlab.settings import get_settings
+from gradlab.settings import get_worker_settings
 
 # progress(bytes done, bytes in all or 0 when the server does not say)
 Progress = Callable[[int, int], None]
@@ -71,7 +71,7 @@ def official_archive(dataset: str) -> Archive:
 def archive_for(dataset: str) -> Archive:
     """The official archive, fetched from ``GRADLAB_CIFAR_URL`` when that is set."""
     official = official_archive(dataset)
-    mirror = get_settings().cifar_url
+    mirror = get_worker_settings().cifar_url
     if not mirror:
         return official
     return replace(official, url=f"{mirror.rstrip('/')}/{official.filename}")

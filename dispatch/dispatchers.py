@@ -14,7 +14,7 @@ from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 from gradlab.dispatch.queues import TRAIN_TASK, producer_app
-from gradlab.settings import Settings
+from gradlab.settings import ServerSettings
 
 if TYPE_CHECKING:
     from celery import Celery
@@ -132,7 +132,7 @@ class EmbeddedDispatcher:
             self._wake.set()
 
 
-def make_dispatcher(settings: Settings, *, wake: Any | None = None) -> RunDispatcher:
+def make_dispatcher(settings: ServerSettings, *, wake: Any | None = None) -> RunDispatcher:
     """Celery when ``GRADLAB_BROKER_URL`` is set, else the embedded local worker."""
     if settings.broker_url:
         return CeleryDispatcher(producer_app(settings))

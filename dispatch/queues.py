@@ -11,22 +11,22 @@ from typing import Any
 
 from celery import Celery
 
-from gradlab.settings import Settings
+from gradlab.settings import ServerSettings, WorkerSettings
 
 TRAIN_TASK = "gradlab.train_run"
 REAP_TASK = "gradlab.reap_lost_runs"
 
 
-def reaper_queue(settings: Settings) -> str:
+def reaper_queue(settings: ServerSettings) -> str:
     return f"{settings.celery_queue}.reaper"
 
 
-def reap_interval_seconds(settings: Settings) -> float:
+def reap_interval_seconds(settings: WorkerSettings) -> float:
     """How often the reaper looks for lost runs: twice per lease, at most every 5 s."""
     return max(5.0, settings.lease_seconds / 2)
 
 
-def celery_settings(settings: Settings) -> dict[str, Any]:
+def celery_settings(settings: ServerSettings) -> dict[str, Any]:
     """Settings every gradlab Celery app shares (producer or worker), and why:
 
     - JSON only; task arguments are run ids, never objects; results ignored (the database
@@ -58,7 +58,7 @@ def celery_settings(settings: Settings) -> dict[str, Any]:
     }
 
 
-def producer_app(settings: Settings) -> Celery:
+def producer_app(settings: ServerSettings) -> Celery:
     """A Celery app that only sends (by task name): no task modules, no worker signals."""
     app = Celery("gradlab", broker=settings.broker_url or "memory://")
     app.conf.update(celery_settings(settings))

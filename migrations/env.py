@@ -7,7 +7,7 @@ from typing import Any
 from alembic import context
 
 import gradlab.store.models  # noqa: F401  (registers every table on Base.metadata)
-from gradlab.settings import get_settings
+from gradlab.settings import ServerSettings
 from gradlab.store.base import Base
 from gradlab.store.session import is_sqlite, make_engine
 
@@ -21,7 +21,7 @@ def _database_url() -> str:
     url = config.attributes.get("database_url") or context.get_x_argument(as_dictionary=True).get(
         "url"
     )
-    return url or config.get_main_option("sqlalchemy.url") or get_settings().database_url
+    return url or config.get_main_option("sqlalchemy.url") or ServerSettings().database_url
 
 
 def _configure(**kwargs: Any) -> None:
@@ -49,7 +49,7 @@ def run_migrations_online() -> None:
             context.run_migrations()
         return
     # Through PgBouncer too (transaction pooling): no server-side prepared statements.
-    pooled = get_settings().database_pooler == "pgbouncer"
+    pooled = ServerSettings().database_pooler == "pgbouncer"
     engine = make_engine(_database_url(), transaction_pooler=pooled)
     try:
         with engine.connect() as connection:

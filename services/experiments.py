@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 from gradlab.science.spec import ExperimentSpec
 from gradlab.services import limits
 from gradlab.services.errors import ConflictError, NotFoundError
-from gradlab.settings import Settings
+from gradlab.settings import ApiSettings
 from gradlab.store import experiments as store
 from gradlab.store.models import Experiment
 from gradlab.store.users import Viewer
@@ -36,7 +36,7 @@ class SubmittedExperiment:
 
 
 def submit_experiment(
-    session: Session, spec: ExperimentSpec, *, viewer: Viewer, settings: Settings
+    session: Session, spec: ExperimentSpec, *, viewer: Viewer, settings: ApiSettings
 ) -> SubmittedExperiment:
     """Store an experiment and one queued run per seed, owned by ``viewer``.
 

@@ -17,12 +17,12 @@ from gradlab.science.cost import CostLimits, cost_excesses
 from gradlab.science.spec import MAX_SEEDS, ExperimentSpec
 from gradlab.science.study import StudyCell, StudySpec, StudyTooLargeError, check_study_size
 from gradlab.services.errors import InvalidFieldsError, TooManyRunsError
-from gradlab.settings import Settings
+from gradlab.settings import ApiSettings
 from gradlab.store.studies import StudyPlan
 from gradlab.store.users import active_runs, lock_submissions
 
 
-def cost_limits(settings: Settings) -> CostLimits:
+def cost_limits(settings: ApiSettings) -> CostLimits:
     return CostLimits(
         max_parameters=settings.max_parameters,
         max_activation_bytes=settings.max_activation_bytes,
@@ -30,7 +30,7 @@ def cost_limits(settings: Settings) -> CostLimits:
     )
 
 
-def check_cost(specs: Sequence[tuple[str, ExperimentSpec]], settings: Settings) -> None:
+def check_cost(specs: Sequence[tuple[str, ExperimentSpec]], settings: ApiSettings) -> None:
     """422 naming every limit each (place, spec) exceeds; ``place`` names a study cell."""
     limits = cost_limits(settings)
     problems = [
@@ -42,11 +42,11 @@ def check_cost(specs: Sequence[tuple[str, ExperimentSpec]], settings: Settings) 
         raise InvalidFieldsError(problems)
 
 
-def check_cells_cost(cells: Sequence[StudyCell], settings: Settings) -> None:
+def check_cells_cost(cells: Sequence[StudyCell], settings: ApiSettings) -> None:
     check_cost([(_place(c), c.spec) for c in cells], settings)
 
 
-def check_study_request(study: StudySpec, settings: Settings) -> None:
+def check_study_request(study: StudySpec, settings: ApiSettings) -> None:
     """422 for a study past the per-request caps, counted without expanding it."""
     try:
         check_study_size(
@@ -82,7 +82,7 @@ def start_submission(session: Session, owner_id: str | None) -> None:
 
 def check_active_runs(
     session: Session, owner_id: str | None, owner_name: str | None, adding: int,
-    settings: Settings,
+    settings: ApiSettings,
 ) -> None:
     """429 when ``adding`` more queued runs would take the owner past the limit (checked
     before they are written; call ``start_submission`` first)."""

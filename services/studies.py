@@ -10,14 +10,14 @@ from sqlalchemy.orm import Session
 from gradlab.science.study import StudyCell, StudySpec, expand
 from gradlab.services import limits
 from gradlab.services.errors import InvalidFieldsError, NotFoundError
-from gradlab.settings import Settings
+from gradlab.settings import ApiSettings
 from gradlab.store import studies as store
 from gradlab.store.models import Study
 from gradlab.store.studies import SubmittedStudy
 from gradlab.store.users import Viewer
 
 
-def expand_within_limits(study: StudySpec, scale: str, settings: Settings) -> list[StudyCell]:
+def expand_within_limits(study: StudySpec, scale: str, settings: ApiSettings) -> list[StudyCell]:
     """The study's cells at ``scale``: 422 when the request is past its caps (counted before
     expanding), a cell is not a valid spec, or a cell's cost passes a limit."""
     limits.check_study_request(study, settings)
@@ -34,7 +34,7 @@ def submit_study(
     study: StudySpec,
     *,
     viewer: Viewer,
-    settings: Settings,
+    settings: ApiSettings,
     scale: str | None = None,
 ) -> SubmittedStudy:
     """Expand ``study`` (at ``scale``, default its own) into experiments, one per cell, and
@@ -65,7 +65,7 @@ def get_study(session: Session, study_id: str, *, viewer: Viewer) -> Study:
 
 
 def resubmit_study(
-    session: Session, study_id: str, *, viewer: Viewer, settings: Settings
+    session: Session, study_id: str, *, viewer: Viewer, settings: ApiSettings
 ) -> list[str]:
     """Send the study's failed runs back to the queue (fresh attempts, resuming from their
     last checkpoint); returns only those, for the edge to dispatch after its commit: runs

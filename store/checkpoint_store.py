@@ -21,7 +21,7 @@ from urllib.parse import urlparse
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from gradlab.settings import Settings
+from gradlab.settings import ServerSettings
 from gradlab.store.object_store import ObjectMissingError, ObjectStore
 from gradlab.store.object_store_database import DatabaseObjectStore
 from gradlab.store.object_store_filesystem import FilesystemObjectStore
@@ -123,7 +123,8 @@ class CheckpointStore:
         self.objects.delete_prefix(run_prefix(run_id))
 
 
-def open_checkpoint_store(settings: Settings, factory: sessionmaker[Session]) -> CheckpointStore:
+def open_checkpoint_store(settings: ServerSettings,
+                          factory: sessionmaker[Session]) -> CheckpointStore:
     """The store ``GRADLAB_CHECKPOINT_STORE`` names: ``database`` (default), a folder
     (``/path`` or ``file:///path``), or ``s3://bucket/prefix``."""
     where = settings.checkpoint_store.strip()

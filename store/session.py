@@ -15,7 +15,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import StaticPool
 
-from gradlab.settings import Settings
+from gradlab.settings import ServerSettings
 
 # How long a SQLite writer waits for another writer's lock before giving up (ms). The API and
 # the local worker write the same file; epoch writes take milliseconds, so waiting is right.
@@ -81,7 +81,7 @@ def make_engine(
     return engine
 
 
-def engine_from_settings(settings: Settings) -> Engine:
+def engine_from_settings(settings: ServerSettings) -> Engine:
     """The engine of a process configured by GRADLAB_* settings (pool sizes, pooler)."""
     return make_engine(
         settings.database_url,

@@ -67,8 +67,8 @@ def test_building_the_apis_dispatcher_never_loads_the_worker_or_asks_for_gpus(
 import sys
 from fastapi.testclient import TestClient
 from gradlab.api.app import create_app
-from gradlab.settings import Settings
-app = create_app(Settings(database_url="sqlite://", broker_url="redis://127.0.0.1:6379/15"))
+from gradlab.settings import ApiSettings
+app = create_app(ApiSettings(database_url="sqlite://", broker_url="redis://127.0.0.1:6379/15"))
 with TestClient(app) as client:
     client.get("/healthz")
     kind = type(app.state.dispatcher).__name__

@@ -37,7 +37,7 @@ from gradlab.science.records import (
     TrainingResult,
 )
 from gradlab.science.spec import ExperimentSpec
-from gradlab.settings import Settings
+from gradlab.settings import WorkerSettings
 from gradlab.store import runs
 from gradlab.store.checkpoint_store import CheckpointIntegrityError, CheckpointStore
 from gradlab.store.session import session_scope
@@ -87,7 +87,7 @@ class Attempt:
     """One claimed run: see the module docstring. ``outcome`` is None until it ended."""
 
     def __init__(self, claimed: runs.ClaimedRun, factory: sessionmaker[Session],
-                 settings: Settings, store: CheckpointStore,
+                 settings: WorkerSettings, store: CheckpointStore,
                  cadence: CheckpointCadence | None = None) -> None:
         self.claimed, self._factory, self._settings = claimed, factory, settings
         self._store, self._cadence = store, cadence

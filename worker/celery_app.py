@@ -10,12 +10,12 @@ from __future__ import annotations
 from celery import Celery
 
 from gradlab.dispatch.queues import REAP_TASK, celery_settings, reap_interval_seconds
-from gradlab.settings import Settings, get_settings
+from gradlab.settings import WorkerSettings, get_worker_settings
 from gradlab.worker import devices, lifecycle, tasks
 
 
-def make_celery(settings: Settings | None = None) -> Celery:
-    settings = settings or get_settings()
+def make_celery(settings: WorkerSettings | None = None) -> Celery:
+    settings = settings or get_worker_settings()
     app = Celery("gradlab", broker=settings.broker_url or "memory://")
     app.conf.update(celery_settings(settings))
     interval = reap_interval_seconds(settings)

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from gradlab.settings import Settings
+from gradlab.settings import WorkerSettings
 from gradlab.store import runs
 from gradlab.store.checkpoint_store import CheckpointRef, CheckpointStore
 from gradlab.store.session import session_scope
@@ -56,7 +56,7 @@ class CheckpointCadence:
         self._last = self._clock()
 
 
-def cadence_for(device: str, settings: Settings, *, rng: random.Random | None = None,
+def cadence_for(device: str, settings: WorkerSettings, *, rng: random.Random | None = None,
                 clock: Callable[[], float] = time.monotonic) -> CheckpointCadence:
     """Every epoch on the CPU; at most every ``GRADLAB_CHECKPOINT_SECONDS`` on a GPU, the
     first after a random part of that interval (``FIRST_CHECKPOINT_SPREAD``)."""

@@ -18,7 +18,7 @@ import shutil
 import subprocess
 from collections.abc import MutableMapping
 
-from gradlab.settings import Settings
+from gradlab.settings import WorkerSettings
 
 # The parent's GPU list, handed to the children through the environment (fork copies it).
 WORKER_GPUS_ENV = "GRADLAB_WORKER_GPUS"
@@ -55,7 +55,7 @@ def _nvidia_smi_count() -> int:
     return sum(1 for line in listing.splitlines() if line.startswith("GPU "))
 
 
-def children_per_gpu(settings: Settings) -> int:
+def children_per_gpu(settings: WorkerSettings) -> int:
     """Worker children that share one GPU: ``processes_per_gpu`` with ``gpu_sharing`` set to
     processes, else one (which trains fused packs)."""
     return settings.processes_per_gpu if settings.gpu_sharing == "processes" else 1

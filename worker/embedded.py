@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from gradlab.dispatch.dispatchers import EmbeddedDispatcher
 from gradlab.observability.logs import configure_logging
-from gradlab.settings import Settings
+from gradlab.settings import WorkerSettings
 from gradlab.store import runs
 from gradlab.store.base import utcnow
 from gradlab.store.session import engine_from_settings, make_session_factory, session_scope
@@ -36,7 +36,7 @@ DEFAULT_POLL_SECONDS = 1.0
 class LocalWorker:
     """Starts and stops the local worker process; ``dispatcher`` wakes it on new runs."""
 
-    def __init__(self, settings: Settings, *, poll_seconds: float = DEFAULT_POLL_SECONDS):
+    def __init__(self, settings: WorkerSettings, *, poll_seconds: float = DEFAULT_POLL_SECONDS):
         self._settings = settings
         self._poll = poll_seconds
         self._ctx = multiprocessing.get_context("spawn")
@@ -130,7 +130,7 @@ def run_local_worker(
     settings_dict: dict[str, Any], stop: Any, wake: Any, poll_seconds: float
 ) -> None:
     """The local worker process's main loop (spawned; takes only picklable arguments)."""
-    settings = Settings(**settings_dict)
+    settings = WorkerSettings(**settings_dict)
     configure_logging(settings.log_format, settings.log_level)
     engine = engine_from_settings(settings)
     factory: sessionmaker[Session] = make_session_factory(engine)
@@ -150,7 +150,7 @@ def run_local_worker(
 
 
 def _serve_queue(
-    factory: sessionmaker[Session], settings: Settings, stop: Any, wake: Any,
+    factory: sessionmaker[Session], settings: WorkerSettings, stop: Any, wake: Any,
     poll_seconds: float, graceful: StopControl,
 ) -> None:
     """Train the oldest queued run, one claim at a time, until told to stop."""

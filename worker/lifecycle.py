@@ -13,7 +13,7 @@ import signal
 from celery.signals import setup_logging, worker_init, worker_process_init, worker_shutting_down
 
 from gradlab.observability.logs import configure_logging
-from gradlab.settings import get_settings
+from gradlab.settings import get_worker_settings
 from gradlab.worker import devices, process_state
 
 log = logging.getLogger(__name__)
@@ -30,7 +30,7 @@ def child_pins_gpu_and_drops_inherited_connections(**_: object) -> None:
 
     index = getattr(current_process(), "index", None) or 0
     pinned = devices.pin_child(index)
-    process_state.reset(device=devices.child_device(get_settings().device, pinned))
+    process_state.reset(device=devices.child_device(get_worker_settings().device, pinned))
     log.info(
         "child %d pid %d: device %s (CUDA_VISIBLE_DEVICES=%s)",
         index,
@@ -42,7 +42,7 @@ def child_pins_gpu_and_drops_inherited_connections(**_: object) -> None:
 
 def logs_as_configured(**_: object) -> None:
     # Connected, this replaces Celery's own logging set-up: JSON lines or text, per settings.
-    settings = get_settings()
+    settings = get_worker_settings()
     configure_logging(settings.log_format, settings.log_level)
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from sqlalchemy.orm import Session, sessionmaker
 
 from gradlab.core.data import CifarArrays, load_cifar, resolve_data_dir
-from gradlab.settings import get_settings
+from gradlab.settings import get_worker_settings
 from gradlab.store.session import engine_from_settings, make_session_factory
 
 _factory: sessionmaker[Session] | None = None
@@ -30,15 +30,15 @@ def reset(device: str | None = None) -> None:
 def session_factory() -> sessionmaker[Session]:
     global _factory
     if _factory is None:
-        _factory = make_session_factory(engine_from_settings(get_settings()))
+        _factory = make_session_factory(engine_from_settings(get_worker_settings()))
     return _factory
 
 
 def device() -> str:
     """The pinned device of a prefork child; with ``--pool solo`` there is no fork and the
     setting (``auto`` by default) is used as is."""
-    return _device or get_settings().device
+    return _device or get_worker_settings().device
 
 
 def load_data(dataset: str) -> CifarArrays:
-    return load_cifar(resolve_data_dir(get_settings().data_dir), dataset)
+    return load_cifar(resolve_data_dir(get_worker_settings().data_dir), dataset)

@@ -15,7 +15,7 @@ from typing import Protocol
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from gradlab.settings import Settings
+from gradlab.settings import WorkerSettings
 from gradlab.store import runs
 from gradlab.worker.attempt import DataSource
 from gradlab.worker.outcomes import AttemptOutcome
@@ -34,7 +34,7 @@ class RunListener(Protocol):
 
 
 def train_queued(
-    factory: sessionmaker[Session], settings: Settings, data: DataSource, stop: StopControl,
+    factory: sessionmaker[Session], settings: WorkerSettings, data: DataSource, stop: StopControl,
     *, among: Collection[str] | None = None, listener: RunListener | None = None,
     idle: Callable[[], bool] | None = None, between: Callable[[], None] | None = None,
 ) -> dict[str, AttemptOutcome]:

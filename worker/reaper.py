@@ -20,7 +20,7 @@ from datetime import datetime, timedelta
 from sqlalchemy.orm import Session, sessionmaker
 
 from gradlab.dispatch.dispatchers import MAX_PEEK_MESSAGES, DispatchError, RunDispatcher
-from gradlab.settings import Settings
+from gradlab.settings import WorkerSettings
 from gradlab.store import runs
 from gradlab.store.base import utcnow
 from gradlab.store.session import session_scope
@@ -73,7 +73,7 @@ def runs_to_resend(
 def reap(
     factory: sessionmaker[Session],
     dispatcher: RunDispatcher,
-    settings: Settings,
+    settings: WorkerSettings,
     *,
     now: datetime | None = None,
     resend_queued: bool = True,

@@ -21,14 +21,14 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from gradlab.dispatch.dispatchers import RunDispatcher, make_dispatcher
 from gradlab.dispatch.queues import reap_interval_seconds
-from gradlab.settings import Settings
+from gradlab.settings import WorkerSettings
 from gradlab.store.session import engine_from_settings, make_session_factory
 from gradlab.worker.reaper import reap
 
 log = logging.getLogger(__name__)
 
 
-def serve_reaper(settings: Settings, stop: threading.Event | None = None) -> None:
+def serve_reaper(settings: WorkerSettings, stop: threading.Event | None = None) -> None:
     """A pass now and every ``reap_interval_seconds`` until ``stop`` is set (or a signal)."""
     engine = engine_from_settings(settings)
     factory = make_session_factory(engine)
@@ -50,7 +50,7 @@ def serve_reaper(settings: Settings, stop: threading.Event | None = None) -> Non
 
 
 def reap_once(factory: sessionmaker[Session], dispatcher: RunDispatcher,
-              settings: Settings) -> list[str]:
+              settings: WorkerSettings) -> list[str]:
     """One pass; any failure is logged and left to the next pass (nothing is lost: the runs
     stay in the database, queued or with a lease that keeps expiring)."""
     try:

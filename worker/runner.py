@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from gradlab.core.environment import resolve_device
 from gradlab.observability.logs import bind_log_context
-from gradlab.settings import Settings, get_settings
+from gradlab.settings import WorkerSettings, get_worker_settings
 from gradlab.store import runs
 from gradlab.store.checkpoint_store import CheckpointStore, open_checkpoint_store
 from gradlab.store.session import session_scope
@@ -41,7 +41,7 @@ def worker_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-def pack_size_on(device: str, settings: Settings) -> int:
+def pack_size_on(device: str, settings: WorkerSettings) -> int:
     """``GRADLAB_PACK_SIZE`` when set; else ``GPU_PACK_SIZE`` on a GPU shared by packs, and 1
     on a GPU shared by processes (``GRADLAB_GPU_SHARING=processes``: each child trains one run)
     and on the CPU. On this project's 2-core CPU a pack of 4 VGG38 runs trained 120 images/s
@@ -62,7 +62,7 @@ def execute_run(
     data: DataSource,
     device: str,
     *,
-    settings: Settings | None = None,
+    settings: WorkerSettings | None = None,
     worker: str | None = None,
     checkpoints: CheckpointStore | None = None,
     cadence: CheckpointCadence | None = None,
@@ -79,7 +79,7 @@ def execute_run(
     ``gradlab.core.pack.fit_pack``; ``stop``: the process's stop (signals, a time limit);
     ``among``: the runs companions may be taken from (default: any queued run).
     """
-    settings = settings or get_settings()
+    settings = settings or get_worker_settings()
     store = checkpoints or open_checkpoint_store(settings, session_factory)
     worker = worker or worker_name()
     with session_scope(session_factory) as session:
@@ -98,7 +98,7 @@ def execute_run(
 
 
 def _claim_companions(
-    factory: sessionmaker[Session], claimed: runs.ClaimedRun, settings: Settings, worker: str,
+    factory: sessionmaker[Session], claimed: runs.ClaimedRun, settings: WorkerSettings, worker: str,
     pack_size: int, among: Collection[str] | None,
 ) -> list[runs.ClaimedRun]:
     """The queued runs (of ``among``) that join ``claimed`` in a pack of ``pack_size``."""

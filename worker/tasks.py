@@ -9,7 +9,7 @@ from celery import Celery, Task
 from gradlab.dispatch.dispatchers import CeleryDispatcher, DispatchError
 from gradlab.dispatch.queues import REAP_TASK, TRAIN_TASK
 from gradlab.observability.logs import log_context
-from gradlab.settings import get_settings
+from gradlab.settings import get_worker_settings
 from gradlab.worker import process_state
 from gradlab.worker.outcomes import AttemptOutcome
 from gradlab.worker.reaper import reap
@@ -28,7 +28,7 @@ def train_run_task(task: Task, run_id: str) -> None:
     fuse with it (``GRADLAB_PACK_SIZE``) train with it as one pack; their own messages, when
     they arrive, find them finished or leased and do nothing.
     """
-    settings = get_settings()
+    settings = get_worker_settings()
     # every line of this run names it (and, once claimed, its experiment and attempt)
     with log_context(run_id=run_id), stop_on_signals(settings.shutdown_grace_seconds) as stop:
         outcomes = execute_run(
@@ -50,7 +50,7 @@ def train_run_task(task: Task, run_id: str) -> None:
 
 def reap_lost_runs_task(task: Task) -> list[str]:
     """Requeue runs whose lease expired and resend stale queued runs to the broker."""
-    return reap(process_state.session_factory(), CeleryDispatcher(task.app), get_settings())
+    return reap(process_state.session_factory(), CeleryDispatcher(task.app), get_worker_settings())
 
 
 def register(app: Celery) -> None:

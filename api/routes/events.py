@@ -22,7 +22,7 @@ from gradlab.api.auth import ViewerDep, get_viewer
 from gradlab.api.deps import SessionFactoryDep, SettingsDep
 from gradlab.api.errors import NotFoundError, error_responses
 from gradlab.api.event_stream import SEPARATOR, StreamSource, event_stream, parse_event_id
-from gradlab.settings import Settings
+from gradlab.settings import ApiSettings
 from gradlab.store.events import all_visible, study_experiment_ids
 from gradlab.store.users import Viewer, viewer_for_token_id
 
@@ -98,7 +98,7 @@ def _still_allowed(
 
 def _response(
     request: Request,
-    settings: Settings,
+    settings: ApiSettings,
     factory: sessionmaker[Session],
     experiment_ids: list[str],
     viewer: Viewer,

@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from gradlab.api.database_gauges import DatabaseGauges
 from gradlab.api.schemas import HealthRead, ReadinessRead
 from gradlab.observability.prometheus import exposition
-from gradlab.settings import Settings
+from gradlab.settings import ServerSettings
 from gradlab.store import health as store_health
 
 router = APIRouter(tags=["health"])
@@ -40,7 +40,7 @@ def _check_database(factory: sessionmaker[Session]) -> str:
     return "ok"
 
 
-def _check_broker(settings: Settings) -> str:
+def _check_broker(settings: ServerSettings) -> str:
     if not settings.broker_url:
         return "not used (embedded mode)"
     from kombu.connection import Connection  # celery's transport library; only needed with a broker

@@ -15,7 +15,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from gradlab.api.app import create_app
-from gradlab.settings import Settings
+from gradlab.settings import ApiSettings
 from gradlab.store.models import Run
 
 
@@ -47,8 +47,8 @@ class FailingDispatcher:
 
 
 @pytest.fixture
-def settings(postgres_url: str) -> Settings:
-    return Settings(database_url=postgres_url, broker_url=None)
+def settings(postgres_url: str) -> ApiSettings:
+    return ApiSettings(database_url=postgres_url, broker_url=None)
 
 
 @pytest.fixture
@@ -57,7 +57,7 @@ def dispatcher(postgres_session_factory: sessionmaker[Session]) -> RecordingDisp
 
 
 @pytest.fixture
-def client(settings: Settings, dispatcher: RecordingDispatcher) -> Iterator[TestClient]:
+def client(settings: ApiSettings, dispatcher: RecordingDispatcher) -> Iterator[TestClient]:
     with TestClient(create_app(settings, dispatcher=dispatcher)) as test_client:
         yield test_client
 

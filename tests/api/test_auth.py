@@ -19,7 +19,7 @@ from starlette.routing import Mount
 from gradlab.api.app import create_app
 from gradlab.science.layers import layer_names
 from gradlab.science.spec import ExperimentSpec
-from gradlab.settings import Settings
+from gradlab.settings import ApiSettings
 from gradlab.store.session import session_scope
 from gradlab.store.users import create_token, revoke_token
 from tests.api.conftest import RecordingDispatcher, small_spec
@@ -52,13 +52,13 @@ def _person(factory: sessionmaker[Session], *, admin: bool = False) -> Person:
 
 
 @pytest.fixture
-def auth_settings(postgres_url: str) -> Settings:
-    return Settings(database_url=postgres_url, broker_url=None, auth_required=True,
-                    max_active_runs_per_user=4)
+def auth_settings(postgres_url: str) -> ApiSettings:
+    return ApiSettings(database_url=postgres_url, broker_url=None, auth_required=True,
+                       max_active_runs_per_user=4)
 
 
 @pytest.fixture
-def auth_client(auth_settings: Settings) -> Iterator[TestClient]:
+def auth_client(auth_settings: ApiSettings) -> Iterator[TestClient]:
     app = create_app(auth_settings, dispatcher=RecordingDispatcher())
     with TestClient(app) as client:
         yield client
@@ -266,7 +266,7 @@ def test_with_auth_off_every_request_is_the_one_user(client: TestClient) -> None
 
 
 def test_an_admin_token_from_the_deployment_is_registered_once_at_start(
-    auth_settings: Settings, alice: Person,
+    auth_settings: ApiSettings, alice: Person,
 ) -> None:
     # Helm hands the API GRADLAB_ADMIN_TOKEN from a Secret: a first admin without a shell.
     import secrets
@@ -282,4 +282,4 @@ def test_an_admin_token_from_the_deployment_is_registered_once_at_start(
                                     headers={"Authorization": f"Bearer {token}"})
             assert admin_view.status_code == 200  # the admin sees alice's experiment
     with pytest.raises(ValueError, match="at least 32"):
-        Settings(admin_token="short")
+        ApiSettings(admin_token="short")

@@ -11,7 +11,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from gradlab.science.records import GRADFLOW_STATS, EpochMetrics, GradFlowEpoch
-from gradlab.settings import Settings
+from gradlab.settings import ApiSettings
 from gradlab.store import runs
 from gradlab.store.models import Checkpoint, EpochMetricsRow, GradFlowEpochRow
 from gradlab.store.session import session_scope
@@ -21,9 +21,9 @@ LAYERS = ("a", "b", "c")
 
 
 @pytest.fixture
-def settings(postgres_url: str, tmp_path: Path) -> Settings:
-    return Settings(database_url=postgres_url, broker_url=None,
-                    checkpoint_store=str(tmp_path / "checkpoints"))
+def settings(postgres_url: str, tmp_path: Path) -> ApiSettings:
+    return ApiSettings(database_url=postgres_url, broker_url=None,
+                       checkpoint_store=str(tmp_path / "checkpoints"))
 
 
 def _train_two_epochs(client: TestClient, factory: sessionmaker[Session], run_id: str) -> None:
@@ -51,7 +51,7 @@ def _count(factory: sessionmaker[Session], model: type, run_ids: list[str]) -> i
 
 def test_a_finished_experiment_is_deleted_with_its_rows_and_checkpoint_objects(
     client: TestClient, postgres_session_factory: sessionmaker[Session], unique_name: str,
-    settings: Settings,
+    settings: ApiSettings,
 ) -> None:
     created = client.post("/experiments", json=small_spec(unique_name)).json()
     experiment_id, run_ids = created["id"], [r["id"] for r in created["runs"]]

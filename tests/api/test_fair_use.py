@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from gradlab.api.app import create_app
 from gradlab.science.layers import layer_names
 from gradlab.science.spec import MAX_SEEDS, ExperimentSpec
-from gradlab.settings import Settings
+from gradlab.settings import ApiSettings
 from gradlab.store.models import Experiment, Run, Study
 from gradlab.store.session import session_scope
 from gradlab.store.users import create_token, revoke_admin
@@ -52,7 +52,7 @@ def _fail_runs(factory: sessionmaker[Session], run_ids: list[str]) -> None:
 
 
 def test_a_grid_over_seeds_counts_its_real_runs_before_anything_is_written(
-    settings: Settings, postgres_session_factory: sessionmaker[Session]
+    settings: ApiSettings, postgres_session_factory: sessionmaker[Session]
 ) -> None:
     tag = uuid.uuid4().hex[:8]
     capped = settings.model_copy(update={"max_study_runs": 100})
@@ -91,7 +91,7 @@ def test_reuse_cannot_push_an_experiment_past_64_seeds(
 
 
 def test_resubmit_sends_only_the_requeued_runs_and_meets_the_run_cap(
-    settings: Settings, postgres_session_factory: sessionmaker[Session]
+    settings: ApiSettings, postgres_session_factory: sessionmaker[Session]
 ) -> None:
     tag = uuid.uuid4().hex[:8]
     capped = settings.model_copy(update={"auth_required": True, "max_active_runs_per_user": 5})
@@ -177,13 +177,13 @@ def test_views_are_cached_on_what_changes_the_picture_not_on_any_integer_sent(
 
 
 @pytest.fixture
-def render_settings(settings: Settings) -> Settings:
+def render_settings(settings: ApiSettings) -> ApiSettings:
     return settings.model_copy(update={
         "auth_required": True, "render_concurrency_per_user": 1, "render_backlog_per_user": 1})
 
 
 @pytest.fixture
-def render_client(render_settings: Settings) -> Iterator[TestClient]:
+def render_client(render_settings: ApiSettings) -> Iterator[TestClient]:
     with TestClient(create_app(render_settings, dispatcher=RecordingDispatcher())) as client:
         yield client
 

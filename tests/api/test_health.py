@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi.testclient import TestClient
 
 from gradlab.api.app import create_app
-from gradlab.settings import Settings
+from gradlab.settings import ApiSettings
 from tests.api.conftest import RecordingDispatcher, small_spec
 from tests.support.prometheus import value
 
@@ -13,7 +13,7 @@ REDIS_URL = "redis://127.0.0.1:6379/15"
 CLOSED_PORT = 1
 
 
-def _ready(settings: Settings) -> tuple[int, dict]:
+def _ready(settings: ApiSettings) -> tuple[int, dict]:
     with TestClient(create_app(settings, dispatcher=RecordingDispatcher())) as client:
         response = client.get("/readyz")
     return response.status_code, response.json()
@@ -23,7 +23,7 @@ def test_healthz(client: TestClient) -> None:
     assert client.get("/healthz").json() == {"status": "ok"}
 
 
-def test_ready_in_embedded_mode_without_a_broker(settings: Settings) -> None:
+def test_ready_in_embedded_mode_without_a_broker(settings: ApiSettings) -> None:
     status, body = _ready(settings)
     assert status == 200
     assert body == {
@@ -32,12 +32,12 @@ def test_ready_in_embedded_mode_without_a_broker(settings: Settings) -> None:
     }
 
 
-def test_ready_with_a_reachable_redis_broker(settings: Settings) -> None:
+def test_ready_with_a_reachable_redis_broker(settings: ApiSettings) -> None:
     status, body = _ready(settings.model_copy(update={"broker_url": REDIS_URL}))
     assert status == 200 and body["checks"]["broker"] == "ok"
 
 
-def test_not_ready_when_the_broker_is_unreachable(settings: Settings) -> None:
+def test_not_ready_when_the_broker_is_unreachable(settings: ApiSettings) -> None:
     broken = settings.model_copy(update={"broker_url": f"redis://127.0.0.1:{CLOSED_PORT}/0"})
     status, body = _ready(broken)
     assert status == 503
@@ -48,7 +48,7 @@ def test_not_ready_when_the_broker_is_unreachable(settings: Settings) -> None:
 
 def test_not_ready_when_the_database_is_unreachable() -> None:
     url = f"postgresql+psycopg://postgres@127.0.0.1:{CLOSED_PORT}/gradlab"
-    status, body = _ready(Settings(database_url=url, broker_url=None))
+    status, body = _ready(ApiSettings(database_url=url, broker_url=None))
     assert status == 503
     # what is down, without where it is: no host, port, user or database name
     assert body["checks"]["database"] == "unreachable"
@@ -57,7 +57,8 @@ def test_not_ready_when_the_database_is_unreachable() -> None:
 
 def test_a_request_while_the_database_is_down_is_a_503_not_a_traceback() -> None:
     url = f"postgresql+psycopg://postgres@127.0.0.1:{CLOSED_PORT}/gradlab"
-    app = create_app(Settings(database_url=url, broker_url=None), dispatcher=RecordingDispatcher())
+    app = create_app(ApiSettings(database_url=url, broker_url=None),
+                     dispatcher=RecordingDispatcher())
     with TestClient(app, raise_server_exceptions=False) as client:
         response = client.post("/experiments", json=small_spec("down"))
     assert response.status_code == 503

@@ -16,7 +16,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from gradlab.api.app import create_app
-from gradlab.settings import Settings
+from gradlab.settings import ApiSettings
 from tests.api.conftest import RecordingDispatcher, small_spec
 
 INT32_MAX = 2**31 - 1
@@ -175,7 +175,7 @@ def test_integers_in_queries_stay_within_the_database_range(
 
 
 @pytest.fixture
-def limited_client(settings: Settings) -> Iterator[TestClient]:
+def limited_client(settings: ApiSettings) -> Iterator[TestClient]:
     tight = settings.model_copy(update={"max_request_bytes": 4096, "max_study_cells": 50,
                                         "max_study_runs": 60})
     with TestClient(create_app(tight, dispatcher=RecordingDispatcher())) as client:

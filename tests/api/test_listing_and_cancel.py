@@ -7,7 +7,7 @@ from sqlalchemy import update
 from sqlalchemy.orm import Session, sessionmaker
 
 from gradlab.api.app import create_app
-from gradlab.settings import Settings
+from gradlab.settings import ApiSettings
 from gradlab.store.experiments import refresh_experiment_status
 from gradlab.store.models import Run
 from tests.api.conftest import RecordingDispatcher, small_spec
@@ -126,7 +126,7 @@ def test_cancel_of_an_unknown_experiment_is_404(client: TestClient) -> None:
 
 def test_cursor_pages_on_sqlite_too(sqlite_url: str, unique_name: str) -> None:
     """Embedded mode stores timestamps as text; the keyset must still order and resume."""
-    settings = Settings(database_url=sqlite_url, broker_url=None)
+    settings = ApiSettings(database_url=sqlite_url, broker_url=None)
     with TestClient(create_app(settings, dispatcher=RecordingDispatcher())) as client:
         created = [_create(client, unique_name)["id"] for _ in range(3)]
         first = client.get("/experiments", params={"name": unique_name, "limit": 2}).json()

@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from gradlab.api.app import create_app
 from gradlab.science.spec import ExperimentSpec
-from gradlab.settings import Settings
+from gradlab.settings import ApiSettings
 from gradlab.store.experiments import spec_hash
 from gradlab.store.models import Experiment, Run
 from tests.api.conftest import FailingDispatcher, RecordingDispatcher, small_spec
@@ -127,7 +127,7 @@ def test_unknown_experiment_is_404_with_type_and_detail(client: TestClient) -> N
 
 
 def test_a_failed_dispatch_still_answers_201_and_keeps_the_runs_queued(
-    settings: Settings, postgres_session_factory: sessionmaker[Session], unique_name: str
+    settings: ApiSettings, postgres_session_factory: sessionmaker[Session], unique_name: str
 ) -> None:
     with TestClient(create_app(settings, dispatcher=FailingDispatcher())) as client:
         before = value(client.get("/metrics").text, "gradlab_dispatch_failures_total")
@@ -173,7 +173,7 @@ class _CommitFailsSession(Session):
 
 
 def test_a_failed_commit_is_an_error_and_dispatches_nothing(
-    settings: Settings, postgres_session_factory: sessionmaker[Session], unique_name: str
+    settings: ApiSettings, postgres_session_factory: sessionmaker[Session], unique_name: str
 ) -> None:
     dispatcher = RecordingDispatcher()
     app = create_app(settings, dispatcher=dispatcher)

@@ -8,7 +8,7 @@ from pathlib import Path
 from fastapi.testclient import TestClient
 
 from gradlab.api.app import create_app
-from gradlab.settings import Settings
+from gradlab.settings import ApiSettings
 from gradlab.store import migrate
 from tests.api.conftest import RecordingDispatcher, small_spec
 from tests.support.processes import VENV_BIN
@@ -40,7 +40,7 @@ def test_token_create_list_revoke_and_the_token_at_work(tmp_path: Path) -> None:
     assert demoted.returncode == 0 and "no longer admin" in demoted.stdout
     assert "root (admin)" not in _gradlab("token", "list", "--db", url).stdout
 
-    settings = Settings(database_url=url, broker_url=None, auth_required=True)
+    settings = ApiSettings(database_url=url, broker_url=None, auth_required=True)
     with TestClient(create_app(settings, dispatcher=RecordingDispatcher())) as client:
         headers = {"Authorization": f"Bearer {token}"}
         assert client.post("/experiments", json=small_spec("mine"), headers=headers

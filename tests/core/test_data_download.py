@@ -26,7 +26,7 @@ from gradlab.cli import core_commands, study_commands
 from gradlab.core import data_download
 from gradlab.core.data import DataNotFoundError, ensure_data, load_cifar
 from gradlab.core.data_download import DownloadError, archive_for, official_archive
-from gradlab.settings import get_settings
+from gradlab.settings import get_worker_settings
 from tests.core.cifar_files import (
     random_cifar,
     tar_gz_of,
@@ -67,14 +67,14 @@ def official_md5_replaced(monkeypatch: pytest.MonkeyPatch, blob: bytes) -> None:
 def mirror_setting(monkeypatch: pytest.MonkeyPatch) -> Iterator[pytest.MonkeyPatch]:
     """GRADLAB_CIFAR_URL set by the test (through the returned monkeypatch), read afresh."""
     monkeypatch.delenv("GRADLAB_CIFAR_URL", raising=False)
-    get_settings.cache_clear()
+    get_worker_settings.cache_clear()
     yield monkeypatch
-    get_settings.cache_clear()
+    get_worker_settings.cache_clear()
 
 
 def _serve(monkeypatch: pytest.MonkeyPatch, server: ArchiveServer) -> None:
     monkeypatch.setenv("GRADLAB_CIFAR_URL", server.url)
-    get_settings.cache_clear()
+    get_worker_settings.cache_clear()
 
 
 def test_the_official_archive_is_torchvisions_and_a_mirror_changes_only_its_url(
@@ -84,7 +84,7 @@ def test_the_official_archive_is_torchvisions_and_a_mirror_changes_only_its_url(
     assert official.md5 == "eb9058c3a382ffc7106e4002c42a8d85"
     assert official.folder == "cifar-100-python"
     mirror_setting.setenv("GRADLAB_CIFAR_URL", "http://mirror.example/cifar/")
-    get_settings.cache_clear()
+    get_worker_settings.cache_clear()
     mirrored = archive_for("cifar100")
     assert mirrored.url == "http://mirror.example/cifar/cifar-100-python.tar.gz"
     assert mirrored.md5 == official.md5  # a mirror must serve the official archive
@@ -210,7 +210,7 @@ def test_gradlab_train_offline_says_what_to_do_and_exits_2(
         app: typer.Typer, tmp_path: Path, mirror_setting: pytest.MonkeyPatch) -> None:
     url = _closed_port_url()
     mirror_setting.setenv("GRADLAB_CIFAR_URL", url)
-    get_settings.cache_clear()
+    get_worker_settings.cache_clear()
     result = runner.invoke(app, ["train", "--depth", "8", "--epochs", "1", "--data-dir",
                                  str(tmp_path / "data"), "--out", str(tmp_path / "out")])
     assert result.exit_code == 2
@@ -291,7 +291,7 @@ def test_gradlab_data_download_fetches_the_archive_alone(
 def test_a_data_folder_that_cannot_be_created_is_a_clear_error(
         tmp_path: Path, mirror_setting: pytest.MonkeyPatch) -> None:
     mirror_setting.setenv("GRADLAB_CIFAR_URL", _closed_port_url())
-    get_settings.cache_clear()
+    get_worker_settings.cache_clear()
     (tmp_path / "a-file").write_text("not a folder")
     with pytest.raises(DownloadError, match="no cifar100 data in .* and fetching it failed"):
         ensure_data(tmp_path / "a-file" / "data", "cifar100", download=True)

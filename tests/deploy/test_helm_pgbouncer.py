@@ -20,7 +20,7 @@ import pytest
 from sqlalchemy.engine import make_url
 
 from gradlab.science.spec import ExperimentSpec
-from gradlab.settings import Settings
+from gradlab.settings import ServerSettings
 from gradlab.store.experiments import create_experiment, get_experiment
 from gradlab.store.session import engine_from_settings, make_session_factory, session_scope
 from tests.deploy.chart import container, find, manifests, render
@@ -90,7 +90,7 @@ def test_the_charts_pgbouncer_pools_the_store_with_a_password(
 ) -> None:
     pooled, port = chart_pgbouncer
     assert f"127.0.0.1:{port}" in pooled and "chart-password" in pooled
-    settings = Settings(database_url=pooled, database_pooler="pgbouncer")
+    settings = ServerSettings(database_url=pooled, database_pooler="pgbouncer")
     engine = engine_from_settings(settings)
     factory = make_session_factory(engine)
     try:

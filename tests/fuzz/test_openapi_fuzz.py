@@ -33,7 +33,7 @@ from gradlab.dispatch.dispatchers import EmbeddedDispatcher
 from gradlab.science.layers import layer_names
 from gradlab.science.spec import ExperimentSpec
 from gradlab.science.study import StudySpec
-from gradlab.settings import Settings
+from gradlab.settings import ApiSettings
 from gradlab.store import migrate
 from gradlab.store.session import make_engine, make_session_factory, session_scope
 from gradlab.store.studies import submit_study
@@ -75,7 +75,7 @@ class Seeded:
 
 
 def _app(postgres_url: str, auth: bool) -> Any:
-    settings_ = Settings(database_url=postgres_url, broker_url=None, auth_required=auth)
+    settings_ = ApiSettings(database_url=postgres_url, broker_url=None, auth_required=auth)
     return create_app(settings_, dispatcher=EmbeddedDispatcher())
 
 
@@ -129,7 +129,7 @@ def schemas(fuzz_url: str, token: tuple[str, str]) -> dict[bool, Any]:
 
 def _operations() -> list[tuple[str, str]]:
     # Collected from the app itself: a route added later is fuzzed without editing this file.
-    paths = create_app(Settings(database_url="sqlite://")).openapi()["paths"]
+    paths = create_app(ApiSettings(database_url="sqlite://")).openapi()["paths"]
     return [(method.upper(), path) for path, ops in paths.items() for method in ops]
 
 

@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from gradlab.science.spec import ExperimentSpec
 from gradlab.services.errors import TooManyRunsError
 from gradlab.services.experiments import submit_experiment
-from gradlab.settings import Settings
+from gradlab.settings import ApiSettings
 from gradlab.store.experiments import create_experiment, get_experiment
 from gradlab.store.models import ApiToken, Experiment, Study
 from gradlab.store.session import make_engine, make_session_factory, session_scope
@@ -78,7 +78,7 @@ def test_the_run_cap_is_met_before_the_experiment_is_written(
     sqlite_url: str, sqlite_session_factory: sessionmaker[Session]
 ) -> None:
     name = f"cap-{uuid.uuid4().hex[:6]}"
-    settings = Settings(database_url=sqlite_url, max_active_runs_per_user=2)
+    settings = ApiSettings(database_url=sqlite_url, max_active_runs_per_user=2)
     spec = ExperimentSpec(name=name, depth=8, width=8, seeds=[0, 1, 2])
     with session_scope(sqlite_session_factory) as session, pytest.raises(TooManyRunsError):
         submit_experiment(session, spec, viewer=EVERYONE, settings=settings)

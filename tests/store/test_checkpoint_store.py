@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
-from gradlab.settings import Settings
+from gradlab.settings import ServerSettings
 from gradlab.store.checkpoint_store import (
     CheckpointIntegrityError,
     CheckpointStore,
@@ -125,7 +125,7 @@ def test_a_killed_folder_write_leaves_no_partial_object_and_deletion_clears_it(
 def test_the_setting_names_the_store(
     setting: str, kind: str, sqlite_session_factory: sessionmaker[Session]
 ) -> None:
-    settings = Settings(checkpoint_store=setting, s3_endpoint_url="http://127.0.0.1:9")
+    settings = ServerSettings(checkpoint_store=setting, s3_endpoint_url="http://127.0.0.1:9")
     assert open_checkpoint_store(settings, sqlite_session_factory).kind == kind
 
 
@@ -134,4 +134,4 @@ def test_an_unusable_setting_is_refused_by_name(
     setting: str, sqlite_session_factory: sessionmaker[Session]
 ) -> None:
     with pytest.raises(ValueError, match="GRADLAB_CHECKPOINT_STORE"):
-        open_checkpoint_store(Settings(checkpoint_store=setting), sqlite_session_factory)
+        open_checkpoint_store(ServerSettings(checkpoint_store=setting), sqlite_session_factory)

@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from gradlab.science.records import GRADFLOW_STATS, EpochMetrics, GradFlowEpoch
 from gradlab.science.spec import ExperimentSpec
-from gradlab.settings import Settings
+from gradlab.settings import ServerSettings
 from gradlab.store import runs
 from gradlab.store.experiments import create_experiment
 from gradlab.store.gradflow import read_gradflow
@@ -89,8 +89,8 @@ def _train_synthetic(factory: sessionmaker[Session], run_id: str, epochs: int) -
 def test_workers_sharing_one_server_connection_through_pgbouncer_never_collide(
     one_server_connection: PgBouncer, postgres_url: str
 ) -> None:
-    settings = Settings(database_url=one_server_connection.url_for(postgres_url),
-                        database_pooler="pgbouncer", database_pool_size=2)
+    settings = ServerSettings(database_url=one_server_connection.url_for(postgres_url),
+                              database_pooler="pgbouncer", database_pool_size=2)
     engines = [engine_from_settings(settings) for _ in range(4)]  # four worker processes
     factories = [make_session_factory(engine) for engine in engines]
     with session_scope(factories[0]) as session:

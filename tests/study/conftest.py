@@ -9,7 +9,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from gradlab.api.app import create_app
-from gradlab.settings import Settings
+from gradlab.settings import ApiSettings
 from tests.support.processes import real_data_dir
 
 
@@ -30,7 +30,7 @@ def dispatcher() -> RecordingDispatcher:
 
 @pytest.fixture
 def client(postgres_url: str, dispatcher: RecordingDispatcher) -> Iterator[TestClient]:
-    settings = Settings(database_url=postgres_url, broker_url=None)
+    settings = ApiSettings(database_url=postgres_url, broker_url=None)
     with TestClient(create_app(settings, dispatcher=dispatcher)) as test_client:
         yield test_client
 

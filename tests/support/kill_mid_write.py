@@ -20,7 +20,7 @@ from collections.abc import Callable
 from typing import Any
 
 from gradlab.core.data import load_cifar, resolve_data_dir
-from gradlab.settings import get_settings
+from gradlab.settings import get_worker_settings
 from gradlab.store.checkpoint_store import CheckpointStore, open_checkpoint_store
 from gradlab.store.session import engine_from_settings, make_session_factory
 from gradlab.worker.runner import execute_run
@@ -70,7 +70,7 @@ def arm(store: CheckpointStore, epoch: int) -> None:
 
 
 def main(run_id: str, epoch: int) -> int:
-    settings = get_settings()
+    settings = get_worker_settings()
     factory = make_session_factory(engine_from_settings(settings))
     store = open_checkpoint_store(settings, factory)
     arm(store, epoch)

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from gradlab.dispatch.dispatchers import CeleryDispatcher, EmbeddedDispatcher, make_dispatcher
 from gradlab.dispatch.queues import REAP_TASK, TRAIN_TASK, producer_app
-from gradlab.settings import Settings
+from gradlab.settings import ServerSettings, WorkerSettings
 from gradlab.worker.celery_app import make_celery
 
 
 def test_long_task_settings_follow_the_configured_broker_queue_and_timeouts() -> None:
-    settings = Settings(broker_url="redis://127.0.0.1:6379/3", celery_queue="gpu-a100",
-                        broker_visibility_timeout=86_400, lease_seconds=120)
+    settings = WorkerSettings(broker_url="redis://127.0.0.1:6379/3", celery_queue="gpu-a100",
+                              broker_visibility_timeout=86_400, lease_seconds=120)
     conf = make_celery(settings).conf
     assert conf.broker_url == "redis://127.0.0.1:6379/3"
     assert conf.broker_transport_options["visibility_timeout"] == 86_400
@@ -28,9 +28,9 @@ def test_long_task_settings_follow_the_configured_broker_queue_and_timeouts() ->
 
 
 def test_dispatcher_is_celery_with_a_broker_and_embedded_without() -> None:
-    assert isinstance(make_dispatcher(Settings(broker_url="redis://127.0.0.1:6379/3")),
+    assert isinstance(make_dispatcher(WorkerSettings(broker_url="redis://127.0.0.1:6379/3")),
                       CeleryDispatcher)
-    assert isinstance(make_dispatcher(Settings(broker_url=None)), EmbeddedDispatcher)
+    assert isinstance(make_dispatcher(WorkerSettings(broker_url=None)), EmbeddedDispatcher)
 
 
 def test_backlog_counts_the_messages_waiting_in_the_real_redis_queue() -> None:
@@ -39,7 +39,8 @@ def test_backlog_counts_the_messages_waiting_in_the_real_redis_queue() -> None:
     from tests.worker.conftest import REDIS_URL, delete_queue_keys
 
     queue = f"gradlab-backlog-{uuid.uuid4().hex[:8]}"
-    dispatcher = CeleryDispatcher(producer_app(Settings(broker_url=REDIS_URL, celery_queue=queue)))
+    dispatcher = CeleryDispatcher(
+        producer_app(ServerSettings(broker_url=REDIS_URL, celery_queue=queue)))
     try:
         dispatcher.dispatch(["run-a", "run-b"])
         assert dispatcher.backlog() == 2
@@ -58,7 +59,8 @@ def test_runs_sent_after_the_broker_lost_its_data_reach_the_run_queue() -> None:
     from tests.worker.conftest import REDIS_URL, delete_queue_keys
 
     queue = f"gradlab-lost-{uuid.uuid4().hex[:8]}"
-    dispatcher = CeleryDispatcher(producer_app(Settings(broker_url=REDIS_URL, celery_queue=queue)))
+    dispatcher = CeleryDispatcher(
+        producer_app(ServerSettings(broker_url=REDIS_URL, celery_queue=queue)))
     client = redis.Redis.from_url(REDIS_URL)
     try:
         dispatcher.dispatch(["before"])

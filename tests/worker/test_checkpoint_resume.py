@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from gradlab.core.data import load_cifar
 from gradlab.science.spec import ExperimentSpec
-from gradlab.settings import Settings
+from gradlab.settings import WorkerSettings
 from gradlab.store import runs
 from gradlab.store.base import utcnow
 from gradlab.store.checkpoint_store import CheckpointStore, open_checkpoint_store, run_prefix
@@ -44,17 +44,18 @@ SPEC = ExperimentSpec(
 
 @pytest.fixture
 def settings(place: str, request: pytest.FixtureRequest, postgres_url: str, data_dir: Path,
-             tmp_path: Path) -> Settings:
+             tmp_path: Path) -> WorkerSettings:
     where = {"database": "database", "filesystem": str(tmp_path / "checkpoints")}.get(place)
     endpoint = None
     if where is None:
         endpoint = request.getfixturevalue("moto_s3_endpoint")
         where = f"s3://{request.getfixturevalue('s3_bucket')}/ckpt"
-    return Settings(database_url=postgres_url, checkpoint_store=where, s3_endpoint_url=endpoint,
-                    data_dir=data_dir, device="cpu")  # on the CPU: a checkpoint every epoch
+    return WorkerSettings(database_url=postgres_url, checkpoint_store=where,
+                          s3_endpoint_url=endpoint, data_dir=data_dir,
+                          device="cpu")  # on the CPU: a checkpoint every epoch
 
 
-def _data(settings: Settings) -> Any:
+def _data(settings: WorkerSettings) -> Any:
     return lambda dataset: load_cifar(settings.data_dir, dataset)
 
 
@@ -80,7 +81,7 @@ def _rows(factory: sessionmaker[Session], run_id: str) -> tuple[list[Any], list[
 def uninterrupted(postgres_session_factory: sessionmaker[Session],
                   data_dir: Path) -> tuple[list[Any], list[Any]]:
     """The rows of the same run trained without interruption."""
-    settings = Settings(device="cpu", data_dir=data_dir)
+    settings = WorkerSettings(device="cpu", data_dir=data_dir)
     run_id = _new_run(postgres_session_factory)
     ended = execute_run(run_id, postgres_session_factory, _data(settings), "cpu",
                         settings=settings)
@@ -88,7 +89,7 @@ def uninterrupted(postgres_session_factory: sessionmaker[Session],
     return _rows(postgres_session_factory, run_id)
 
 
-def _kill_while_writing(settings: Settings, run_id: str, tmp_path: Path) -> None:
+def _kill_while_writing(settings: WorkerSettings, run_id: str, tmp_path: Path) -> None:
     env = {**os.environ, **FAKE_AWS_ENV, "PYTHONUNBUFFERED": "1"}
     env.update({f"GRADLAB_{k.upper()}": str(v) for k, v in settings.model_dump().items()
                 if v is not None and k in ("database_url", "checkpoint_store", "s3_endpoint_url",
@@ -102,7 +103,7 @@ def _kill_while_writing(settings: Settings, run_id: str, tmp_path: Path) -> None
 
 
 @pytest.fixture
-def store(settings: Settings, postgres_session_factory: sessionmaker[Session]
+def store(settings: WorkerSettings, postgres_session_factory: sessionmaker[Session]
           ) -> Iterator[CheckpointStore]:
     yield open_checkpoint_store(settings, postgres_session_factory)
 
@@ -115,7 +116,7 @@ def store(settings: Settings, postgres_session_factory: sessionmaker[Session]
     ids=["database", "filesystem", "s3-on-moto-server", "filesystem-tampered"],
 )
 def test_a_run_killed_mid_write_resumes_from_its_last_checkpoint_and_replays_identically(
-    tamper: bool, settings: Settings, store: CheckpointStore,
+    tamper: bool, settings: WorkerSettings, store: CheckpointStore,
     postgres_session_factory: sessionmaker[Session],
     uninterrupted: tuple[list[Any], list[Any]], tmp_path: Path,
 ) -> None:

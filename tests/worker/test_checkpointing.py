@@ -21,7 +21,7 @@ from gradlab.science.records import (
     TrainingResult,
 )
 from gradlab.science.spec import ExperimentSpec
-from gradlab.settings import Settings
+from gradlab.settings import WorkerSettings
 from gradlab.store import runs
 from gradlab.store.checkpoint_store import CheckpointStore, run_prefix
 from gradlab.store.experiments import create_experiment, request_cancel
@@ -57,7 +57,7 @@ def test_cadence_waits_its_seconds_but_never_skips_the_last_epoch() -> None:
 
 
 def test_the_cpu_checkpoints_every_epoch_a_gpu_at_its_cadence() -> None:
-    settings = Settings(checkpoint_seconds=60)
+    settings = WorkerSettings(checkpoint_seconds=60)
     assert cadence_for("cpu", settings).due(last_epoch=False)
     assert not cadence_for("cuda:0", settings).due(last_epoch=False)
 
@@ -65,7 +65,7 @@ def test_the_cpu_checkpoints_every_epoch_a_gpu_at_its_cadence() -> None:
 def test_runs_started_together_on_gpus_spread_their_first_checkpoints_over_the_interval() -> None:
     # A study sent to a fleet starts hundreds of runs in the same second; with one interval
     # each they would all write their checkpoints in the same second, every interval.
-    settings = Settings(checkpoint_seconds=60)
+    settings = WorkerSettings(checkpoint_seconds=60)
     rng, clock = random.Random(0), Clock()
     start = clock.now
     cadences = [cadence_for("cuda:0", settings, rng=rng, clock=clock) for _ in range(200)]
@@ -191,7 +191,7 @@ def test_a_stopped_run_saves_its_last_finished_epoch_and_goes_back_to_the_queue(
     stop = StopControl(grace_seconds=60)
 
     def train() -> dict[str, AttemptOutcome]:
-        return execute_run(run_id, factory, lambda _: None, "cpu", settings=Settings(),
+        return execute_run(run_id, factory, lambda _: None, "cpu", settings=WorkerSettings(),
                            checkpoints=store, cadence=CheckpointCadence(3600),  # none due
                            training_loop=_stand_in_loop(5, _stop_in_epoch_2(how, stop)),
                            stop=stop)
@@ -228,7 +228,7 @@ def test_a_cancelled_run_keeps_the_checkpoint_of_its_last_epoch(
             with session_scope(factory) as session:
                 request_cancel(session, experiment_id)
 
-    ended = execute_run(run_id, factory, lambda _: None, "cpu", settings=Settings(),
+    ended = execute_run(run_id, factory, lambda _: None, "cpu", settings=WorkerSettings(),
                         checkpoints=store, cadence=CheckpointCadence(3600),
                         training_loop=_stand_in_loop(5, cancel_during_epoch_1))
     assert ended == {run_id: AttemptOutcome.CANCELLED}

@@ -18,7 +18,7 @@ from gradlab.dispatch.dispatchers import CeleryDispatcher
 from gradlab.dispatch.queues import producer_app
 from gradlab.science.records import TrainingResult
 from gradlab.science.spec import ExperimentSpec
-from gradlab.settings import Settings
+from gradlab.settings import WorkerSettings
 from gradlab.store import migrate
 from gradlab.store.base import utcnow
 from gradlab.store.experiments import create_experiment
@@ -56,8 +56,8 @@ def _submit(factory: sessionmaker[Session], env: dict[str, str], spec: dict) -> 
     """Store an experiment and send its runs, as the API does (commit, then dispatch)."""
     with session_scope(factory) as session:
         run_ids = [r.id for r in create_experiment(session, ExperimentSpec(**spec)).runs]
-    settings = Settings(broker_url=env["GRADLAB_BROKER_URL"],
-                        celery_queue=env["GRADLAB_CELERY_QUEUE"])
+    settings = WorkerSettings(broker_url=env["GRADLAB_BROKER_URL"],
+                              celery_queue=env["GRADLAB_CELERY_QUEUE"])
     app = producer_app(settings)
     try:
         CeleryDispatcher(app).dispatch(run_ids)

@@ -12,28 +12,28 @@ from pathlib import Path
 
 import pytest
 
-from gradlab.settings import Settings
+from gradlab.settings import WorkerSettings
 from gradlab.worker import devices
 from gradlab.worker.runner import GPU_PACK_SIZE, pack_size_on
 from tests.support.private_services import PrivateRedis
 from tests.support.processes import VENV_BIN, ServiceProcess, wait_for
 
-PROCESSES = Settings(gpu_sharing="processes", processes_per_gpu=3)
+PROCESSES = WorkerSettings(gpu_sharing="processes", processes_per_gpu=3)
 
 
 def test_processes_sharing_trains_one_run_per_child_and_packs_stay_the_default() -> None:
-    packs = Settings()
+    packs = WorkerSettings()
     assert packs.gpu_sharing == "packs"
     assert pack_size_on("cuda:0", packs) == GPU_PACK_SIZE
     assert pack_size_on("cuda:0", PROCESSES) == 1
     assert pack_size_on("cpu", PROCESSES) == 1
     # An explicit pack size still wins: processes that each train packs, if asked for.
-    assert pack_size_on("cuda", Settings(gpu_sharing="processes", pack_size=2)) == 2
+    assert pack_size_on("cuda", WorkerSettings(gpu_sharing="processes", pack_size=2)) == 2
 
 
 def test_processes_sharing_starts_that_many_children_per_mocked_gpu() -> None:
     gpus = {"CUDA_VISIBLE_DEVICES": "0,1"}
-    assert devices.children_per_gpu(Settings()) == 1
+    assert devices.children_per_gpu(WorkerSettings()) == 1
     assert devices.children_per_gpu(PROCESSES) == 3
     assert devices.worker_concurrency(None, dict(gpus), per_gpu=3) == 6
     assert devices.worker_concurrency(None, {"CUDA_VISIBLE_DEVICES": "-1"}, per_gpu=3) == 1
@@ -42,9 +42,9 @@ def test_processes_sharing_starts_that_many_children_per_mocked_gpu() -> None:
 
 def test_a_bad_sharing_setting_is_refused_naming_it() -> None:
     with pytest.raises(ValueError, match="gpu_sharing"):
-        Settings.model_validate({"gpu_sharing": "threads"})
+        WorkerSettings.model_validate({"gpu_sharing": "threads"})
     with pytest.raises(ValueError, match="processes_per_gpu"):
-        Settings.model_validate({"processes_per_gpu": 0})
+        WorkerSettings.model_validate({"processes_per_gpu": 0})
 
 
 @pytest.fixture()

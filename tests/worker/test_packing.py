@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from gradlab.core.data import load_cifar
 from gradlab.science.spec import ExperimentSpec
-from gradlab.settings import Settings
+from gradlab.settings import WorkerSettings
 from gradlab.store import migrate, runs
 from gradlab.store.experiments import create_experiment
 from gradlab.store.models import EpochMetricsRow, Run
@@ -49,9 +49,9 @@ def factory() -> Iterator[sessionmaker[Session]]:
         drop_postgres_database(url)
 
 
-def _settings(data_dir: Path, pack_size: int) -> Settings:
-    return Settings(device="cpu", data_dir=data_dir, pack_size=pack_size,
-                    checkpoint_store="database")
+def _settings(data_dir: Path, pack_size: int) -> WorkerSettings:
+    return WorkerSettings(device="cpu", data_dir=data_dir, pack_size=pack_size,
+                          checkpoint_store="database")
 
 
 def _data(data_dir: Path) -> Any:
@@ -165,10 +165,10 @@ def test_unset_pack_size_packs_on_a_gpu_and_trains_alone_on_the_cpu() -> None:
 
     from gradlab.worker.runner import GPU_PACK_SIZE, pack_size_on
 
-    unset = Settings()
+    unset = WorkerSettings()
     assert unset.pack_size is None
     assert pack_size_on("cpu", unset) == 1
     assert pack_size_on("cuda", unset) == pack_size_on("cuda:1", unset) == GPU_PACK_SIZE == 4
     assert pack_size_on("auto", unset) == (GPU_PACK_SIZE if torch.cuda.is_available() else 1)
-    chosen = Settings(pack_size=3)
+    chosen = WorkerSettings(pack_size=3)
     assert pack_size_on("cpu", chosen) == pack_size_on("cuda:0", chosen) == 3

@@ -17,7 +17,7 @@ from sqlalchemy import select
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
-from gradlab.settings import Settings
+from gradlab.settings import ServerSettings
 from gradlab.store import runs
 from gradlab.store.models import EpochMetricsRow, Run
 from gradlab.store.session import engine_from_settings, make_session_factory
@@ -51,8 +51,8 @@ def service_env(service_env: dict[str, str], service_postgres_url: str, pgbounce
 @pytest.fixture(scope="module")
 def store(service_env: dict[str, str]) -> Iterator[sessionmaker[Session]]:
     """The test's own reads go through PgBouncer too, so it holds every server connection."""
-    settings = Settings(database_url=service_env["GRADLAB_DATABASE_URL"],
-                        database_pooler="pgbouncer", database_pool_size=1)
+    settings = ServerSettings(database_url=service_env["GRADLAB_DATABASE_URL"],
+                              database_pooler="pgbouncer", database_pool_size=1)
     engine = engine_from_settings(settings)
     yield make_session_factory(engine)
     engine.dispose()

@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from gradlab.core.data import DataNotFoundError
 from gradlab.science.spec import ExperimentSpec
-from gradlab.settings import Settings
+from gradlab.settings import WorkerSettings
 from gradlab.store import migrate, runs
 from gradlab.store.base import utcnow
 from gradlab.store.experiments import create_experiment, request_cancel
@@ -71,8 +71,8 @@ def factory(database_url: str) -> Iterator[sessionmaker[Session]]:
     engine.dispose()
 
 
-def _settings(database_url: str) -> Settings:
-    return Settings(database_url=database_url, lease_seconds=LEASE, max_attempts=3)
+def _settings(database_url: str) -> WorkerSettings:
+    return WorkerSettings(database_url=database_url, lease_seconds=LEASE, max_attempts=3)
 
 
 def _new_run(factory: sessionmaker[Session]) -> tuple[str, str]:
@@ -302,8 +302,8 @@ def test_a_message_of_a_run_no_longer_queued_does_not_hide_a_lost_one(
     from tests.worker.conftest import REDIS_URL, delete_queue_keys
 
     queue = f"gradlab-peek-{uuid.uuid4().hex[:8]}"
-    dispatcher = CeleryDispatcher(producer_app(Settings(broker_url=REDIS_URL,
-                                                        celery_queue=queue)))
+    dispatcher = CeleryDispatcher(producer_app(WorkerSettings(broker_url=REDIS_URL,
+                                                              celery_queue=queue)))
     client = redis.Redis.from_url(REDIS_URL)
     held_tag = f"{queue}-held"
     try:

@@ -21,7 +21,7 @@ from gradlab.science.records import (
     TrainingResult,
 )
 from gradlab.science.spec import ExperimentSpec
-from gradlab.settings import Settings
+from gradlab.settings import WorkerSettings
 from gradlab.store import runs
 from gradlab.store.checkpoint_store import CheckpointStore
 from gradlab.store.experiments import create_experiment
@@ -140,7 +140,7 @@ def test_a_time_limit_hands_the_run_back_at_the_last_boundary_its_next_epoch_mis
     run_id = _new_run(factory)
     store = CheckpointStore(FilesystemObjectStore(tmp_path))
     stop = _stop(clock, limit=35)  # epochs of 10 s: 0, 1 and 2 end by 30; 3 would end at 40
-    ended = execute_run(run_id, factory, lambda _: None, "cpu", settings=Settings(),
+    ended = execute_run(run_id, factory, lambda _: None, "cpu", settings=WorkerSettings(),
                         checkpoints=store, training_loop=_clocked_loop(clock, 10, []),
                         stop=stop)
     assert ended == {run_id: AttemptOutcome.HANDED_BACK}
@@ -161,12 +161,12 @@ def test_a_run_whose_recorded_epoch_cannot_fit_is_handed_back_without_training(
     run_id = _new_run(factory)
     store = CheckpointStore(FilesystemObjectStore(tmp_path))
     first = _stop(clock, limit=25)  # two epochs of 10 s, then the third would end at 30
-    execute_run(run_id, factory, lambda _: None, "cpu", settings=Settings(), checkpoints=store,
-                training_loop=_clocked_loop(clock, 10, []), stop=first)
+    execute_run(run_id, factory, lambda _: None, "cpu", settings=WorkerSettings(),
+                checkpoints=store, training_loop=_clocked_loop(clock, 10, []), stop=first)
     # Another invocation, with less time than the epoch this run recorded.
     calls: list[int] = []
     second = _stop(clock, limit=9)
-    ended = execute_run(run_id, factory, lambda _: None, "cpu", settings=Settings(),
+    ended = execute_run(run_id, factory, lambda _: None, "cpu", settings=WorkerSettings(),
                         checkpoints=store, training_loop=_clocked_loop(clock, 10, calls),
                         stop=second)
     assert ended == {run_id: AttemptOutcome.HANDED_BACK}
