@@ -111,7 +111,7 @@ def create_app(
 
 
 def _lifespan(
-    settings: Settings, engine: Engine
+    settings: ApiSettings, engine: Engine
 ) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
     """Startup: the configured dispatcher unless one was given, the admin token registered.
     Shutdown: the change feed, a dispatcher made here, the engine's connections."""
@@ -137,7 +137,7 @@ def _lifespan(
     return lifespan
 
 
-def _attach_state(app: FastAPI, settings: Settings, engine: Engine,
+def _attach_state(app: FastAPI, settings: ApiSettings, engine: Engine,
                   dispatcher: RunDispatcher | None) -> None:
     """What the routes reach through ``app.state``: settings, database, checkpoint store,
     dispatcher, response cache, render limiter and change feed."""
@@ -159,7 +159,7 @@ def _attach_state(app: FastAPI, settings: Settings, engine: Engine,
     )
 
 
-def _install_routes(app: FastAPI, settings: Settings) -> None:
+def _install_routes(app: FastAPI, settings: ApiSettings) -> None:
     """Error handlers, middleware, routers, the dashboard's static files and the schema."""
     install_error_handlers(app)
     # The last added is the outermost: requests refused for their size or text are counted.

@@ -130,7 +130,7 @@ class _Follow:
     resume (the Last-Event-ID header, else the query parameter), read only after ownership."""
 
     request: Request
-    settings: Settings
+    settings: ApiSettings
     factory: sessionmaker[Session]
     viewer: Viewer
     last_event_id: str | None
