@@ -26,7 +26,6 @@ from gradlab.store.experiments import create_experiment
 from gradlab.store.models import EpochMetricsRow, Run
 from gradlab.store.session import make_engine, make_session_factory, session_scope
 from gradlab.worker.reaper import runs_to_resend
-from tests.support.databases import create_postgres_database, drop_postgres_database
 from tests.support.private_services import PrivatePostgres, PrivateRedis
 from tests.support.processes import ServiceProcess, wait_for
 from tests.worker.conftest import REDIS_URL, delete_queue_keys, start_reaper, start_worker
@@ -174,10 +173,9 @@ def _resend_now(factory: sessionmaker[Session], dispatcher: CeleryDispatcher) ->
 # trained. Both are events now: the worker stops consuming while the test checks what waits in
 # the queue, and its training child is frozen (SIGSTOP) across the flush.
 def test_redis_flushed_and_restarted_with_runs_queued_and_running_every_run_finishes(
-    data_dir: Path, tmp_path: Path,
+    own_postgres_url: str, data_dir: Path, tmp_path: Path,
 ) -> None:
-    url = create_postgres_database("gradlab_flush")
-    migrate.upgrade(url)
+    url = own_postgres_url
     broker = PrivateRedis(tmp_path)
     # One run at a time: a worker that packs would take the lost runs as companions of a later
     # one (same shape) and train them without any resend, which is recovery but not the
@@ -231,4 +229,3 @@ def test_redis_flushed_and_restarted_with_runs_queued_and_running_every_run_fini
         reaper.stop()
         broker.stop()
         engine.dispose()
-        drop_postgres_database(url)
