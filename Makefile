@@ -38,11 +38,15 @@ services:
 
 # Everything but the container tests (building the CUDA worker image from Debian takes over
 # ten minutes cold, which would double the suite): those run with `make test-deploy`.
+# pytest runs on every core (pytest-xdist, at most 4 workers), a test file per worker at a
+# time so that a file's servers and module fixtures start once; each worker has its own
+# databases, ports and queues (tests/support/). TEST_WORKERS=0 runs it in one process.
+TEST_WORKERS ?= $(shell n=$$(nproc 2>/dev/null || echo 1); echo $$(( n < 4 ? n : 4 )))
 test: setup services
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports
 	$(MAKE) typecheck
-	$(BIN)/python -m pytest -m "not docker"
+	$(BIN)/python -m pytest -m "not docker" -n $(TEST_WORKERS) --dist loadfile
 
 # mypy --strict (settings in pyproject.toml) over every part, as installed packages.
 TYPECHECKED := $(PARTS)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import platform
 import subprocess
 import sys
@@ -10,35 +11,43 @@ import pytest
 
 pytestmark = pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc only")
 
-# Ten warm-up training steps of VGG08 (batch 100), then the minor page faults per step.
+# One process (the tuning is process-wide and cannot be undone, so not the test's own): VGG08
+# training steps (batch 100) on one thread, untuned then tuned, warm-up steps first each time,
+# then the minor page faults of each measured step. The untuned steps are the control, measured
+# beside the tuned ones in the same process; medians, so that a step that met something else
+# (the kernel, a busy machine) does not decide the verdict.
 PROBE = """
-import resource, sys
+import json, resource, statistics, torch
+torch.set_num_threads(1)
 from gradlab.core.allocator import keep_freed_memory
 from gradlab.core.benchmark import synthetic_step
-if sys.argv[1] == "tuned":
-    assert keep_freed_memory()
 step = synthetic_step(8)
-for _ in range(10):
-    step()
-before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-for _ in range(10):
-    step()
-print((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 10)
+
+def median_faults(warm_up, measured):
+    for _ in range(warm_up):
+        step()
+    faults = []
+    for _ in range(measured):
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        step()
+        faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+    return {"median": statistics.median(faults), "steps": faults}
+
+default = median_faults(5, 9)
+assert keep_freed_memory()
+print(json.dumps({"default": default, "tuned": median_faults(5, 9)}))
 """
-
-
-def _page_faults_per_step(mode: str) -> float:
-    out = subprocess.run([sys.executable, "-c", PROBE, mode], capture_output=True, text=True,
-                         check=True, timeout=300)
-    return float(out.stdout.split()[-1])
 
 
 def test_warm_training_steps_fault_no_activation_pages_in() -> None:
     pages_per_activation = 100 * 32 * 32 * 32 * 4 // 4096  # one 32x32 activation: 3,200 pages
+    out = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True,
+                         check=True, timeout=300)
+    faults = json.loads(out.stdout.splitlines()[-1])
     # The control: untuned, glibc hands freed activations back and faults them in again on
-    # every step (6,304 to 22,425 pages per step seen here, two to seven activations).
-    default = _page_faults_per_step("default")
-    tuned = _page_faults_per_step("tuned")
-    assert default > pages_per_activation / 2
-    # Tuned, a warm step faults in a quarter of an activation at most (0 to 320 pages seen).
-    assert tuned < pages_per_activation / 4
+    # most steps (medians of 8,368 and 11,568 pages per step seen here: two to four
+    # activations; single steps from 0 to 15,169).
+    assert faults["default"]["median"] > pages_per_activation / 2, faults
+    # Tuned, a warm step faults in a quarter of an activation at most (medians 0 seen; single
+    # steps 0 to 800).
+    assert faults["tuned"]["median"] < pages_per_activation / 4, faults

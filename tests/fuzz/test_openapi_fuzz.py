@@ -34,12 +34,10 @@ from gradlab.science.layers import layer_names
 from gradlab.science.spec import ExperimentSpec
 from gradlab.science.study import StudySpec
 from gradlab.settings import ApiSettings
-from gradlab.store import migrate
 from gradlab.store.session import make_engine, make_session_factory, session_scope
 from gradlab.store.studies import submit_study
 from gradlab.store.users import create_token, viewer_for_token
 from tests.api.synthetic_rows import insert_experiment
-from tests.support.databases import create_postgres_database, drop_postgres_database
 
 EXAMPLES = int(os.environ.get("GRADLAB_FUZZ_EXAMPLES", "25"))
 SEED = int(os.environ.get("GRADLAB_FUZZ_SEED", "20261129"))
@@ -80,20 +78,10 @@ def _app(postgres_url: str, auth: bool) -> Any:
 
 
 @pytest.fixture(scope="module")
-def fuzz_url() -> Iterator[str]:
-    """A database of the fuzzer's own: the hundreds of runs it queues stay out of the session
-    database that other tests count in (and out of its single user's run limit)."""
-    url = create_postgres_database("gradlab_fuzz")
-    try:
-        migrate.upgrade(url, "head")
-        yield url
-    finally:
-        drop_postgres_database(url)
-
-
-@pytest.fixture(scope="module")
-def fuzz_factory(fuzz_url: str) -> Iterator[sessionmaker[Session]]:
-    engine = make_engine(fuzz_url)
+def fuzz_factory(module_postgres_url: str) -> Iterator[sessionmaker[Session]]:
+    """On a database of the fuzzer's own: the hundreds of runs it queues stay out of the
+    session database that other tests count in (and out of its single user's run limit)."""
+    engine = make_engine(module_postgres_url)
     yield make_session_factory(engine)
     engine.dispose()
 
@@ -118,11 +106,11 @@ def seeded_owned(fuzz_factory: sessionmaker[Session], token: tuple[str, str]) ->
 
 
 @pytest.fixture(scope="module")
-def schemas(fuzz_url: str, token: tuple[str, str]) -> dict[bool, Any]:
+def schemas(module_postgres_url: str, token: tuple[str, str]) -> dict[bool, Any]:
     """The real app's own schema, served by the app, with auth off and on (where the schema
     itself needs the token)."""
     bearer = {"Authorization": f"Bearer {token[0]}"}
-    return {auth: schemathesis.openapi.from_asgi("/openapi.json", _app(fuzz_url, auth),
+    return {auth: schemathesis.openapi.from_asgi("/openapi.json", _app(module_postgres_url, auth),
                                                   headers=bearer if auth else {})
             for auth in (False, True)}
 
@@ -176,10 +164,10 @@ def _is_json(raw: bytes) -> bool:
 
 
 @pytest.mark.parametrize("path", ["/experiments", "/studies"])
-def test_any_bytes_as_a_body_is_a_documented_4xx(path: str, fuzz_url: str) -> None:
+def test_any_bytes_as_a_body_is_a_documented_4xx(path: str, module_postgres_url: str) -> None:
     """Bytes of any kind (mostly not JSON) as the body: 400 when they are not JSON, else a
     documented status (201, 413, 422, 429); never a 5xx."""
-    client = TestClient(_app(fuzz_url, auth=False))
+    client = TestClient(_app(module_postgres_url, auth=False))
     documented = {int(code) for code in
                   client.get("/openapi.json").json()["paths"][path]["post"]["responses"]}
 

@@ -1,6 +1,6 @@
 """The service over real HTTP: API processes (uvicorn) on a PostgreSQL database of this
-module's own, written to by the worker's own store functions (``store.runs``), and read by the
-Python client, the CLI and a headless Chromium.
+module's own (``module_postgres_url``), written to by the worker's own store functions
+(``store.runs``), and read by the Python client, the CLI and a headless Chromium.
 
 No worker trains here: the tests play the worker's part through the exact calls it makes
 (claim, record each epoch, finish), so they decide when an epoch lands and what it holds.
@@ -19,10 +19,9 @@ from sqlalchemy.orm import Session, sessionmaker
 from gradlab.science.layers import layer_names
 from gradlab.science.records import GRADFLOW_STATS, EpochMetrics, GradFlowEpoch
 from gradlab.science.spec import ExperimentSpec
-from gradlab.store import migrate, runs
+from gradlab.store import runs
 from gradlab.store.session import make_engine, make_session_factory, session_scope
 from tests.service.browser import CHROMIUM, CHROMIUM_FLAGS, Page
-from tests.support.databases import create_postgres_database, drop_postgres_database
 from tests.support.processes import ServiceProcess, start_api
 
 # Fast feed for tests: one poll every 0.2 s, a heartbeat comment every second.
@@ -34,26 +33,16 @@ FAST_EVENTS = {
 
 
 @pytest.fixture(scope="module")
-def service_db_url() -> Iterator[str]:
-    url = create_postgres_database("gradlab_svc")
-    try:
-        migrate.upgrade(url, "head")
-        yield url
-    finally:
-        drop_postgres_database(url)
-
-
-@pytest.fixture(scope="module")
-def store(service_db_url: str) -> Iterator[sessionmaker[Session]]:
-    engine = make_engine(service_db_url)
+def store(module_postgres_url: str) -> Iterator[sessionmaker[Session]]:
+    engine = make_engine(module_postgres_url)
     yield make_session_factory(engine)
     engine.dispose()
 
 
 @pytest.fixture(scope="module")
-def api_env(service_db_url: str) -> dict[str, str]:
+def api_env(module_postgres_url: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("GRADLAB_", "PROMETHEUS_"))}
-    return {**env, "GRADLAB_DATABASE_URL": service_db_url, "GRADLAB_LOG_FORMAT": "json",
+    return {**env, "GRADLAB_DATABASE_URL": module_postgres_url, "GRADLAB_LOG_FORMAT": "json",
             "PYTHONUNBUFFERED": "1", **FAST_EVENTS}
 
 

@@ -37,11 +37,12 @@ def _json_lines(text: str) -> list[dict[str, object]]:
 
 
 def test_metrics_are_summed_over_several_api_worker_processes(
-    service_db_url: str, tmp_path: Path
+    module_postgres_url: str, tmp_path: Path
 ) -> None:
     port, requests = free_port(), 40
     multiproc = tmp_path / "prometheus"
-    env = {**_base_env(), "GRADLAB_DATABASE_URL": service_db_url, "GRADLAB_BROKER_URL": REDIS_URL,
+    env = {**_base_env(), "GRADLAB_DATABASE_URL": module_postgres_url,
+           "GRADLAB_BROKER_URL": REDIS_URL,
            "GRADLAB_LOG_FORMAT": "json", "PROMETHEUS_MULTIPROC_DIR": str(multiproc),
            "PYTHONUNBUFFERED": "1"}
     api = ServiceProcess("api-2-workers", [str(VENV_BIN / "gradlab"), "api", "--workers", "2",
@@ -148,10 +149,11 @@ def test_the_grafana_dashboard_asks_only_for_exposed_metrics(
 
 
 def test_a_celery_worker_serves_its_metrics_on_its_port(
-    service_db_url: str, tmp_path: Path
+    module_postgres_url: str, tmp_path: Path
 ) -> None:
     port = free_port()
-    env = {**_base_env(), "GRADLAB_DATABASE_URL": service_db_url, "GRADLAB_BROKER_URL": REDIS_URL,
+    env = {**_base_env(), "GRADLAB_DATABASE_URL": module_postgres_url,
+           "GRADLAB_BROKER_URL": REDIS_URL,
            "GRADLAB_CELERY_QUEUE": f"gradlab-test-{tmp_path.name[-8:]}-{port}",
            "GRADLAB_WORKER_METRICS_PORT": str(port), "GRADLAB_LOG_FORMAT": "json",
            "GRADLAB_DEVICE": "cpu", "PYTHONUNBUFFERED": "1"}

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -111,12 +110,14 @@ def test_ls_show_gradflow_logs_cancel_for_people_and_scripts(
 
     following = subprocess.Popen([str(VENV_BIN / "gradlab"), "logs", created.id, "--follow"],
                                  env=_env(api_url), stdout=subprocess.PIPE, text=True)
-    time.sleep(1)
+    assert following.stdout is not None
+    first = following.stdout.readline()  # the stream is open: what comes next arrives live
     worker.epoch(run_id, 4, 1)
     cancelled = gradlab(api_url, "cancel", created.id)
     assert cancelled.returncode == 0 and "cancel requested" in cancelled.stdout
     worker.finish(run_id, "cancelled")
-    out, _ = following.communicate(timeout=60)
+    rest, _ = following.communicate(timeout=60)
+    out = first + rest
     assert following.returncode == 0
     assert "epoch 1" in out and "cancelled" in out and out.strip().endswith("}")
 

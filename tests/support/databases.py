@@ -8,13 +8,19 @@ A pytest plugin (loaded by ``tests/conftest.py``). Fixtures:
 - ``postgres_session_factory`` (session): a ``sessionmaker`` bound to it.
 - ``sqlite_url`` (session): a migrated SQLite file in a temporary folder.
 - ``sqlite_session_factory`` (session).
+- ``module_postgres_url`` (module): a migrated database of the test module's own, for tests
+  whose processes (a worker, the reaper, the API) must find only that module's runs.
+- ``own_postgres_url`` (function): the same, one per test.
 - ``empty_postgres_url`` / ``empty_sqlite_url`` (function): a fresh database with no schema,
   for migration tests.
 - ``database_url`` (function, parametrised ``postgres`` / ``sqlite``): the session database of
   each kind, so one test body runs on both backends.
 
-Helpers ``create_postgres_database()``, ``drop_postgres_database(url)`` and
-``truncate_all(url)`` serve benchmarks and tests that need a clean slate between tests.
+Every database is named uniquely, so test sessions (and pytest-xdist's workers) that share the
+server never meet. Helpers ``migrated_postgres_database(prefix)`` (a context manager: the one
+way a migrated database is made here), ``create_postgres_database()``,
+``drop_postgres_database(url)`` and ``truncate_all(url)`` serve benchmarks and tests that
+need a clean slate between tests.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import psycopg
@@ -87,21 +94,43 @@ def truncate_all(url: str) -> None:
         engine.dispose()
 
 
-def _postgres_or_fail() -> str:
+def _postgres_or_fail(prefix: str = "gradlab_test") -> str:
     try:
-        return create_postgres_database()
+        return create_postgres_database(prefix)
     except RuntimeError as exc:
         pytest.fail(str(exc), pytrace=False)
 
 
-@pytest.fixture(scope="session")
-def postgres_url() -> Iterator[str]:
-    url = _postgres_or_fail()
+@contextmanager
+def migrated_postgres_database(prefix: str = "gradlab_test") -> Iterator[str]:
+    """A new, uniquely named database migrated to head; dropped on exit."""
+    url = _postgres_or_fail(prefix)
     try:
         migrate.upgrade(url, "head")
         yield url
     finally:
         drop_postgres_database(url)
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    with migrated_postgres_database() as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def module_postgres_url(request: pytest.FixtureRequest) -> Iterator[str]:
+    """A migrated database of this test module's own (named after the module)."""
+    module = request.module.__name__.rsplit(".", 1)[-1].removeprefix("test_")
+    with migrated_postgres_database(f"gradlab_{module[:30]}") as url:
+        yield url
+
+
+@pytest.fixture
+def own_postgres_url() -> Iterator[str]:
+    """A migrated database of this test's own."""
+    with migrated_postgres_database("gradlab_own") as url:
+        yield url
 
 
 @pytest.fixture(scope="session")

@@ -57,6 +57,18 @@ class ServiceProcess:
         if self.alive():
             os.killpg(self.proc.pid, signum)
 
+    def children(self) -> list[int]:
+        """The ids of the processes this one started (a Celery worker's pool children)."""
+        found = []
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:  # "pid (name) state ppid ...": the name may hold spaces and parentheses
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except (OSError, IndexError):
+                continue  # ended meanwhile
+            if int(fields[1]) == self.proc.pid:
+                found.append(int(stat.parent.name))
+        return found
+
     def stop(self, timeout: float = 20.0) -> None:
         """SIGTERM the group, then SIGKILL whatever is left."""
         if self.alive():

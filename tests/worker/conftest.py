@@ -14,9 +14,7 @@ import redis
 from sqlalchemy.orm import Session, sessionmaker
 
 from gradlab.science.records import TrainingResult
-from gradlab.store import migrate
 from gradlab.store.session import make_engine, make_session_factory
-from tests.support.databases import create_postgres_database, drop_postgres_database
 from tests.support.processes import (
     VENV_BIN,
     ServiceProcess,
@@ -47,18 +45,6 @@ def reference(data_dir: Path) -> TrainingResult:
     return train_reference(data_dir)
 
 
-@pytest.fixture(scope="module")
-def service_postgres_url() -> Iterator[str]:
-    """A database of the module's own: the worker's reaper must not find (and train) the runs
-    other tests leave behind in the session database."""
-    url = create_postgres_database("gradlab_e2e")
-    try:
-        migrate.upgrade(url, "head")
-        yield url
-    finally:
-        drop_postgres_database(url)
-
-
 def delete_queue_keys(queue: str) -> None:
     """Remove a test queue and kombu's bindings for it from Redis."""
     client = redis.Redis.from_url(REDIS_URL)
@@ -67,7 +53,7 @@ def delete_queue_keys(queue: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def service_env(service_postgres_url: str, data_dir: Path) -> Iterator[dict[str, str]]:
+def service_env(module_postgres_url: str, data_dir: Path) -> Iterator[dict[str, str]]:
     try:
         redis.Redis.from_url(REDIS_URL, socket_connect_timeout=3).ping()
     except redis.RedisError as exc:
@@ -76,7 +62,9 @@ def service_env(service_postgres_url: str, data_dir: Path) -> Iterator[dict[str,
     queue = f"gradlab-test-{uuid.uuid4().hex[:8]}"
     yield {
         **os.environ,
-        "GRADLAB_DATABASE_URL": service_postgres_url,
+        # A database of the module's own: the worker's reaper must not find (and train) the
+        # runs other tests leave behind in the session database.
+        "GRADLAB_DATABASE_URL": module_postgres_url,
         "GRADLAB_BROKER_URL": REDIS_URL,
         # A queue of our own: other test sessions on the same Redis never see our runs.
         "GRADLAB_CELERY_QUEUE": queue,
@@ -159,7 +147,7 @@ def http(api_url: str) -> Iterator[httpx.Client]:
 
 
 @pytest.fixture(scope="module")
-def store(service_postgres_url: str) -> Iterator[sessionmaker[Session]]:
-    engine = make_engine(service_postgres_url)
+def store(module_postgres_url: str) -> Iterator[sessionmaker[Session]]:
+    engine = make_engine(module_postgres_url)
     yield make_session_factory(engine)
     engine.dispose()

@@ -5,6 +5,7 @@ cluster or Redis server (tests/support/private_services.py), never the shared on
 from __future__ import annotations
 
 import os
+import signal
 import time
 import uuid
 from collections.abc import Iterator
@@ -18,13 +19,13 @@ from gradlab.dispatch.dispatchers import CeleryDispatcher
 from gradlab.dispatch.queues import producer_app
 from gradlab.science.records import TrainingResult
 from gradlab.science.spec import ExperimentSpec
-from gradlab.settings import WorkerSettings
+from gradlab.settings import ServerSettings, WorkerSettings
 from gradlab.store import migrate
 from gradlab.store.base import utcnow
 from gradlab.store.experiments import create_experiment
 from gradlab.store.models import EpochMetricsRow, Run
 from gradlab.store.session import make_engine, make_session_factory, session_scope
-from tests.support.databases import create_postgres_database, drop_postgres_database
+from gradlab.worker.reaper import runs_to_resend
 from tests.support.private_services import PrivatePostgres, PrivateRedis
 from tests.support.processes import ServiceProcess, wait_for
 from tests.worker.conftest import REDIS_URL, delete_queue_keys, start_reaper, start_worker
@@ -32,7 +33,7 @@ from tests.worker.reference_run import assert_matches_reference, spec_named
 
 pytestmark = [pytest.mark.services, pytest.mark.slow]
 
-RUNNING_EPOCHS = 3
+RUNNING_EPOCHS = 4  # handed back mid-run at the flush, resumed from its checkpoint
 TINY = {"depth": 8, "width": 8, "hyperparameters": {"epochs": 1},
         "data": {"train_limit": 200, "val_limit": 100, "test_limit": 100}}
 
@@ -81,10 +82,14 @@ def _wait_all(factory: sessionmaker[Session], run_ids: list[str], status: str,
                     service=service)
 
 
-def _epochs_once(factory: sessionmaker[Session], run: Run, epochs: int) -> None:
+def _epochs_written(factory: sessionmaker[Session], run_id: str) -> list[int]:
     with factory() as session:
-        written = session.scalars(select(EpochMetricsRow.epoch).where(
-            EpochMetricsRow.run_id == run.id).order_by(EpochMetricsRow.epoch)).all()
+        return list(session.scalars(select(EpochMetricsRow.epoch).where(
+            EpochMetricsRow.run_id == run_id).order_by(EpochMetricsRow.epoch)))
+
+
+def _epochs_once(factory: sessionmaker[Session], run: Run, epochs: int) -> None:
+    written = _epochs_written(factory, run.id)
     assert written == list(range(epochs)), (run.id, written)
 
 
@@ -135,15 +140,42 @@ def test_postgres_restarted_during_a_run_loses_nothing_and_writes_nothing_twice(
         delete_queue_keys(env["GRADLAB_CELERY_QUEUE"])
 
 
-# Once flaky (xfail): the running run could finish before the flush, so the later runs did not
-# wait in the queue, and a packing worker trained the lost runs as companions of a later one
-# before any resend. Both are ruled out below; the reaper now also reads which runs have a
-# message instead of counting messages (worker/reaper.py).
+def _consuming(env: dict[str, str], on: bool, worker: ServiceProcess) -> None:
+    """Start or stop the worker consuming the run queue (Celery's remote control), and wait
+    until its log says so: while it does not consume, what waits in the queue stays there.
+    Sent again until then (a worker still reconnecting to the broker misses a broadcast)."""
+    queue = env["GRADLAB_CELERY_QUEUE"]
+    said = f"Started consuming from {queue}" if on else f"Canceling queue {queue}"
+    before = worker.log_tail(10**9).count(said)
+    app = producer_app(ServerSettings(broker_url=env["GRADLAB_BROKER_URL"], celery_queue=queue))
+    control = app.control.add_consumer if on else app.control.cancel_consumer
+
+    def done() -> bool:
+        if worker.log_tail(10**9).count(said) > before:
+            return True
+        control(queue)
+        return False
+
+    try:
+        wait_for(said, done, 120, service=worker)
+    finally:
+        app.close()
+
+
+def _resend_now(factory: sessionmaker[Session], dispatcher: CeleryDispatcher) -> list[str]:
+    """The queued runs the reaper would send again if every one were a lease old."""
+    with factory() as session:
+        return runs_to_resend(session, dispatcher, sent_before=utcnow(), exclude=[])
+
+
+# Once flaky: the later runs' verdict ("still queued when the lost runs are sent again") and
+# the running run's premise ("still running at the flush") depended on how fast the machine
+# trained. Both are events now: the worker stops consuming while the test checks what waits in
+# the queue, and its training child is frozen (SIGSTOP) across the flush.
 def test_redis_flushed_and_restarted_with_runs_queued_and_running_every_run_finishes(
-    data_dir: Path, tmp_path: Path,
+    own_postgres_url: str, data_dir: Path, tmp_path: Path,
 ) -> None:
-    url = create_postgres_database("gradlab_flush")
-    migrate.upgrade(url)
+    url = own_postgres_url
     broker = PrivateRedis(tmp_path)
     # One run at a time: a worker that packs would take the lost runs as companions of a later
     # one (same shape) and train them without any resend, which is recovery but not the
@@ -152,22 +184,30 @@ def test_redis_flushed_and_restarted_with_runs_queued_and_running_every_run_fini
     queue = env["GRADLAB_CELERY_QUEUE"]
     engine = make_engine(url)
     factory = make_session_factory(engine)
+    app = producer_app(ServerSettings(broker_url=broker.url, celery_queue=queue))
+    dispatcher = CeleryDispatcher(app)
     reaper = start_reaper(env, tmp_path)
     worker = start_worker(env, tmp_path)
     try:
-        # Long enough (every training image, 3 epochs: about 30 s on a quiet 2-core machine) to
-        # be still training when the flush comes and the reaper resends, so the later runs'
-        # messages still wait in the queue then; 12,000 images once finished before that.
-        (running,) = _submit(factory, env, spec_named(
-            "flush-running", hyperparameters={"epochs": RUNNING_EPOCHS},
-            data={"train_limit": 47_500, "val_limit": 100, "test_limit": 100}))
-        wait_for("the run to start", lambda: _runs(factory, [running])[0].status == "running",
-                 300, service=worker)
-        queued = _submit(factory, env, {**TINY, "name": "flush-queued", "seeds": [0, 1]})
-        time.sleep(9)  # older than a lease: the reaper may resend them
-        assert broker.client().llen(queue) == 2
-        flushed_at = utcnow()
-        broker.flush_and_restart()  # their messages are gone
+        (running,) = _submit(factory, env, {
+            **TINY, "name": "flush-running", "hyperparameters": {"epochs": RUNNING_EPOCHS},
+            "seeds": [0]})
+        wait_for("the run's first epoch", lambda: _epochs_written(factory, running), 300,
+                 interval=0.05, service=worker)
+        (child,) = worker.children()
+        os.kill(child, signal.SIGSTOP)  # still running at the flush, however fast it trains
+        try:
+            _consuming(env, False, worker)  # the queued runs wait in the queue from here on
+            assert _runs(factory, [running])[0].status == "running"  # mid-run, frozen
+            queued = _submit(factory, env, {**TINY, "name": "flush-queued", "seeds": [0, 1]})
+            assert broker.client().llen(queue) == 2
+            # a run whose message waits is never sent twice, however long it waits
+            assert _resend_now(factory, dispatcher) == []
+            flushed_at = utcnow()
+            broker.flush_and_restart()  # their messages, and the running run's, are gone
+        finally:
+            os.kill(child, signal.SIGCONT)
+        assert set(queued) <= set(_resend_now(factory, dispatcher))  # no message: lost
         # New runs after the restart: their messages wait in a queue that is not empty.
         later = _submit(factory, env, {**TINY, "name": "flush-later", "seeds": [0, 1]})
 
@@ -175,15 +215,17 @@ def test_redis_flushed_and_restarted_with_runs_queued_and_running_every_run_fini
             return all(r.queued_at > flushed_at for r in _runs(factory, queued))
 
         wait_for("the lost runs to be sent again", resent, 120, service=reaper)
-        waiting = [r.status for r in _runs(factory, later)]
-        assert "queued" in waiting, "the resend should not wait for the queue to empty"
+        # the resend did not wait for the queue to empty: the later runs' messages wait still
+        assert [r.status for r in _runs(factory, later)] == ["queued", "queued"]
+        assert {*queued, *later} <= (dispatcher.waiting_run_ids() or set())
+        _consuming(env, True, worker)
 
         runs_done = _wait_all(factory, [running, *queued, *later], "succeeded", worker)
         for run in runs_done:
             _epochs_once(factory, run, RUNNING_EPOCHS if run.id == running else 1)
     finally:
+        app.close()
         worker.stop()
         reaper.stop()
         broker.stop()
         engine.dispose()
-        drop_postgres_database(url)

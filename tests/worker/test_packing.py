@@ -16,13 +16,12 @@ from sqlalchemy.orm import Session, sessionmaker
 from gradlab.core.data import load_cifar
 from gradlab.science.spec import ExperimentSpec
 from gradlab.settings import WorkerSettings
-from gradlab.store import migrate, runs
+from gradlab.store import runs
 from gradlab.store.experiments import create_experiment
 from gradlab.store.models import EpochMetricsRow, Run
 from gradlab.store.session import make_engine, make_session_factory, session_scope
 from gradlab.worker.outcomes import AttemptOutcome
 from gradlab.worker.runner import execute_run
-from tests.support.databases import create_postgres_database, drop_postgres_database
 
 pytestmark = [pytest.mark.services, pytest.mark.slow]
 
@@ -37,16 +36,13 @@ def _spec(name: str, seeds: list[int], **hp: Any) -> ExperimentSpec:
 
 
 @pytest.fixture
-def factory() -> Iterator[sessionmaker[Session]]:
+def factory(own_postgres_url: str) -> Iterator[sessionmaker[Session]]:
     """A database per test: no other test's queued runs can join a pack here."""
-    url = create_postgres_database("gradlab_pack")
-    engine = make_engine(url)
+    engine = make_engine(own_postgres_url)
     try:
-        migrate.upgrade(url, "head")
         yield make_session_factory(engine)
     finally:
         engine.dispose()
-        drop_postgres_database(url)
 
 
 def _settings(data_dir: Path, pack_size: int) -> WorkerSettings:

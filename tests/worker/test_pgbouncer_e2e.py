@@ -36,12 +36,12 @@ def checkpoint_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def service_env(service_env: dict[str, str], service_postgres_url: str, pgbouncer: PgBouncer,
+def service_env(service_env: dict[str, str], module_postgres_url: str, pgbouncer: PgBouncer,
                 checkpoint_folder: Path) -> Iterator[dict[str, str]]:
     """The worker tests' environment, with every process's database URL on PgBouncer."""
     yield {
         **service_env,
-        "GRADLAB_DATABASE_URL": pgbouncer.url_for(service_postgres_url),
+        "GRADLAB_DATABASE_URL": pgbouncer.url_for(module_postgres_url),
         "GRADLAB_DATABASE_POOLER": "pgbouncer",
         "GRADLAB_DATABASE_POOL_SIZE": "2",
         "GRADLAB_CHECKPOINT_STORE": str(checkpoint_folder),
@@ -69,9 +69,9 @@ def _server_connections(database: str) -> int:
 
 def test_api_worker_and_reaper_work_through_pgbouncer(
     celery_worker: ServiceProcess, http: httpx.Client, store: sessionmaker[Session],
-    pgbouncer: PgBouncer, service_postgres_url: str, checkpoint_folder: Path,
+    pgbouncer: PgBouncer, module_postgres_url: str, checkpoint_folder: Path,
 ) -> None:
-    database = make_url(service_postgres_url).database
+    database = make_url(module_postgres_url).database
     spec: dict[str, Any] = {
         "name": "through-pgbouncer", "depth": 8, "seeds": [0],
         "hyperparameters": {"epochs": EPOCHS},

@@ -27,7 +27,6 @@ from gradlab.worker.embedded import requeue_orphans
 from gradlab.worker.outcomes import AttemptOutcome
 from gradlab.worker.reaper import reap
 from gradlab.worker.runner import execute_run
-from tests.support.databases import create_postgres_database, drop_postgres_database
 
 LEASE = 30
 
@@ -41,18 +40,6 @@ class RecordingDispatcher:
 
 
 @pytest.fixture(scope="module")
-def reaper_postgres_url() -> Iterator[str]:
-    """Databases of this module's own: what the reaper finds (and how many queued runs it
-    counts) must not depend on what other tests left in the session databases."""
-    url = create_postgres_database("gradlab_reaper")
-    try:
-        migrate.upgrade(url, "head")
-        yield url
-    finally:
-        drop_postgres_database(url)
-
-
-@pytest.fixture(scope="module")
 def reaper_sqlite_url(tmp_path_factory: pytest.TempPathFactory) -> str:
     url = f"sqlite:///{tmp_path_factory.mktemp('reaper') / 'gradlab.db'}"
     migrate.upgrade(url, "head")
@@ -61,7 +48,10 @@ def reaper_sqlite_url(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 @pytest.fixture(params=["postgres", "sqlite"])
 def database_url(request: pytest.FixtureRequest) -> str:
-    return str(request.getfixturevalue(f"reaper_{request.param}_url"))
+    """Databases of this module's own: what the reaper finds (and how many queued runs it
+    counts) must not depend on what other tests left in the session databases."""
+    own = {"postgres": "module_postgres_url", "sqlite": "reaper_sqlite_url"}
+    return str(request.getfixturevalue(own[request.param]))
 
 
 @pytest.fixture

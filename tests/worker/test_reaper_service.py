@@ -13,12 +13,11 @@ from pathlib import Path
 import pytest
 
 from gradlab.science.spec import ExperimentSpec
-from gradlab.store import migrate, runs
+from gradlab.store import runs
 from gradlab.store.base import utcnow
 from gradlab.store.experiments import create_experiment
 from gradlab.store.models import Run
 from gradlab.store.session import make_engine, make_session_factory, session_scope
-from tests.support.databases import create_postgres_database, drop_postgres_database
 from tests.support.processes import VENV_BIN, ServiceProcess, wait_for
 from tests.worker.conftest import wait_ready
 
@@ -32,10 +31,9 @@ def _closed_port() -> int:
 
 
 def test_the_reaper_requeues_a_lost_run_while_the_broker_is_down_and_stops_on_sigterm(
-    tmp_path: Path,
+    own_postgres_url: str, tmp_path: Path,
 ) -> None:
-    url = create_postgres_database("gradlab_reaper_service")
-    migrate.upgrade(url)
+    url = own_postgres_url
     engine = make_engine(url)
     factory = make_session_factory(engine)
     with session_scope(factory) as session:
@@ -64,4 +62,3 @@ def test_the_reaper_requeues_a_lost_run_while_the_broker_is_down_and_stops_on_si
     finally:
         reaper.stop()
         engine.dispose()
-        drop_postgres_database(url)
