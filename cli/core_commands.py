@@ -345,7 +345,7 @@ def _print_bench(report: dict[str, Any], chosen: tuple[str, ...]) -> None:
                f"{env['torch']}, batch {report['batch_size']}; training's auto precision: "
                f"{report['precision']}")
     by_precision = report["by_precision"]
-    for p, figures in by_precision.items():
+    for figures in by_precision.values():
         typer.echo(f"matmul {figures['matmul_dtype']} peak: {figures['matmul_gflops']:.1f} "
                    f"GFLOP/s ({figures['matmul_backend']})")
     typer.echo(f"{'model':6}  {'prec':4}  {'step img/s':>10}  {'of peak':>7}  "

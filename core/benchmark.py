@@ -230,8 +230,8 @@ def _gradlab_epoch(name: str, trainer: Trainer, steps: int,
 def bench_model(name: str, device: torch.device, steps: int, repeats: int = 3,
                 probe: MatmulProbe | None = None,
                 precision: Precision | None = None) -> tuple[ModelBench, float]:
-    """Bare step, gradlab epoch and gradient-flow overhead of one model; and the best matmul
-    rate seen while measuring it.
+    """Bare step, gradlab epoch and gradient-flow overhead of one model in ``precision`` (the
+    spec's ``auto`` when None); and the best matmul rate seen while measuring it.
 
     Each round times a matmul burst, bare steps, steps with capture and a gradlab epoch back
     to back; ratios are taken within a round and the median over rounds is reported, so that
@@ -241,10 +241,8 @@ def bench_model(name: str, device: torch.device, steps: int, repeats: int = 3,
     trainer = _trainer(DEPTHS[name], device, precision)
     recorder = trainer.recorder
     generator = torch.Generator().manual_seed(0)
-    x = torch.randn(BATCH, 3, 32, 32, device=device).contiguous(
-        memory_format=torch.channels_last)
+    x = torch.randn(BATCH, 3, 32, 32, device=device).contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, 100, (BATCH,), generator=generator).to(device)
-
     epoch = _gradlab_epoch(name, trainer, steps, generator)
 
     def bare() -> None:
