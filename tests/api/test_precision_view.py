@@ -31,7 +31,8 @@ def test_each_run_shows_its_precision_and_the_summary_says_when_seeds_mixed(
     assert created.status_code in (201, 202), created.text
     body = created.json()
     ids = [r["id"] for r in body["runs"]]
-    assert [r["precision"] for r in body["runs"]] == [None, None, None]  # not started
+    before = client.get(f"/experiments/{body['id']}").json()
+    assert [r["precision"] for r in before["runs"]] == [None, None, None]  # not started yet
     with session_scope(postgres_session_factory) as session:
         for run_id, precision in zip(ids, ("bf16", "bf16", "fp32"), strict=True):
             session.execute(update(Run).where(Run.id == run_id).values(
