@@ -51,7 +51,7 @@ from gradlab.core.environment import describe_environment, resolve_device
 from gradlab.core.gradflow import GradFlowRecorder
 from gradlab.core.optimization import make_optimizer
 from gradlab.core.pack import Member, Pack, PackRun, train_pack_epoch
-from gradlab.core.precision import Precision, cpu_has_fast_bf16, resolve_precision
+from gradlab.core.precision import Precision, resolve_precision
 from gradlab.core.trainer import RunBatches, Trainer, build_trainer, evaluate
 from gradlab.science.spec import ExperimentSpec
 
@@ -265,7 +265,7 @@ def bench_model(name: str, device: torch.device, steps: int, repeats: int = 3,
         time.sleep(0.3)
         rounds.append(row)
     capture = _capture_seconds(recorder, device)
-    conv_seconds = _conv_seconds(trainer.model, device)
+    conv_seconds = _conv_seconds(trainer.model, device, probe.dtype)
     flop_per_step = BATCH * 3 * FORWARD_MFLOP[name] * 1e6
     best_step = min(r["bare"] for r in rounds) / steps
     best_epoch = min(r["epoch"] for r in rounds)
@@ -302,16 +302,21 @@ def _conv_shapes(model: torch.nn.Module) -> list[tuple[torch.nn.Conv2d, torch.Si
     return shapes
 
 
-def _conv_seconds(model: torch.nn.Module, device: torch.device) -> float:
-    """Seconds per training step spent in the model's convolutions, each timed alone."""
-    return sum(_one_conv_seconds(conv, shape, device) for conv, shape in _conv_shapes(model))
+def _conv_seconds(model: torch.nn.Module, device: torch.device,
+                  dtype: torch.dtype = torch.float32) -> float:
+    """Seconds per training step spent in the model's convolutions, each timed alone (in
+    ``dtype``: bfloat16 is what they compute in under bf16 autocast)."""
+    return sum(_one_conv_seconds(conv, shape, device, dtype)
+               for conv, shape in _conv_shapes(model))
 
 
-def _one_conv_seconds(conv: torch.nn.Conv2d, in_shape: torch.Size,
-                      device: torch.device) -> float:
-    x = torch.randn(in_shape, device=device).contiguous(memory_format=torch.channels_last)
-    weight = torch.randn(conv.weight.shape, device=device)
-    bias = None if conv.bias is None else torch.randn(conv.bias.shape, device=device)
+def _one_conv_seconds(conv: torch.nn.Conv2d, in_shape: torch.Size, device: torch.device,
+                      dtype: torch.dtype = torch.float32) -> float:
+    x = torch.randn(in_shape, device=device, dtype=dtype).contiguous(
+        memory_format=torch.channels_last)
+    weight = torch.randn(conv.weight.shape, device=device, dtype=dtype)
+    bias = (None if conv.bias is None
+            else torch.randn(conv.bias.shape, device=device, dtype=dtype))
     grad = torch.randn_like(F.conv2d(x, weight, bias, conv.stride, conv.padding))
     bias_sizes = None if bias is None else list(bias.shape)
     # The first layer's input needs no gradient; autograd skips it in training too.
@@ -335,7 +340,7 @@ def _capture_seconds(recorder: GradFlowRecorder, device: torch.device, calls: in
 def bench_precisions(device: torch.device) -> tuple[Precision, ...]:
     """The precisions worth timing here: both where the CPU has bf16 units (the choice is
     real), else the one ``auto`` trains in."""
-    if device.type == "cpu" and cpu_has_fast_bf16():
+    if device.type == "cpu" and resolve_precision("auto", device) == "bf16":
         return ("fp32", "bf16")
     return (resolve_precision("auto", device),)
 
