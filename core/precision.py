@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import torch
 
@@ -41,7 +41,7 @@ def cpu_has_fast_bf16() -> bool:
 def resolve_precision(choice: str, device: torch.device) -> Precision:
     """``fp32`` or ``bf16`` for the spec's ``choice`` on ``device`` (see the module docstring)."""
     if choice in PRECISIONS:
-        return choice  # type: ignore[return-value]
+        return choice
     if choice != "auto":
         raise ValueError(f"precision must be auto, fp32 or bf16, got {choice!r}")
     if device.type == "cuda" or cpu_has_fast_bf16():
@@ -54,7 +54,7 @@ def checkpoint_precision(payload: dict[str, Any], device: torch.device) -> Preci
     recorded trained the way that code did: bf16 on CUDA, fp32 on the CPU."""
     stored = payload.get("identity", {}).get("precision")
     if stored in PRECISIONS:
-        return stored  # type: ignore[no-any-return]
+        return cast(Precision, stored)
     return "bf16" if device.type == "cuda" else "fp32"
 
 
