@@ -9,7 +9,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from gradlab.store.models import Run
 from gradlab.store.session import session_scope
-from tests.api.conftest import small_spec
+from tests.api.conftest import small_spec, submit_three_seeds
 
 
 def test_an_unknown_precision_is_refused_naming_the_field(client: TestClient,
@@ -27,11 +27,8 @@ def test_an_unknown_precision_is_refused_naming_the_field(client: TestClient,
 def test_each_run_shows_its_precision_and_the_summary_says_when_seeds_mixed(
         client: TestClient, postgres_session_factory: sessionmaker[Session],
         unique_name: str) -> None:
-    created = client.post("/experiments", json=small_spec(unique_name, seeds=(0, 1, 2)))
-    assert created.status_code in (201, 202), created.text
-    body = created.json()
-    ids = [r["id"] for r in body["runs"]]
-    before = client.get(f"/experiments/{body['id']}").json()
+    experiment, ids = submit_three_seeds(client, unique_name)
+    before = client.get(f"/experiments/{experiment}").json()
     assert [r["precision"] for r in before["runs"]] == [None, None, None]  # not started yet
     with session_scope(postgres_session_factory) as session:
         for run_id, precision in zip(ids, ("bf16", "bf16", "fp32"), strict=True):
@@ -39,7 +36,7 @@ def test_each_run_shows_its_precision_and_the_summary_says_when_seeds_mixed(
                 status="succeeded", test_acc=0.5, test_loss=2.0,
                 environment={"device": "cpu", "precision": precision}))
 
-    shown = client.get(f"/experiments/{body['id']}").json()
+    shown = client.get(f"/experiments/{experiment}").json()
     assert shown["spec"]["hyperparameters"]["precision"] == "auto"
     assert [(r["seed"], r["precision"]) for r in shown["runs"]] == [
         (0, "bf16"), (1, "bf16"), (2, "fp32")]
