@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session
 
 from gradlab.api.json_numbers import finite_list, finite_or_none
 from gradlab.api.response_cache import CachedResponse
-from gradlab.science.aggregate import metric_series, summarize
+from gradlab.science.aggregate import metric_series, precision_label, summarize
 from gradlab.science.records import EpochMetrics
 from gradlab.science.sampling import even_indices
 from gradlab.science.study_results import SeedRun
@@ -135,4 +135,5 @@ def summarize_experiment(session: Session, experiment: Experiment) -> dict[str, 
         metrics[f"final_{name}"] = _mean_std(
             [getattr(final[r.id], name) for r in finished if r.id in final]
         )
-    return {"finished_seeds": len(finished), "metrics": metrics}
+    return {"finished_seeds": len(finished), "metrics": metrics,
+            "precision": precision_label(r.precision for r in finished)}

@@ -69,6 +69,11 @@ class RunRead(RunBrief):
         None, examples=[None],
         description="the fused pack its last attempt trained in (runs of the same shape "
                     "trained as one model, GRADLAB_PACK_SIZE); null when trained alone")
+    precision: Literal["fp32", "bf16"] | None = Field(
+        None, examples=["bf16"],
+        description="what the run computes in: the spec's hyperparameters.precision resolved "
+                    "on its worker (auto: bf16 on CUDA and on CPUs with bf16 units, else "
+                    "fp32); null until a worker has started it")
 
 
 class ExperimentCreated(_Read):
@@ -144,6 +149,10 @@ class SummaryRead(BaseModel):
     )
 
     finished_seeds: int = Field(description="runs that succeeded; the summary is over these")
+    precision: str | None = Field(
+        None, examples=["bf16"],
+        description="what the summarised seeds computed in: fp32, bf16, or 'mixed (bf16 x2, "
+                    "fp32 x1)' when auto resolved differently on different workers")
     metrics: dict[str, MeanStd] = Field(
         description="test_loss, test_acc and final_* (last epoch) metrics across finished seeds"
     )

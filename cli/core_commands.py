@@ -12,12 +12,16 @@ import math
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import typer
 
 data_app = typer.Typer(help="The CIFAR data sets.", no_args_is_help=True)
 DATA_DIR_HELP = "CIFAR folder (else GRADLAB_DATA_DIR, else ./data)"
+BenchPrecision = Literal["auto", "fp32", "bf16", "both"]
+# None: the benchmark's own choice (core.benchmark.bench_precisions)
+BENCH_PRECISIONS: dict[str, Any] = {"auto": None, "fp32": ("fp32",), "bf16": ("bf16",),
+                                    "both": ("fp32", "bf16")}
 
 
 class UserError(Exception):
@@ -300,6 +304,9 @@ def bench_command(
     window: Annotated[float | None, typer.Option(
         min=0.1, help="with --processes: seconds of the common window (default: 20 on CUDA, "
                       "5 on the CPU)")] = None,
+    precision: Annotated[BenchPrecision, typer.Option(
+        help="auto: fp32 and bf16 side by side where the CPU has bf16 units, else the one "
+             "training picks; or fp32, bf16, both")] = "auto",
 ) -> None:
     """Measure matmul peak, VGG08/VGG38 step and epoch rates and gradient-flow overhead."""
     from gradlab.core.benchmark import FORWARD_MFLOP, run_benchmark
@@ -321,7 +328,7 @@ def bench_command(
         return
     report = _measure(as_json, lambda progress: run_benchmark(
         device, models=chosen, steps=None if steps is None else dict.fromkeys(chosen, steps),
-        quick=quick, progress=progress))
+        quick=quick, precisions=BENCH_PRECISIONS[precision], progress=progress))
     if report is not None:
         _print_bench(report, chosen)
 
@@ -350,17 +357,30 @@ def _machine(report: dict[str, Any]) -> str:
 
 
 def _print_bench(report: dict[str, Any], chosen: tuple[str, ...]) -> None:
-    typer.echo(f"{_machine(report)}, batch {report['batch_size']}")
-    typer.echo(f"matmul {report['matmul_dtype']} peak: {report['matmul_gflops']:.1f} GFLOP/s "
-               f"({report['matmul_backend']})")
-    typer.echo(f"{'model':6}  {'step img/s':>10}  {'of peak':>7}  {'epoch img/s':>11}  "
-               f"{'epoch/step':>10}  {'gradflow':>8}  {'(A/B)':>7}  {'convs alone':>11}")
+    typer.echo(f"{_machine(report)}, batch {report['batch_size']}; training's auto "
+               f"precision: {report['precision']}")
+    by_precision = report["by_precision"]
+    for figures in by_precision.values():
+        typer.echo(f"matmul {figures['matmul_dtype']} peak: {figures['matmul_gflops']:.1f} "
+                   f"GFLOP/s ({figures['matmul_backend']})")
+    typer.echo(f"{'model':6}  {'prec':4}  {'step img/s':>10}  {'of peak':>7}  "
+               f"{'epoch img/s':>11}  {'epoch/step':>10}  {'gradflow':>8}  {'(A/B)':>7}  "
+               f"{'convs alone':>11}")
     for name in chosen:
-        r = report[name]
-        typer.echo(f"{name:6}  {r['step_images_per_s']:10.1f}  {r['step_fraction_of_peak']:7.1%}"
-                   f"  {r['epoch_images_per_s']:11.1f}  {r['epoch_fraction_of_step']:10.1%}  "
-                   f"{r['gradflow_overhead']:+8.2%}  {r['gradflow_overhead_ab']:+7.2%}  "
-                   f"{r['conv_fraction_of_peak']:11.1%}")
+        for p, figures in by_precision.items():
+            r = figures[name]
+            typer.echo(f"{name:6}  {p:4}  {r['step_images_per_s']:10.1f}  "
+                       f"{r['step_fraction_of_peak']:7.1%}  {r['epoch_images_per_s']:11.1f}  "
+                       f"{r['epoch_fraction_of_step']:10.1%}  {r['gradflow_overhead']:+8.2%}  "
+                       f"{r['gradflow_overhead_ab']:+7.2%}  {r['conv_fraction_of_peak']:11.1%}")
+    if {"fp32", "bf16"} <= set(by_precision):
+        typer.echo("bf16 / fp32: " + ", ".join(
+            f"{name} step {_ratio(by_precision, name, 'step_images_per_s')}, epoch "
+            f"{_ratio(by_precision, name, 'epoch_images_per_s')}" for name in chosen))
+
+
+def _ratio(by_precision: dict[str, Any], name: str, key: str) -> str:
+    return f"{by_precision['bf16'][name][key] / by_precision['fp32'][name][key]:.2f}x"
 
 
 def _pack_sizes(text: str, option: str = "--pack") -> tuple[int, ...]:

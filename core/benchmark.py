@@ -2,9 +2,12 @@
 
 Measured in one process, on the training device:
 
+- per precision the training step computes in (``precisions``: both fp32 and bf16 on a CPU
+  with bf16 units, side by side; else the one ``auto`` picks: bf16 on CUDA, fp32 on other
+  CPUs; ``core/precision.py``), under ``by_precision[p]``:
 - ``matmul_gflops``: the faster of two GEMMs (MKL ``torch.mm``, oneDNN 1x1 conv), the
   machine's practical peak (``matmul_backend`` names the winner), in the dtype the training
-  step computes in (``matmul_dtype``: float32 on the CPU; bfloat16 on CUDA, where the step
+  step computes in (``matmul_dtype``: float32 for fp32; bfloat16 for bf16, where the step
   runs under bf16 autocast and an fp32 peak would put it far above 100%);
 - per model (VGG08, VGG38), batch 100:
   - ``step_images_per_s``: a bare training step (gradlab's model, channels_last, under the
@@ -23,8 +26,9 @@ Measured in one process, on the training device:
     if everything else in it (activations, BN, pooling, loss, optimiser) were free, and so
     a ceiling for any step built on these convolution kernels.
 
-Rates are the best of several repeats (the least disturbed by other processes); nothing here
-asserts on time. Figures go to the terminal and, with ``--json``, to stdout as JSON.
+The top level keeps ``auto``'s precision's figures (``precision`` names it) as before. Rates are
+the best of several repeats (the least disturbed by other processes); nothing here asserts on
+time. Figures go to the terminal and, with ``--json``, to stdout as JSON.
 """
 
 from __future__ import annotations
@@ -47,6 +51,7 @@ from gradlab.core.environment import describe_environment, resolve_device
 from gradlab.core.gradflow import GradFlowRecorder
 from gradlab.core.optimization import make_optimizer
 from gradlab.core.pack import Member, Pack, PackRun, train_pack_epoch
+from gradlab.core.precision import Precision, resolve_precision
 from gradlab.core.trainer import RunBatches, Trainer, build_trainer, evaluate
 from gradlab.science.spec import ExperimentSpec
 
@@ -100,9 +105,10 @@ class MatmulProbe:
     above 100% of "peak".
     """
 
-    def __init__(self, device: torch.device, size: int = 2048, seconds: float = 0.25) -> None:
+    def __init__(self, device: torch.device, size: int = 2048, seconds: float = 0.25,
+                 dtype: torch.dtype | None = None) -> None:
         self.device = device
-        self.dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+        self.dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
         if device.type == "cuda":
             size = max(size, 8192)  # a GPU needs a large product to reach its peak
         self.flop = 2 * size**3
@@ -143,10 +149,10 @@ class MatmulProbe:
         return self.flop * self.reps / seconds / 1e9
 
 
-def _trainer(depth: int, device: torch.device) -> Trainer:
+def _trainer(depth: int, device: torch.device, precision: Precision | None = None) -> Trainer:
     """The model, optimiser, recorder and autocast that ``gradlab train`` would use."""
     torch.manual_seed(0)
-    trainer = build_trainer(ExperimentSpec(depth=depth), device)
+    trainer = build_trainer(ExperimentSpec(depth=depth), device, precision)
     trainer.model.train()
     return trainer
 
@@ -222,22 +228,21 @@ def _gradlab_epoch(name: str, trainer: Trainer, steps: int,
 
 
 def bench_model(name: str, device: torch.device, steps: int, repeats: int = 3,
-                probe: MatmulProbe | None = None) -> tuple[ModelBench, float]:
-    """Bare step, gradlab epoch and gradient-flow overhead of one model; and the best matmul
-    rate seen while measuring it.
+                probe: MatmulProbe | None = None,
+                precision: Precision | None = None) -> tuple[ModelBench, float]:
+    """Bare step, gradlab epoch and gradient-flow overhead of one model in ``precision`` (the
+    spec's ``auto`` when None); and the best matmul rate seen while measuring it.
 
     Each round times a matmul burst, bare steps, steps with capture and a gradlab epoch back
     to back; ratios are taken within a round and the median over rounds is reported, so that
     load from other processes, which drifts over seconds, largely cancels out.
     """
     probe = probe or MatmulProbe(device)
-    trainer = _trainer(DEPTHS[name], device)
+    trainer = _trainer(DEPTHS[name], device, precision)
     recorder = trainer.recorder
     generator = torch.Generator().manual_seed(0)
-    x = torch.randn(BATCH, 3, 32, 32, device=device).contiguous(
-        memory_format=torch.channels_last)
+    x = torch.randn(BATCH, 3, 32, 32, device=device).contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, 100, (BATCH,), generator=generator).to(device)
-
     epoch = _gradlab_epoch(name, trainer, steps, generator)
 
     def bare() -> None:
@@ -260,7 +265,7 @@ def bench_model(name: str, device: torch.device, steps: int, repeats: int = 3,
         time.sleep(0.3)
         rounds.append(row)
     capture = _capture_seconds(recorder, device)
-    conv_seconds = _conv_seconds(trainer.model, device)
+    conv_seconds = _conv_seconds(trainer.model, device, probe.dtype)
     flop_per_step = BATCH * 3 * FORWARD_MFLOP[name] * 1e6
     best_step = min(r["bare"] for r in rounds) / steps
     best_epoch = min(r["epoch"] for r in rounds)
@@ -297,16 +302,21 @@ def _conv_shapes(model: torch.nn.Module) -> list[tuple[torch.nn.Conv2d, torch.Si
     return shapes
 
 
-def _conv_seconds(model: torch.nn.Module, device: torch.device) -> float:
-    """Seconds per training step spent in the model's convolutions, each timed alone."""
-    return sum(_one_conv_seconds(conv, shape, device) for conv, shape in _conv_shapes(model))
+def _conv_seconds(model: torch.nn.Module, device: torch.device,
+                  dtype: torch.dtype = torch.float32) -> float:
+    """Seconds per training step spent in the model's convolutions, each timed alone (in
+    ``dtype``: bfloat16 is what they compute in under bf16 autocast)."""
+    return sum(_one_conv_seconds(conv, shape, device, dtype)
+               for conv, shape in _conv_shapes(model))
 
 
-def _one_conv_seconds(conv: torch.nn.Conv2d, in_shape: torch.Size,
-                      device: torch.device) -> float:
-    x = torch.randn(in_shape, device=device).contiguous(memory_format=torch.channels_last)
-    weight = torch.randn(conv.weight.shape, device=device)
-    bias = None if conv.bias is None else torch.randn(conv.bias.shape, device=device)
+def _one_conv_seconds(conv: torch.nn.Conv2d, in_shape: torch.Size, device: torch.device,
+                      dtype: torch.dtype = torch.float32) -> float:
+    x = torch.randn(in_shape, device=device, dtype=dtype).contiguous(
+        memory_format=torch.channels_last)
+    weight = torch.randn(conv.weight.shape, device=device, dtype=dtype)
+    bias = (None if conv.bias is None
+            else torch.randn(conv.bias.shape, device=device, dtype=dtype))
     grad = torch.randn_like(F.conv2d(x, weight, bias, conv.stride, conv.padding))
     bias_sizes = None if bias is None else list(bias.shape)
     # The first layer's input needs no gradient; autograd skips it in training too.
@@ -327,33 +337,58 @@ def _capture_seconds(recorder: GradFlowRecorder, device: torch.device, calls: in
     return _best_time(lambda: [recorder.after_backward() for _ in range(calls)], device, 3) / calls
 
 
+def bench_precisions(device: torch.device) -> tuple[Precision, ...]:
+    """The precisions worth timing here: both where the CPU has bf16 units (the choice is
+    real), else the one ``auto`` trains in."""
+    if device.type == "cpu" and resolve_precision("auto", device) == "bf16":
+        return ("fp32", "bf16")
+    return (resolve_precision("auto", device),)
+
+
 def run_benchmark(device: str = "auto", *, steps: dict[str, int] | None = None,
                   models: tuple[str, ...] = ("vgg08", "vgg38"), quick: bool = False,
-                  progress: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """All measurements as one JSON-ready dict (``matmul_gflops``, ``vgg08``, ``vgg38``, ...)."""
+                  progress: Callable[[str], None] | None = None,
+                  precisions: tuple[Precision, ...] | None = None) -> dict[str, Any]:
+    """All measurements as one JSON-ready dict: ``by_precision[p]`` per precision timed (each
+    model's precisions back to back), and ``auto``'s figures at the top level as before."""
     dev = resolve_device(device)
     say = progress or (lambda _msg: None)
     # Timings of a second or more each: shorter ones read the CPU step rate up to 25% low.
     steps = steps or ({"vgg08": 40, "vgg38": 10} if dev.type == "cpu"
                       else {"vgg08": 50, "vgg38": 20})
     repeats = 1 if quick else 5
-    say("matmul peak")
-    probe = MatmulProbe(dev, seconds=0.1 if quick else 0.25)
-    peak = probe.gflops(min(probe.time() for _ in range(1 if quick else 4)))
-    out: dict[str, Any] = {
-        "matmul_gflops": peak,
-        "matmul_backend": probe.backend,
-        "matmul_dtype": str(probe.dtype).removeprefix("torch."),
+    precisions = precisions or bench_precisions(dev)
+    by_precision: dict[str, dict[str, Any]] = {}
+    for p in precisions:
+        say(f"matmul peak ({p})")
+        probe = MatmulProbe(dev, seconds=0.1 if quick else 0.25,
+                            dtype=torch.bfloat16 if p == "bf16" else torch.float32)
+        by_precision[p] = {"probe": probe,
+                           "matmul_gflops": probe.gflops(min(probe.time()
+                                                             for _ in range(1 if quick else 4))),
+                           "matmul_backend": probe.backend,
+                           "matmul_dtype": str(probe.dtype).removeprefix("torch.")}
+    for name in models:
+        for p in precisions:
+            say(f"{name} ({p})")
+            figures = by_precision[p]
+            bench, seen_peak = bench_model(name, dev, steps[name], repeats, figures["probe"], p)
+            figures[name] = asdict(bench)
+            figures["matmul_gflops"] = max(figures["matmul_gflops"], seen_peak)
+    for figures in by_precision.values():
+        figures.pop("probe")
+    auto = resolve_precision("auto", dev)
+    top = by_precision.get(auto, by_precision[precisions[0]])
+    return {
+        **top,
+        "precision": auto if auto in by_precision else precisions[0],
+        "precisions": list(precisions),
+        "by_precision": by_precision,
         "batch_size": BATCH,
         "forward_mflop_per_image": {m: FORWARD_MFLOP[m] for m in models},
         "environment": describe_environment(dev),
         "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "method": "rates: best round; fractions and overhead: median of per-round ratios "
-                  f"({repeats} rounds of matmul burst, bare steps, captured steps, epoch)",
+                  f"({repeats} rounds of matmul burst, bare steps, captured steps, epoch); "
+                  "each model's precisions timed back to back in this process",
     }
-    for name in models:
-        say(name)
-        bench, seen_peak = bench_model(name, dev, steps[name], repeats, probe)
-        out[name] = asdict(bench)
-        out["matmul_gflops"] = max(out["matmul_gflops"], seen_peak)
-    return out

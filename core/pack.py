@@ -24,7 +24,9 @@ pack rebuilt without it); its callback returns CANCEL or STOP (it leaves after t
 ``abandon`` is set (read every step, a plain attribute read: the epoch in progress is
 discarded and every member still training ends STOPPED); or it succeeds.
 
-CUDA: bf16 autocast; ``cuda_graphs=True`` compiles the fused forward with
+Precision: each run's spec choice resolved on the device (``core/precision.py``: bf16 autocast
+on CUDA and on CPUs with bf16 units under ``auto``); a pack's runs share one. CUDA:
+``cuda_graphs=True`` compiles the fused forward with
 ``torch.compile(mode="reduce-overhead")`` (CUDA graphs: the few hundred small kernels of a
 step launched as one graph), recompiled when a member leaves. Data stay on the device.
 """
@@ -56,6 +58,7 @@ from gradlab.core.trainer import (
     resume,
     run_batches,
     run_identity,
+    run_precision,
 )
 from gradlab.science.fusion import fusion_key
 from gradlab.science.records import (
@@ -171,7 +174,7 @@ def fusable(runs: list[PackRun]) -> None:
     keys = {fusion_key(r.spec) for r in runs}
     if len(keys) != 1:
         raise ValueError("the runs of a pack must share their fusion key "
-                         "(model, batch size, epochs and data)")
+                         "(model, batch size, epochs, data and precision)")
 
 
 def build_member(run: PackRun, data: CifarArrays, dev: torch.device,
@@ -179,17 +182,19 @@ def build_member(run: PackRun, data: CifarArrays, dev: torch.device,
     """A run's trainer (its seed, so its initialisation); its batches share ``shared``'s
     image tensors, with its own generator (order, augmentation)."""
     seed_everything(run.seed)
-    trainer = build_trainer(run.spec, dev)
+    checkpoint = None if run.resume_from is None else load_checkpoint(run.resume_from)
+    precision = run_precision(run.spec, dev, checkpoint)
+    trainer = build_trainer(run.spec, dev, precision)
     generator = data_generator(run.seed)
     if shared is None:
         batches = run_batches(run.spec, data, dev, generator)
     else:
         batches = RunBatches(train=shared.train.with_generator(generator), val=shared.val,
                              test=shared.test)
-    identity = run_identity(run.spec, run.seed)
+    identity = run_identity(run.spec, run.seed, precision)
     state = TrainingState()
-    if run.resume_from is not None:
-        state = resume(trainer, generator, load_checkpoint(run.resume_from), identity)
+    if checkpoint is not None:
+        state = resume(trainer, generator, checkpoint, identity)
     return Member(run, trainer, generator, batches, state, identity)
 
 
@@ -200,6 +205,10 @@ def build_members(runs: list[PackRun], data: CifarArrays, dev: torch.device) -> 
     epochs = {m.state.last_epoch for m in members}
     if len(epochs) != 1:
         raise ValueError(f"the runs of a pack must resume at the same epoch, got {sorted(epochs)}")
+    precisions = {m.trainer.precision for m in members}
+    if len(precisions) != 1:
+        raise ValueError("the runs of a pack must compute in one precision, "
+                         f"got {sorted(precisions)}")
     return members
 
 
@@ -222,7 +231,8 @@ def _result(member: Member, dev: torch.device) -> TrainingResult:
                             epochs=list(member.state.history),
                             gradflow=list(member.state.gradflow),
                             divergence=member.divergence,
-                            environment={**describe_environment(dev)})
+                            environment={**describe_environment(dev),
+                                         "precision": member.trainer.precision})
     if status is RunOutcome.SUCCEEDED and member.state.best_weights is not None:
         member.at_boundary = False
         result.test = evaluate_best_weights(member.trainer, member.batches.test, member.state)

@@ -19,6 +19,7 @@ from gradlab.core.checkpoints import TrainingState, check_identity, training_sta
 from gradlab.core.data import CifarArrays, split
 from gradlab.core.gradflow import GradFlowRecorder
 from gradlab.core.optimization import make_optimizer
+from gradlab.core.precision import Precision, autocast_for, checkpoint_precision, resolve_precision
 from gradlab.core.reproducibility import restore_rng_state
 from gradlab.science.records import TestResult
 from gradlab.science.spec import ExperimentSpec
@@ -35,6 +36,7 @@ class Trainer:
     recorder: GradFlowRecorder
     device: torch.device
     autocast: Callable[[], contextlib.AbstractContextManager[None]]
+    precision: Precision = "fp32"  # what the forward computes in (see core/precision.py)
 
 
 @dataclass
@@ -46,10 +48,21 @@ class RunBatches:
     test: EvalBatches
 
 
-def run_identity(spec: ExperimentSpec, seed: int) -> dict[str, object]:
-    """What a checkpoint must agree on to be resumed by this run (the name may differ)."""
+def run_identity(spec: ExperimentSpec, seed: int, precision: Precision) -> dict[str, object]:
+    """What a checkpoint must agree on to be resumed by this run (the name may differ): the
+    spec, the seed and the precision it computes in (resume is exact within one precision)."""
     dump = spec.model_dump(mode="json", exclude={"name", "seeds"})
-    return {"seed": seed, **dump}
+    return {"seed": seed, **dump, "precision": precision}
+
+
+def run_precision(spec: ExperimentSpec, dev: torch.device,
+                  checkpoint: dict[str, Any] | None) -> Precision:
+    """The precision the run computes in: the spec's choice on ``dev``; a resumed ``auto`` run
+    keeps the one it started in (the checkpoint's)."""
+    choice = spec.hyperparameters.precision
+    if checkpoint is not None and choice == "auto":
+        return checkpoint_precision(checkpoint, dev)
+    return resolve_precision(choice, dev)
 
 
 def run_batches(spec: ExperimentSpec, data: CifarArrays, dev: torch.device,
@@ -69,28 +82,37 @@ def run_batches(spec: ExperimentSpec, data: CifarArrays, dev: torch.device,
 def resume(trainer: Trainer, generator: torch.Generator, payload: dict[str, Any],
            identity: dict[str, object]) -> TrainingState:
     """Load a checkpoint's weights, optimiser, RNG streams and history into this run."""
-    check_identity(payload, identity)
+    check_identity(_with_precision(payload, trainer.device), identity)
     trainer.model.load_state_dict(payload["model"])
     trainer.optimizer.load_state_dict(payload["optimizer"])
     restore_rng_state(payload["rng"], generator)
     return training_state_from(payload, trainer.device)
 
 
-def build_trainer(spec: ExperimentSpec, dev: torch.device) -> Trainer:
-    """The run's model (initialised from the global RNG), optimiser, recorder and autocast."""
+def _with_precision(payload: dict[str, Any], dev: torch.device) -> dict[str, Any]:
+    """A checkpoint from before precision was recorded, read as what its code did (``auto``:
+    bf16 on CUDA, fp32 on the CPU)."""
+    stored = dict(payload["identity"])
+    if "precision" not in stored:
+        stored["precision"] = checkpoint_precision(payload, dev)
+        stored["hyperparameters"] = {"precision": "auto", **stored.get("hyperparameters", {})}
+    return {**payload, "identity": stored}
+
+
+def build_trainer(spec: ExperimentSpec, dev: torch.device,
+                  precision: Precision | None = None) -> Trainer:
+    """The run's model (initialised from the global RNG), optimiser, recorder and autocast
+    (``precision``: the spec's choice resolved on ``dev`` when not given)."""
+    precision = precision or resolve_precision(spec.hyperparameters.precision, dev)
     # channels_last helps both oneDNN on the CPU and cuDNN; batches arrive in that layout.
     model = build_model(spec).to(dev).to(memory_format=torch.channels_last)
     optimizer = make_optimizer(model.parameters(), spec.hyperparameters)
     recorder = GradFlowRecorder(list(model.gradflow_parameters()))
     if dev.type == "cuda":
         torch.backends.cudnn.benchmark = True
-
-        def autocast() -> contextlib.AbstractContextManager[None]:
-            return torch.autocast("cuda", dtype=torch.bfloat16)
     else:
-        autocast = contextlib.nullcontext  # CPU trains in fp32, as the seed did
         keep_freed_memory()  # no page faults for activations once warm (see allocator.py)
-    return Trainer(model, optimizer, recorder, dev, autocast)
+    return Trainer(model, optimizer, recorder, dev, autocast_for(precision, dev), precision)
 
 
 @torch.inference_mode()

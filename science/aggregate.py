@@ -6,12 +6,17 @@ have finished it, and ``n`` says how many. Conventions (also in the report):
 - ``std`` is the sample standard deviation (ddof=1) across seeds when ``n >= 2``, and ``0.0``
   when ``n == 1`` (one seed has no spread to show; ``n`` tells the reader there was one).
 - A run's *final* value is its last finished epoch's; a cell's final value aggregates those.
+- Precision: the seeds of one experiment share its spec, so they normally computed in one
+  precision; where ``auto`` resolved differently on different workers (a GPU and a CPU without
+  bf16 units), the seeds are still aggregated together, but never silently: the cell's
+  ``precision`` then reads ``mixed (bf16 x2, fp32 x1)`` (``precision_label``).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from gradlab.science.study_results import SeedRun, check_window_and_stat
@@ -69,6 +74,17 @@ def summarize(values: Sequence[float]) -> Summary:
         return Summary(mean, 0.0, 1)
     var = math.fsum((v - mean) ** 2 for v in finite) / (n - 1)
     return Summary(mean, math.sqrt(var), n)
+
+
+def precision_label(precisions: Iterable[str | None]) -> str | None:
+    """What a group of runs computed in: ``fp32``, ``bf16``, ``mixed (bf16 x2, fp32 x1)``, or
+    None when no run has recorded one yet."""
+    counts = Counter(p for p in precisions if p is not None)
+    if not counts:
+        return None
+    if len(counts) == 1:
+        return next(iter(counts))
+    return "mixed (" + ", ".join(f"{p} x{n}" for p, n in sorted(counts.items())) + ")"
 
 
 def metric_series(runs: Sequence[SeedRun], metric: str) -> SeriesStats:

@@ -1,10 +1,11 @@
 """Which runs can train as one fused pack (torch-free: the worker's store queries use it).
 
 Runs fuse when their networks and their step shapes are the same: depth, width, BatchNorm,
-residual skips, classes, batch size, epochs (the pack trains in lockstep) and data (the same
-split and the same number of steps per epoch). Everything else is per run inside a pack:
-seed (initialisation, data order, augmentation), optimiser, learning rate and its schedule,
-weight decay.
+residual skips, classes, batch size, epochs (the pack trains in lockstep), data (the same
+split and the same number of steps per epoch) and precision (one fused forward computes in one
+precision, so runs that differ only in precision never pack). Everything else is per run
+inside a pack: seed (initialisation, data order, augmentation), optimiser, learning rate and
+its schedule, weight decay.
 """
 
 from __future__ import annotations

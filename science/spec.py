@@ -71,6 +71,9 @@ class Hyperparameters(_Strict):
     nesterov: Flag = Field(False, description="SGD only")
     adam_betas: tuple[AdamBeta, AdamBeta] = (0.9, 0.999)
     adam_eps: RealNumber = Field(1e-8, gt=0, le=1)
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        "auto", description="auto: bf16 autocast on CUDA and on CPUs with bf16 units, else fp32"
+    )
 
     @model_validator(mode="after")
     def _min_below_max(self) -> Self:

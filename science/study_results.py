@@ -36,6 +36,8 @@ class SeedRun:
     test: TestResult | None = None
     # the fused pack its last attempt trained in (gradlab.science.fusion); None: alone
     pack: str | None = None
+    # what it computed in, resolved from the spec's choice (fp32, bf16); None: not started
+    precision: str | None = None
 
     @property
     def epochs_done(self) -> int:
@@ -54,6 +56,7 @@ class SeedRun:
             epochs=list(result.epochs),
             gradflow=list(result.gradflow),
             test=result.test,
+            precision=result.environment.get("precision"),
         )
 
 

@@ -168,6 +168,13 @@ class Run(TimestampedMixin, Base):
 
     experiment: Mapped[Experiment] = relationship(back_populates="runs", lazy="raise")
 
+    @property
+    def precision(self) -> str | None:
+        """What the run computes in (fp32, bf16), from its reproducibility record; None before
+        a worker has resolved the spec's choice."""
+        value = (self.environment or {}).get("precision")
+        return value if isinstance(value, str) else None
+
 
 class EpochMetricsRow(Base):
     __tablename__ = "epoch_metrics"

@@ -318,6 +318,7 @@ def _seed_runs(
                 gradflow=flows.get(run.id, []),
                 test=test,
                 pack=run.pack,
+                precision=run.precision,
             )
         )
     return seed_runs

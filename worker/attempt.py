@@ -20,7 +20,7 @@ import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from pydantic import ValidationError
 from sqlalchemy.exc import OperationalError
@@ -46,6 +46,9 @@ from gradlab.worker.checkpointing import CheckpointCadence, RunCheckpoints, cade
 from gradlab.worker.failures import FailureKind, classify, describe
 from gradlab.worker.heartbeat import Heartbeat
 from gradlab.worker.outcomes import AttemptOutcome
+
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -160,6 +163,7 @@ class Attempt:
                 # CPU the replayed epochs write the same numbers again).
                 log.warning("run %s starts over: %s", self.run_id, exc)
                 self.environment["checkpoint_rejected"] = str(exc)
+        self.environment["precision"] = self._precision(spec, resolved)
         with session_scope(self._factory) as session:
             runs.set_environment(session, self.run_id, self.environment)
         self.checkpoints = RunCheckpoints(
@@ -167,6 +171,18 @@ class Attempt:
             self._cadence or cadence_for(self.device, self._settings),
             last_epoch=spec.hyperparameters.epochs - 1)
         return True
+
+    def _precision(self, spec: ExperimentSpec, device: torch.device) -> str | None:
+        """The precision the run will compute in (a resumed run keeps its checkpoint's); None
+        when the checkpoint cannot be read (training then says why)."""
+        from gradlab.core.checkpoints import CheckpointError, load_checkpoint
+        from gradlab.core.trainer import run_precision
+
+        try:
+            payload = None if self.resume_from is None else load_checkpoint(self.resume_from)
+        except CheckpointError:
+            return None
+        return run_precision(spec, device, payload)
 
     @property
     def resume_epoch(self) -> int:

@@ -24,6 +24,8 @@ class CompletionEntry:
     epochs_planned: int
     # reproducibility: the fused pack the run trained in (None: alone, or not started)
     pack: str | None = None
+    # what the run computed in (fp32, bf16; None: not started)
+    precision: str | None = None
 
 
 @dataclass
@@ -48,13 +50,15 @@ class Report:
 
     def reproducibility(self) -> list[dict[str, Any]]:
         """How each run was trained: alone, or in which fused pack and with how many runs
-        (a pack's runs match their runs alone up to float reassociation, not bit for bit)."""
+        (a pack's runs match their runs alone up to float reassociation, not bit for bit),
+        and in which precision."""
         sizes: dict[str, int] = {}
         for entry in self.completion:
             if entry.pack is not None:
                 sizes[entry.pack] = sizes.get(entry.pack, 0) + 1
         return [{"cell": c.cell, "seed": c.seed, "pack": c.pack,
-                 "pack_size": sizes.get(c.pack, 1) if c.pack is not None else None}
+                 "pack_size": sizes.get(c.pack, 1) if c.pack is not None else None,
+                 "precision": c.precision}
                 for c in self.completion if c.status != "missing"]
 
     @property
@@ -105,6 +109,7 @@ def completion_matrix(cells: Sequence[CellResult]) -> list[CompletionEntry]:
                     epochs_done=0 if run is None else run.epochs_done,
                     epochs_planned=cell.spec.hyperparameters.epochs,
                     pack=None if run is None else run.pack,
+                    precision=None if run is None else run.precision,
                 )
             )
     return entries

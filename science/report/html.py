@@ -120,11 +120,14 @@ def _completion(report: Report) -> str:
 def _reproducibility(report: Report) -> str:
     """Each run's pack: trained alone, or fused with others (same numbers up to rounding)."""
     rows = [[r["cell"], str(r["seed"]),
-             "alone" if r["pack"] is None else f"pack {r['pack']} ({r['pack_size']} runs)"]
+             "alone" if r["pack"] is None else f"pack {r['pack']} ({r['pack_size']} runs)",
+             r["precision"] or "-"]
             for r in report.reproducibility()]
     return (
         "<h2>Reproducibility</h2><p>Runs of the same shape may train as one fused model "
         "(GRADLAB_PACK_SIZE): each keeps its own seed, data order, schedule, metrics and "
-        "checkpoints, and matches the run trained alone up to float reassociation.</p>"
-        + _table(["cell", "seed", "trained"], rows)
+        "checkpoints, and matches the run trained alone up to float reassociation. Precision: "
+        "what each run computed in (fp32, or bf16 autocast with fp32 weights and "
+        "gradients).</p>"
+        + _table(["cell", "seed", "trained", "precision"], rows)
     )

@@ -7,7 +7,7 @@ import io
 from dataclasses import dataclass
 from typing import Any
 
-from gradlab.science.aggregate import Summary, final_summary, summarize_test
+from gradlab.science.aggregate import Summary, final_summary, precision_label, summarize_test
 from gradlab.science.layers import parameter_count as spec_parameter_count
 from gradlab.science.study_results import CellResult
 
@@ -37,6 +37,8 @@ class TableRow:
     epochs_planned: int
     epochs_done: dict[int, int]  # seed -> epochs finished
     summaries: dict[str, Summary]
+    # what its seeds computed in (aggregate.precision_label); None before any started
+    precision: str | None = None
 
     @property
     def epochs_done_text(self) -> str:
@@ -58,6 +60,7 @@ class TableRow:
             "seeds_finished": self.seeds_finished,
             "epochs_planned": self.epochs_planned,
             "epochs_done": {str(k): v for k, v in self.epochs_done.items()},
+            "precision": self.precision,
             **{key: {"mean": s.mean, "std": s.std, "n": s.n} for key, s in self.summaries.items()},
         }
 
@@ -96,6 +99,7 @@ def table_rows(cells: list[CellResult]) -> list[TableRow]:
                 epochs_planned=spec.hyperparameters.epochs,
                 epochs_done={r.seed: r.epochs_done for r in cell.runs},
                 summaries=summaries,
+                precision=precision_label(r.precision for r in cell.runs),
             )
         )
     return rows
@@ -116,6 +120,7 @@ def table_csv(rows: list[TableRow]) -> str:
         "seeds_planned",
         "seeds_finished",
         "epochs_done",
+        "precision",
     ]
     for key in SUMMARY_COLUMNS:
         header += [f"{key}_mean", f"{key}_std", f"{key}_n"]
@@ -132,6 +137,7 @@ def table_csv(rows: list[TableRow]) -> str:
             len(row.seeds_planned),
             row.seeds_finished,
             row.epochs_done_text,
+            row.precision or "",
         ]
         for key in SUMMARY_COLUMNS:
             s = row.summaries[key]
@@ -165,6 +171,7 @@ def row_cells_text(row: TableRow) -> list[str]:
         "-" if row.parameters is None else f"{row.parameters:,}",
         f"{row.seeds_finished}/{len(row.seeds_planned)}",
         row.epochs_done_text,
+        row.precision or "-",
         *(row.summaries[key].format() for key, _ in TEXT_COLUMNS),
     ]
 
@@ -177,5 +184,6 @@ TEXT_HEADER: list[str] = [
     "params",
     "seeds done",
     "epochs",
+    "precision",
     *(label for _, label in TEXT_COLUMNS),
 ]

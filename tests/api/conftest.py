@@ -79,3 +79,11 @@ def small_spec(name: str, seeds: Sequence[int] = (0, 1), **changes: object) -> d
     }
     spec.update(changes)
     return spec
+
+
+def submit_three_seeds(client: TestClient, name: str) -> tuple[str, list[str]]:
+    """A small experiment of seeds 0, 1, 2 submitted: its id and its runs' ids."""
+    created = client.post("/experiments", json=small_spec(name, seeds=(0, 1, 2)))
+    assert created.status_code in (201, 202), created.text
+    body = created.json()
+    return body["id"], [r["id"] for r in body["runs"]]

@@ -147,7 +147,8 @@ def test_bench_json_has_the_documented_keys(app: typer.Typer) -> None:
     report = json.loads(result.stdout)
     assert report["matmul_gflops"] > 0
     assert report["matmul_backend"] in ("torch.mm", "conv1x1")
-    assert report["matmul_dtype"] == "float32"
+    # the top level is the precision training picks here (auto)
+    assert report["matmul_dtype"] == {"fp32": "float32", "bf16": "bfloat16"}[report["precision"]]
     for key in ("step_images_per_s", "step_fraction_of_peak", "epoch_fraction_of_step",
                 "gradflow_overhead"):
         assert key in report["vgg08"]
@@ -156,6 +157,22 @@ def test_bench_json_has_the_documented_keys(app: typer.Typer) -> None:
     # The convolutions alone are a ceiling: no step that also runs them can beat it.
     assert vgg08["conv_images_per_s"] > vgg08["step_images_per_s"]
     assert vgg08["conv_fraction_of_peak"] > vgg08["step_fraction_of_peak"]
+
+
+@pytest.mark.parametrize(("units", "timed"), [(True, ["fp32", "bf16"]), (False, ["fp32"])])
+def test_bench_times_both_precisions_where_the_cpu_has_bf16_units(
+        app: typer.Typer, monkeypatch: pytest.MonkeyPatch, units: bool, timed: list[str]) -> None:
+    from gradlab.core import precision
+
+    monkeypatch.setattr(precision, "cpu_has_fast_bf16", lambda: units)
+    result = runner.invoke(app, ["bench", "--device", "cpu", "--models", "vgg08", "--steps",
+                                 "1", "--quick"])
+    assert result.exit_code == 0, result.output
+    lines = [line.split() for line in result.stdout.splitlines() if line.startswith("vgg08")]
+    assert [line[1] for line in lines] == timed
+    assert ("bf16 / fp32: vgg08 step" in result.stdout) is units
+    # bf16 is timed against a bf16 peak (an fp32 one would overstate its fraction)
+    assert ("matmul bfloat16 peak" in result.stdout) is units
 
 
 @pytest.mark.parametrize(("given", "sizes"), [("16", (1, 2, 4, 8, 16)), ("6", (1, 2, 4, 6)),

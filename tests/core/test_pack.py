@@ -66,10 +66,11 @@ PARAM_SHARE = 5e-2
 
 def pack_spec(index: int, **hp: Any) -> ExperimentSpec:
     """VGG38 BN + residual, narrow, 10 images: one step per epoch, so epoch 0's gradient flow
-    is the first step's (identical parameters), and 4 epochs are 4 steps."""
+    is the first step's (identical parameters), and 4 epochs are 4 steps. fp32: the
+    tolerances above are fp32 reassociation's, whatever the CPU's bf16 units."""
     return ExperimentSpec.model_validate({
         "depth": 38, "width": 8, "batch_norm": True, "residual": True,
-        "hyperparameters": {"epochs": 4, "batch_size": 10,
+        "hyperparameters": {"epochs": 4, "batch_size": 10, "precision": "fp32",
                             "learning_rate": LEARNING_RATES[index],
                             "weight_decay": WEIGHT_DECAYS[index], **hp},
         "data": {"train_limit": 10, "val_limit": 20, "test_limit": 20},

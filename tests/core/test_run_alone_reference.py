@@ -5,7 +5,8 @@ one loop, written out plainly in this test: the model's forward op by op
 (``test_fused_ops.reference_forward``, nothing fused, nothing in place, no ``forward_many``),
 mean cross-entropy, backward, gradient-flow capture, the optimiser step; loss and accuracy
 means over the epoch's batches; validation per image. ``fit`` must give the same metrics,
-gradient flow, weights and optimiser state bit for bit (CPU, fp32).
+gradient flow, weights and optimiser state bit for bit (CPU, ``precision: fp32``: no autocast,
+today's numbers whatever the CPU's bf16 units).
 """
 
 from __future__ import annotations
@@ -32,12 +33,13 @@ from tests.core.test_fused_ops import reference_forward
 
 VARIANTS = {
     "bn-adam": {"depth": 8, "batch_norm": True,
-                "hyperparameters": {"epochs": 2, "batch_size": 40, "weight_decay": 1e-3},
+                "hyperparameters": {"epochs": 2, "batch_size": 40, "weight_decay": 1e-3,
+                                    "precision": "fp32"},
                 "data": {"train_limit": 120, "val_limit": 60, "test_limit": 20}},
     # no BN: the oneDNN conv + leaky ReLU path; residual skips; SGD with Nesterov momentum
     "plain-residual-sgd": {"depth": 14, "residual": True, "width": 16, "hyperparameters": {
         "optimizer": "sgd", "learning_rate": 0.05, "momentum": 0.9, "nesterov": True,
-        "epochs": 2, "batch_size": 25, "weight_decay": 1e-4},
+        "epochs": 2, "batch_size": 25, "weight_decay": 1e-4, "precision": "fp32"},
         "data": {"train_limit": 100, "val_limit": 50, "test_limit": 20}},
 }
 

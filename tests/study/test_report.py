@@ -186,3 +186,25 @@ def test_reproducibility_section_says_which_runs_trained_in_which_pack() -> None
     page = render_html(report)
     assert "<h2>Reproducibility</h2>" in page
     assert "pack p1 (2 runs)" in page and "<td>alone</td>" in page
+
+
+def test_each_cell_and_run_says_its_precision_and_a_mixed_cell_says_so() -> None:
+    import dataclasses
+
+    study = partial_study()
+    plain, bn = study[0], study[1]
+    study[0] = dataclasses.replace(plain, runs=[dataclasses.replace(plain.runs[0],
+                                                                    precision="bf16")])
+    study[1] = dataclasses.replace(bn, runs=[dataclasses.replace(r, precision=p)
+                                             for r, p in zip(bn.runs, ("bf16", "fp32"),
+                                                             strict=True)])
+    report = build_report("precisions", study, scale="smoke", with_figures=False)
+    cells = {row.name: row.precision for row in report.rows}
+    assert cells == {"vgg38": "bf16", "vgg38-bn": "mixed (bf16 x1, fp32 x1)",
+                     **{r.name: None for r in report.rows[2:]}}  # cells not started
+    rows = {(r["cell"], r["seed"]): r["precision"] for r in report.reproducibility()}
+    assert rows == {("vgg38", 0): "bf16", ("vgg38-bn", 0): "bf16", ("vgg38-bn", 1): "fp32"}
+    table = report.to_json_dict()["table"]
+    assert [t["precision"] for t in table[:2]] == ["bf16", "mixed (bf16 x1, fp32 x1)"]
+    page = render_html(report)
+    assert "mixed (bf16 x1, fp32 x1)" in page and "<th>precision</th>" in page

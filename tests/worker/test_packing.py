@@ -1,7 +1,8 @@
 """Packing in the worker, on a real PostgreSQL database of the module's own and a small slice
 of the real CIFAR-100: a claim takes up to GRADLAB_PACK_SIZE runs with the same fusion key at
 the same epoch, each on its own lease; the pack is recorded on each run; a run whose lease is
-lost leaves the pack and the others finish; pack size 1 trains alone."""
+lost leaves the pack and the others finish; pack size 1 trains alone; runs of another
+precision never join, and each run records the precision it computed in."""
 
 from __future__ import annotations
 
@@ -99,6 +100,22 @@ def test_a_claim_packs_runs_of_the_same_shape_at_the_same_epoch(
     assert all(_epochs(factory, r.id) == [0, 1] for r in trained)
     waiting = _runs(factory, [fifth[0], wider[0], later[0]])
     assert [(r.status, r.pack) for r in waiting] == [("queued", None)] * 3
+
+
+def test_runs_that_differ_only_in_precision_never_pack_and_each_records_its_own(
+        factory: sessionmaker[Session], data_dir: Path) -> None:
+    bf16 = _submit(factory, _spec("bf16", [0, 1], precision="bf16"))
+    fp32 = _submit(factory, _spec("fp32", [2], precision="fp32"))
+
+    outcomes = execute_run(bf16[0], factory, _data(data_dir), "cpu",
+                           settings=_settings(data_dir, 4))
+
+    assert outcomes == dict.fromkeys(bf16, AttemptOutcome.SUCCEEDED)
+    trained = _runs(factory, bf16)
+    assert [(r.environment["precision"], r.precision) for r in trained] == [("bf16", "bf16")] * 2
+    assert [(r.status, r.precision) for r in _runs(factory, fp32)] == [("queued", None)]
+    execute_run(fp32[0], factory, _data(data_dir), "cpu", settings=_settings(data_dir, 4))
+    assert [(r.status, r.precision) for r in _runs(factory, fp32)] == [("succeeded", "fp32")]
 
 
 def test_pack_size_one_trains_alone(factory: sessionmaker[Session], data_dir: Path) -> None:
