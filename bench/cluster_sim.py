@@ -501,7 +501,10 @@ def _observe(point: Point, window: tuple[float, float], direct_url: str, admin: 
     probe.stop()
     cpu = {k: v - cpu_before[k] for k, v in _cpu(pids).items()}
     wal_bytes = wal_lsn(_libpq(admin)) - wal_before
-    done = _collect(results, "done", sum(len(g) for g in pids.values()), 120)
+    # A "done" from each simulated worker and the readers' process (the API sends none: counting
+    # it waited out the whole timeout, 120 s, after every point).
+    reporting = len(pids["sim_workers"]) + len(pids["readers"])
+    done = _collect(results, "done", reporting, 120)
     writes = [w for d in done for w in d.get("writes", []) if window[0] <= w[0] <= window[1]]
     reads = [r for d in done for r in d.get("reads", []) if window[0] <= r[0] <= window[1]]
     seconds = window[1] - window[0]

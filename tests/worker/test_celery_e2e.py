@@ -1,12 +1,12 @@
 """End to end on real services: the API (uvicorn, HTTP) -> Redis -> a Celery worker process
-(prefork) -> PostgreSQL, training on a small slice of the real CIFAR-100."""
+(prefork) -> PostgreSQL, training on a small slice of the real CIFAR-100: cancel, a killed worker,
+a lost run. (VGG38's vanishing gradients, end to end: test_celery_gradients.py.)"""
 
 from __future__ import annotations
 
 import os
 import signal
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 import httpx
 import pytest
@@ -14,102 +14,17 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from gradlab.store import runs
-from gradlab.store.float_arrays import unpack_floats
-from gradlab.store.models import EpochMetricsRow, GradFlowEpochRow, Run
+from gradlab.store.models import EpochMetricsRow, Run
 from tests.support.processes import ServiceProcess, wait_for
+from tests.worker.celery_api import SLICE, post, spec, wait_status
 
 pytestmark = [pytest.mark.services, pytest.mark.slow]
-
-SLICE = {"train_limit": 500, "val_limit": 200, "test_limit": 200}
-
-
-def _spec(name: str, **overrides: Any) -> dict[str, Any]:
-    spec: dict[str, Any] = {
-        "name": name,
-        "depth": 8,
-        "batch_norm": False,
-        "hyperparameters": {"epochs": 1},
-        "data": dict(SLICE),
-        "seeds": [0],
-    }
-    spec.update(overrides)
-    return spec
-
-
-def _post(http: httpx.Client, spec: dict[str, Any]) -> dict[str, Any]:
-    response = http.post("/experiments", json=spec)
-    assert response.status_code == 201, response.text
-    return response.json()
-
-
-def _wait_status(http: httpx.Client, experiment_id: str, statuses: set[str], timeout: float,
-                 worker: ServiceProcess) -> dict[str, Any]:
-    def check() -> dict[str, Any] | None:
-        body = http.get(f"/experiments/{experiment_id}").json()
-        return body if body["status"] in statuses else None
-
-    return wait_for(f"experiment {experiment_id} to reach {statuses}", check, timeout,
-                    interval=1.0, service=worker)
-
-
-def _first_to_last_ratio(values: list[float]) -> float:
-    return values[0] / values[-1]
-
-
-def test_vgg38_gradients_vanish_without_batchnorm_and_not_with_it(
-    celery_worker: ServiceProcess, http: httpx.Client, store: sessionmaker[Session]
-) -> None:
-    plain = _post(http, _spec("e2e-vgg38", depth=38, seeds=[0, 1]))
-    bn = _post(http, _spec("e2e-vgg38-bn", depth=38, batch_norm=True, seeds=[0, 1]))
-    assert len(plain["runs"]) == 2 and plain["status"] == "queued"
-
-    ratios: dict[str, list[float]] = {}
-    for label, created in (("plain", plain), ("bn", bn)):
-        done = _wait_status(http, created["id"], {"succeeded", "failed", "diverged"}, 400,
-                            celery_worker)
-        assert done["status"] == "succeeded", done
-        # attempt 1: the heartbeat kept the 8 s lease alive through epochs longer than that.
-        assert [(r["seed"], r["status"], r["epochs_done"], r["attempt"]) for r in done["runs"]] == [
-            (0, "succeeded", 1, 1), (1, "succeeded", 1, 1)]
-        # same shape, queued together: the worker trained both seeds as one fused pack
-        packs = {r["pack"] for r in done["runs"]}
-        assert len(packs) == 1 and None not in packs, done["runs"]
-
-        metrics = http.get(f"/experiments/{created['id']}/metrics").json()
-        for run in metrics["runs"]:
-            assert run["epochs"] == [0]
-            assert 0.0 <= run["val_acc"][0] <= 1.0
-            assert run["test"]["acc"] is not None
-
-        flow = http.get(f"/experiments/{created['id']}/gradflow",
-                        params={"stat": "mean_abs", "window": "last_batch"}).json()
-        layers = flow["layers"]
-        assert layers[0] == "entry.conv" and layers[-1] == "head.linear"
-        ratios[label] = [_first_to_last_ratio(run["values"][0]) for run in flow["runs"]]
-
-        # One metrics and one gradflow row (a value per layer) per epoch: nothing duplicated.
-        with store() as session:
-            for run in done["runs"]:
-                assert session.scalars(
-                    select(EpochMetricsRow.epoch).where(EpochMetricsRow.run_id == run["id"])
-                ).all() == [0]
-                flow_rows = session.scalars(
-                    select(GradFlowEpochRow).where(GradFlowEpochRow.run_id == run["id"])
-                ).all()
-                assert [row.epoch for row in flow_rows] == [0]
-                assert len(unpack_floats(flow_rows[0].last_batch_mean_abs)) == len(layers)
-                assert runs.latest_checkpoint(session, run["id"]).epoch == 0
-
-    # Without BN the first layer's gradient is orders of magnitude below the last layer's
-    # (the seed study's vanishing gradients); with BN it is not.
-    assert all(ratio < 1e-3 for ratio in ratios["plain"]), ratios
-    assert all(ratio > 1e-1 for ratio in ratios["bn"]), ratios
 
 
 def test_cancel_is_seen_within_one_epoch_and_keeps_the_checkpoint(
     celery_worker: ServiceProcess, http: httpx.Client, store: sessionmaker[Session]
 ) -> None:
-    created = _post(http, _spec("e2e-cancel", hyperparameters={"epochs": 200}))
+    created = post(http, spec("e2e-cancel", hyperparameters={"epochs": 200}))
     run_id = created["runs"][0]["id"]
 
     def trained_an_epoch() -> int | None:
@@ -121,8 +36,8 @@ def test_cancel_is_seen_within_one_epoch_and_keeps_the_checkpoint(
     assert cancel.status_code == 200, cancel.text
     seen = cancel.json()["runs"][0]["epochs_done"]
 
-    done = _wait_status(http, created["id"], {"cancelled", "succeeded", "failed"}, 60,
-                        celery_worker)
+    done = wait_status(http, created["id"], {"cancelled", "succeeded", "failed"}, 60,
+                       celery_worker)
     assert done["status"] == "cancelled"
     run = done["runs"][0]
     assert run["status"] == "cancelled"
@@ -139,7 +54,7 @@ def test_a_killed_workers_run_is_found_by_its_lease_and_resumes_from_its_checkpo
     celery_worker: ServiceProcess, http: httpx.Client, store: sessionmaker[Session]
 ) -> None:
     epochs = 6
-    created = _post(http, _spec("e2e-kill", hyperparameters={"epochs": epochs},
+    created = post(http, spec("e2e-kill", hyperparameters={"epochs": epochs},
                                 data={**SLICE, "train_limit": 1000}))
     run_id = created["runs"][0]["id"]
 
@@ -152,7 +67,7 @@ def test_a_killed_workers_run_is_found_by_its_lease_and_resumes_from_its_checkpo
     pid = int(before.worker.rsplit("#", 1)[0].rsplit(":", 1)[1])
     os.kill(pid, signal.SIGKILL)  # the pool child training it, mid-run
 
-    done = _wait_status(http, created["id"], {"succeeded", "failed"}, 180, celery_worker)
+    done = wait_status(http, created["id"], {"succeeded", "failed"}, 180, celery_worker)
     assert done["status"] == "succeeded", done
     with store() as session:
         run = session.get(Run, run_id)
@@ -172,8 +87,8 @@ def test_a_lost_run_is_requeued_while_the_only_worker_child_is_busy_training(
 ) -> None:
     # The reaper's messages have a queue of their own, consumed by `gradlab reaper`: they do
     # not wait behind runs while every worker child trains.
-    busy = _post(http, _spec("e2e-busy", hyperparameters={"epochs": 200}))
-    lost = _post(http, _spec("e2e-lost"))
+    busy = post(http, spec("e2e-busy", hyperparameters={"epochs": 200}))
+    lost = post(http, spec("e2e-lost"))
     lost_run = lost["runs"][0]["id"]
 
     def training_busy() -> bool:
@@ -196,4 +111,4 @@ def test_a_lost_run_is_requeued_while_the_only_worker_child_is_busy_training(
     assert still["status"] == "running"  # the child never stopped training
     for experiment in (busy, lost):
         assert http.post(f"/experiments/{experiment['id']}/cancel").status_code == 200
-    _wait_status(http, busy["id"], {"cancelled"}, 120, celery_worker)
+    wait_status(http, busy["id"], {"cancelled"}, 120, celery_worker)

@@ -5,8 +5,8 @@ cluster or Redis server (tests/support/private_services.py), never the shared on
 from __future__ import annotations
 
 import os
+import re
 import signal
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -33,6 +33,9 @@ from tests.worker.reference_run import assert_matches_reference, spec_named
 
 pytestmark = [pytest.mark.services, pytest.mark.slow]
 
+# worker/attempt.py's warning when one of a run's writes (an epoch, a checkpoint) meets a lost
+# connection; the write is then retried
+WRITE_FAILED = re.compile(r"writing .+ of run \S+ failed \(")
 RUNNING_EPOCHS = 4  # handed back mid-run at the flush, resumed from its checkpoint
 TINY = {"depth": 8, "width": 8, "hyperparameters": {"epochs": 1},
         "data": {"train_limit": 200, "val_limit": 100, "test_limit": 100}}
@@ -123,11 +126,13 @@ def test_postgres_restarted_during_a_run_loses_nothing_and_writes_nothing_twice(
                     EpochMetricsRow.run_id == run_id)).first()
             return seconds
 
-        epoch_seconds = wait_for("the first epoch", an_epoch, 300, service=worker)
+        wait_for("the first epoch", an_epoch, 300, service=worker)
         engine.dispose()
         private_postgres.stop()
-        # Down for longer than an epoch, so an epoch's write meets the outage.
-        time.sleep(min(2 * epoch_seconds + 3, 40))
+        # Down until a write of the run has met the outage (the worker says so), not for a
+        # guessed time: then back up while that write retries.
+        wait_for("a write to fail", lambda: WRITE_FAILED.search(
+            worker.log_tail(200_000)) is not None, 300, service=worker)
         private_postgres.start()
         (done,) = _wait_all(factory, [run_id], "succeeded", worker)
         assert done.attempt == 1  # carried through by retries, never re-claimed
