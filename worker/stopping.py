@@ -123,7 +123,10 @@ class StopControl:
         if self._interrupts == 1:
             self.request("Ctrl-C", within=None)
         else:
+            # "Now" means before the next step: set here, not at the watcher's next poll, which
+            # a fast step would outrun. (The loop only reads the event: no lock to deadlock on.)
             self.request("Ctrl-C", within=0.0)
+            self.abandon.set()
             signal.signal(signal.SIGINT, signal.default_int_handler)
 
     def at_boundary(self, next_epoch_seconds: float) -> bool:

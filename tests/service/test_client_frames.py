@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib.util
 import math
+import os
 import subprocess
 import sys
 from dataclasses import replace
@@ -156,7 +157,7 @@ def test_the_example_draws_vgg08_against_vgg38_from_the_server(
     out = tmp_path / "flow.png"
     done = subprocess.run([sys.executable, str(REPO / "examples/gradflow_vgg08_vs_vgg38.py"),
                            "--url", api_url, "--study", study_id, "--out", str(out)],
-                          capture_output=True, text=True, timeout=120)
+                          capture_output=True, text=True, timeout=120, env=_client_env())
     assert done.returncode == 0, done.stderr
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -176,7 +177,13 @@ def test_without_pandas_the_client_names_the_extra_to_install(
         "    print(error)\n"
     )
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                          timeout=60)
+                          timeout=60, env=_client_env())
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines() == [
         "2", "DataFrames need pandas, an optional extra: pip install 'gradlab[pandas]'"]
+
+
+def _client_env() -> dict[str, str]:
+    """The environment of a user's client program: the client's settings refuse the server's
+    GRADLAB_ variables (docs/settings.md), such as the data folder that `make test` exports."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("GRADLAB_")}
