@@ -160,3 +160,9 @@ def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
         }
         for code in codes
     }
+
+
+def submission_route() -> dict[str, Any]:
+    """The ``router.post`` arguments every route that submits work shares: 201, and each way a
+    submission is refused (not JSON, too large, invalid or too costly, past the run limit)."""
+    return {"status_code": 201, "responses": error_responses(400, 413, 422, 429)}

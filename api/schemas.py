@@ -21,6 +21,11 @@ _ID = "4b0c5f7e-9a0d-4b7e-8d7e-2f1f6f3a9c11"
 _RUN_ID = "0a8d3c55-2b51-4c1e-bd3c-6a2f0d8f2b90"
 
 
+def _example(example: dict[str, Any]) -> ConfigDict:
+    """A response model's OpenAPI example, as ``/docs`` shows it."""
+    return ConfigDict(json_schema_extra={"examples": [example]})
+
+
 class _Read(BaseModel):
     model_config = ConfigDict(from_attributes=True)
 
@@ -77,17 +82,11 @@ class RunRead(RunBrief):
 
 
 class ExperimentCreated(_Read):
-    model_config = ConfigDict(
-        json_schema_extra={
-            "examples": [
-                {
-                    "id": _ID,
-                    "status": "queued",
-                    "runs": [{"id": _RUN_ID, "seed": 0, "status": "queued"}],
-                }
-            ]
-        }
-    )
+    model_config = _example({
+        "id": _ID,
+        "status": "queued",
+        "runs": [{"id": _RUN_ID, "seed": 0, "status": "queued"}],
+    })
 
     id: str
     status: str
@@ -137,16 +136,10 @@ class MeanStd(BaseModel):
 
 
 class SummaryRead(BaseModel):
-    model_config = ConfigDict(
-        json_schema_extra={
-            "examples": [
-                {
-                    "finished_seeds": 4,
-                    "metrics": {"test_acc": {"mean": 0.512, "std": 0.004, "n": 4}},
-                }
-            ]
-        }
-    )
+    model_config = _example({
+        "finished_seeds": 4,
+        "metrics": {"test_acc": {"mean": 0.512, "std": 0.004, "n": 4}},
+    })
 
     finished_seeds: int = Field(description="runs that succeeded; the summary is over these")
     precision: str | None = Field(
@@ -189,40 +182,34 @@ class AcrossSeedsMetricsRead(BaseModel):
 
 
 class MetricsRead(BaseModel):
-    model_config = ConfigDict(
-        json_schema_extra={
-            "examples": [
-                {
-                    "experiment_id": _ID,
-                    "max_points": 2,
-                    "runs": [
-                        {
-                            "seed": 0,
-                            "status": "succeeded",
-                            "sampled": True,
-                            "raw_count": 3,
-                            "epochs": [0, 2],
-                            "train_loss": [4.1, 3.2],
-                            "train_acc": [0.06, 0.2],
-                            "val_loss": [3.9, 3.1],
-                            "val_acc": [0.09, 0.24],
-                            "lr": [0.001, 2e-5],
-                            "seconds": [41.0, 40.2],
-                            "test": {"loss": 3.1, "acc": 0.25, "best_epoch": 2},
-                        }
-                    ],
-                    "across_seeds": {
-                        "sampled": True,
-                        "raw_count": 3,
-                        "epochs": [0, 2],
-                        "n": [1, 1],
-                        "mean": {"val_acc": [0.09, 0.24]},
-                        "std": {"val_acc": [None, None]},
-                    },
-                }
-            ]
-        }
-    )
+    model_config = _example({
+        "experiment_id": _ID,
+        "max_points": 2,
+        "runs": [
+            {
+                "seed": 0,
+                "status": "succeeded",
+                "sampled": True,
+                "raw_count": 3,
+                "epochs": [0, 2],
+                "train_loss": [4.1, 3.2],
+                "train_acc": [0.06, 0.2],
+                "val_loss": [3.9, 3.1],
+                "val_acc": [0.09, 0.24],
+                "lr": [0.001, 2e-5],
+                "seconds": [41.0, 40.2],
+                "test": {"loss": 3.1, "acc": 0.25, "best_epoch": 2},
+            }
+        ],
+        "across_seeds": {
+            "sampled": True,
+            "raw_count": 3,
+            "epochs": [0, 2],
+            "n": [1, 1],
+            "mean": {"val_acc": [0.09, 0.24]},
+            "std": {"val_acc": [None, None]},
+        },
+    })
 
     experiment_id: str
     max_points: int | None
@@ -245,32 +232,26 @@ class GradflowAcrossSeedsRead(BaseModel):
 
 
 class GradflowRead(BaseModel):
-    model_config = ConfigDict(
-        json_schema_extra={
-            "examples": [
-                {
-                    "experiment_id": _ID,
-                    "stat": "mean_abs",
-                    "window": "last_batch",
-                    "layers": ["entry.conv", "stage0.block0.conv1", "head.linear"],
-                    "runs": [
-                        {
-                            "seed": 0,
-                            "status": "running",
-                            "epochs": [0, 1],
-                            "values": [[0.041, 0.02, 0.3], [0.038, 0.019, 0.28]],
-                        }
-                    ],
-                    "across_seeds": {
-                        "epochs": [0, 1],
-                        "n": [1, 1],
-                        "mean": [[0.041, 0.02, 0.3], [0.038, 0.019, 0.28]],
-                        "std": [[None, None, None], [None, None, None]],
-                    },
-                }
-            ]
-        }
-    )
+    model_config = _example({
+        "experiment_id": _ID,
+        "stat": "mean_abs",
+        "window": "last_batch",
+        "layers": ["entry.conv", "stage0.block0.conv1", "head.linear"],
+        "runs": [
+            {
+                "seed": 0,
+                "status": "running",
+                "epochs": [0, 1],
+                "values": [[0.041, 0.02, 0.3], [0.038, 0.019, 0.28]],
+            }
+        ],
+        "across_seeds": {
+            "epochs": [0, 1],
+            "n": [1, 1],
+            "mean": [[0.041, 0.02, 0.3], [0.038, 0.019, 0.28]],
+            "std": [[None, None, None], [None, None, None]],
+        },
+    })
 
     experiment_id: str
     stat: GradflowStat

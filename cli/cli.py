@@ -1,6 +1,7 @@
 """The `gradlab` command: the top floor, whose local verbs may start core, api and worker.
 
-Each group of verbs lives in its own module and registers itself on the one Typer app here.
+Each group of verbs lives in its own module, on a Typer of its own (``commands``, each verb
+decorated where it is defined); this one app merges them.
 """
 
 from __future__ import annotations
@@ -37,8 +38,6 @@ def _register_commands() -> None:
         token_commands,
     )
 
-    core_commands.register(app)
-    service_commands.register(app)
-    study_commands.register(app)
-    remote_commands.register(app)
-    token_commands.register(app)
+    for module in (core_commands, service_commands, study_commands, remote_commands,
+                   token_commands):
+        app.add_typer(module.commands)

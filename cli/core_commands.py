@@ -16,7 +16,11 @@ from typing import Annotated, Any, Literal
 
 import typer
 
+# The verbs this module adds to `gradlab` (cli.py merges every module's).
+commands = typer.Typer()
+
 data_app = typer.Typer(help="The CIFAR data sets.", no_args_is_help=True)
+commands.add_typer(data_app, name="data")
 DATA_DIR_HELP = "CIFAR folder (else GRADLAB_DATA_DIR, else ./data)"
 BenchPrecision = Literal["auto", "fp32", "bf16", "both"]
 # None: the benchmark's own choice (core.benchmark.bench_precisions)
@@ -26,13 +30,6 @@ BENCH_PRECISIONS: dict[str, Any] = {"auto": None, "fp32": ("fp32",), "bf16": ("b
 
 class UserError(Exception):
     """Something the user can fix; printed without a traceback."""
-
-
-def register(app: typer.Typer) -> None:
-    app.command("model")(model_command)
-    app.command("train")(train_command)
-    app.command("bench")(bench_command)
-    app.add_typer(data_app, name="data")
 
 
 def _fail(message: str) -> typer.Exit:
@@ -85,6 +82,7 @@ def _read_spec_file(path: Path) -> dict[str, Any]:
     return loaded
 
 
+@commands.command("model")
 def model_command(
     depth: Annotated[int | None, typer.Option(help="6k+2: 8, 14, ..., 38")] = None,
     blocks_per_stage: Annotated[int | None, typer.Option(help="instead of --depth")] = None,
@@ -121,6 +119,7 @@ def model_command(
         typer.echo(f"{i:4d}  {name}")
 
 
+@commands.command("train")
 def train_command(
     spec_file: Annotated[Path | None, typer.Option("--spec", help="spec file (YAML or JSON); "
                                                   "flags given override it")] = None,
@@ -282,6 +281,7 @@ def _print_summary(console: Any, result: Any, out: Path) -> None:
     console.print(f"wrote {out / 'result.json'}, {out / 'gradflow.png'}")
 
 
+@commands.command("bench")
 def bench_command(
     as_json: Annotated[bool, typer.Option("--json", help="print JSON only")] = False,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N")] = "auto",

@@ -28,6 +28,9 @@ from gradlab.client import (
     ValidationError,
 )
 
+# The verbs this module adds to `gradlab` (cli.py merges every module's).
+commands = typer.Typer()
+
 E = TypeVar("E")
 S = TypeVar("S")
 
@@ -52,6 +55,7 @@ UrlOption = Annotated[
     str | None, typer.Option("--url", help="gradlab server (default: GRADLAB_URL)")
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="machine-readable JSON on stdout")]
+ExperimentOrStudyId = Annotated[str, typer.Argument(metavar="ID", help="experiment or study id")]
 STUDY_KEYS = frozenset({"grid", "experiments", "base"})
 
 
@@ -117,6 +121,7 @@ def _read_spec(path: Path) -> dict[str, Any]:
     return data
 
 
+@commands.command("submit")
 def submit_command(
     spec_file: Annotated[Path, typer.Argument(help="experiment or study spec (YAML or JSON)")],
     wait: Annotated[bool, typer.Option("--wait", help="follow the runs until they end")] = False,
@@ -190,6 +195,7 @@ def _number(value: Any) -> str:
 # --- ls, show ---------------------------------------------------------------------------------
 
 
+@commands.command("ls")
 def ls_command(
     status: Annotated[str | None, typer.Option("--status", help="only this status")] = None,
     limit: Annotated[int, typer.Option("--limit", min=1, help="at most this many")] = 50,
@@ -217,8 +223,9 @@ def ls_command(
     _console().print(table)
 
 
+@commands.command("show")
 def show_command(
-    ident: Annotated[str, typer.Argument(metavar="ID", help="experiment or study id")],
+    ident: ExperimentOrStudyId,
     url: UrlOption = None,
     as_json: JsonOption = False,
 ) -> None:
@@ -258,6 +265,7 @@ def show_command(
 # --- gradflow, report, cancel -----------------------------------------------------------------
 
 
+@commands.command("gradflow")
 def gradflow_command(
     ident: Annotated[str, typer.Argument(metavar="ID", help="experiment id")],
     stat: Annotated[str, typer.Option(help="mean_abs, max_abs or l2")] = "mean_abs",
@@ -307,6 +315,7 @@ def _scientific(value: float | None) -> str:
     return "-" if value is None else f"{value:.2e}"
 
 
+@commands.command("report")
 def report_command(
     study_id: Annotated[str, typer.Argument(metavar="STUDY", help="study id")],
     out: Annotated[Path, typer.Option("--out", help="folder for report.html and report.json")],
@@ -325,8 +334,9 @@ def report_command(
     typer.echo(f"wrote {out / 'report.html'} and {out / 'report.json'}")
 
 
+@commands.command("cancel")
 def cancel_command(
-    ident: Annotated[str, typer.Argument(metavar="ID", help="experiment or study id")],
+    ident: ExperimentOrStudyId,
     url: UrlOption = None,
     as_json: JsonOption = False,
 ) -> None:
@@ -343,8 +353,9 @@ def cancel_command(
 # --- logs -------------------------------------------------------------------------------------
 
 
+@commands.command("logs")
 def logs_command(
-    ident: Annotated[str, typer.Argument(metavar="ID", help="experiment or study id")],
+    ident: ExperimentOrStudyId,
     follow: Annotated[
         bool, typer.Option("--follow", "-f", help="stream until the runs end")
     ] = False,
@@ -405,11 +416,3 @@ def _print_event(kind: str, data: dict[str, Any], as_json: bool) -> None:
     sys.stdout.flush()
 
 
-def register(app: typer.Typer) -> None:
-    app.command("submit")(submit_command)
-    app.command("ls")(ls_command)
-    app.command("show")(show_command)
-    app.command("gradflow")(gradflow_command)
-    app.command("report")(report_command)
-    app.command("cancel")(cancel_command)
-    app.command("logs")(logs_command)

@@ -21,6 +21,9 @@ from gradlab.settings import (
     get_worker_settings,
 )
 
+# The verbs this module adds to `gradlab` (cli.py merges every module's).
+commands = typer.Typer()
+
 Kind = TypeVar("Kind", bound=ServerSettings)
 
 
@@ -66,6 +69,7 @@ def _migrate_or_exit(url: str, revision: str = "head") -> None:
         raise typer.Exit(2) from None
 
 
+@commands.command("migrate")
 def migrate_command(
     db: str | None = typer.Option(
         None, "--db", help="Database URL or SQLite file (default: GRADLAB_DATABASE_URL)."
@@ -95,6 +99,7 @@ def auth_notice(settings: ApiSettings) -> str:
             "`gradlab token create --user NAME` before sharing it")
 
 
+@commands.command("serve")
 def serve_command(
     host: str = typer.Option("127.0.0.1", help="Interface to listen on."),
     port: int = typer.Option(8000, help="Port to listen on."),
@@ -165,6 +170,7 @@ def _broker_url_or_exit(settings: ServerSettings, command: str) -> str:
     return settings.broker_url
 
 
+@commands.command("api")
 def api_command(
     host: str = typer.Option("127.0.0.1", help="Interface to listen on."),
     port: int = typer.Option(8000, help="Port to listen on."),
@@ -193,6 +199,7 @@ def api_command(
     )
 
 
+@commands.command("worker")
 def worker_command(
     concurrency: int | None = typer.Option(
         None, help="Runs trained at once (default: one per visible GPU, or "
@@ -231,6 +238,7 @@ def worker_command(
     sys.exit(celery_app.worker_main(argv))
 
 
+@commands.command("reaper")
 def reaper_command(
     schedule: Path | None = typer.Option(
         None, hidden=True,
@@ -252,9 +260,3 @@ def reaper_command(
     serve_reaper(settings)
 
 
-def register(app: typer.Typer) -> None:
-    app.command("serve")(serve_command)
-    app.command("api")(api_command)
-    app.command("worker")(worker_command)
-    app.command("reaper")(reaper_command)
-    app.command("migrate")(migrate_command)

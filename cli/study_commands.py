@@ -33,7 +33,11 @@ from gradlab.science.study_results import CellResult
 from gradlab.settings import WorkerSettings
 from gradlab.worker.stopping import StopControl, TimeLimit
 
+# The verbs this module adds to `gradlab` (cli.py merges every module's).
+commands = typer.Typer()
+
 study_app = typer.Typer(help="Studies: grids of experiments with one report.", no_args_is_help=True)
+commands.add_typer(study_app, name="study")
 
 # Kept from --time-limit for after training (the hand-back, the report and the exit): at least
 # this, or 1.5 times what the folder's last report took to write plus this margin. The seed
@@ -43,10 +47,6 @@ AFTER_TRAINING_SECONDS = 30.0
 REPORT_TIME_FACTOR = 1.5
 # The clock a time limit runs on (a test gives its own, to decide without depending on speed).
 clock = time.monotonic
-
-
-def register(app: typer.Typer) -> None:
-    app.add_typer(study_app, name="study")
 
 
 class StudyRunError(Exception):

@@ -11,6 +11,9 @@ from typing import TYPE_CHECKING, Annotated, TypeVar
 
 import typer
 
+# The verbs this module adds to `gradlab` (cli.py merges every module's).
+commands = typer.Typer()
+
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
 
@@ -18,6 +21,7 @@ if TYPE_CHECKING:
 
 token_app = typer.Typer(help="Bearer tokens for the API (GRADLAB_AUTH_REQUIRED=true).",
                         no_args_is_help=True)
+commands.add_typer(token_app, name="token")
 T = TypeVar("T")
 DbOption = Annotated[
     str | None,
@@ -26,10 +30,6 @@ DbOption = Annotated[
 TokenArgument = Annotated[
     str, typer.Argument(help="token id, or the first characters shown by `gradlab token list`")
 ]
-
-
-def register(app: typer.Typer) -> None:
-    app.add_typer(token_app, name="token")
 
 
 def _fail(message: str) -> typer.Exit:

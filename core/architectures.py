@@ -30,7 +30,7 @@ concatenated in the forward pass, so autograd hands each run exactly its own gra
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from typing import cast
+from typing import Any, ClassVar, cast
 
 import torch
 from torch import nn
@@ -110,7 +110,20 @@ def _conv_norm_add_act(convs: Sequence[nn.Conv2d], norms: Norms, x: torch.Tensor
     return _activation_((out if norms is None else _norm(norms, out)).add_(skip))
 
 
-class Entry(nn.Module):
+class _SideBySide(nn.Module):
+    """Layers that N same-shaped runs compute side by side: ``forward_many`` takes one member
+    per run; ``forward`` is the pack of one, so a model alone and a fused pack run one code.
+    (Head and VGG override ``forward`` to drop the run axis from their logits.)"""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return type(self).forward_many([self], x)
+
+    @staticmethod
+    def forward_many(members: Sequence[Any], x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class Entry(_SideBySide):
     """Entry conv (no bias) with its BatchNorm, present in every variant."""
 
     def __init__(self, in_channels: int, width: int) -> None:
@@ -118,20 +131,22 @@ class Entry(nn.Module):
         self.conv = nn.Conv2d(in_channels, width, 3, padding=1, bias=False)
         self.bn = nn.BatchNorm2d(width)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_many([self], x)
-
     @staticmethod
     def forward_many(entries: Sequence[Entry], x: torch.Tensor) -> torch.Tensor:
         return _conv_norm_act([e.conv for e in entries], [e.bn for e in entries], x)
 
 
-class _ConvPair(nn.Module):
+class _ConvPair(_SideBySide):
     """Two 3x3 convolutions at constant width (``conv1``, ``conv2``), each followed by its
-    BatchNorm (``bn1``, ``bn2``) in the BatchNorm variant: the layers of both block kinds."""
+    BatchNorm (``bn1``, ``bn2``) in the BatchNorm variant: the layers of both block kinds,
+    whose convs have a bias or not (``conv_bias``) and whose skip connection is on or off."""
 
-    def __init__(self, width: int, batch_norm: bool, bias: bool) -> None:
+    conv_bias: ClassVar[bool]
+
+    def __init__(self, width: int, batch_norm: bool, skip: bool) -> None:
         super().__init__()
+        bias = self.conv_bias
+        self.skip = skip
         # Attribute order = registration order = depth order (conv1, bn1, conv2, bn2).
         self.conv1 = nn.Conv2d(width, width, 3, padding=1, bias=bias)
         self.bn1 = _batch_norm(batch_norm, width)
@@ -154,29 +169,19 @@ def _second(pairs: Sequence[_ConvPair], x: torch.Tensor,
 
 
 class ProcessingBlock(_ConvPair):
-    """Two bias-free 3x3 convs at constant shape; identity skip when ``residual``."""
+    """Two bias-free 3x3 convs at constant shape; identity skip when residual."""
 
-    def __init__(self, width: int, batch_norm: bool, residual: bool) -> None:
-        super().__init__(width, batch_norm, bias=False)
-        self.residual = residual
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_many([self], x)
+    conv_bias = False
 
     @staticmethod
     def forward_many(blocks: Sequence[ProcessingBlock], x: torch.Tensor) -> torch.Tensor:
-        return _second(blocks, _first(blocks, x), x if blocks[0].residual else None)
+        return _second(blocks, _first(blocks, x), x if blocks[0].skip else None)
 
 
 class ReductionBlock(_ConvPair):
     """conv (bias) -> avgpool 2x2 -> conv (bias); optional avg-pooled identity skip."""
 
-    def __init__(self, width: int, batch_norm: bool, skip: bool) -> None:
-        super().__init__(width, batch_norm, bias=True)
-        self.skip = skip
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_many([self], x)
+    conv_bias = True
 
     @staticmethod
     def forward_many(blocks: Sequence[ReductionBlock], x: torch.Tensor) -> torch.Tensor:
@@ -185,7 +190,7 @@ class ReductionBlock(_ConvPair):
         return _second(blocks, out, F.avg_pool2d(x, 2, 2) if blocks[0].skip else None)
 
 
-class Stage(nn.Module):
+class Stage(_SideBySide):
     def __init__(self, width: int, blocks: int, batch_norm: bool, residual: bool,
                  reduction_skip: bool) -> None:
         super().__init__()
@@ -194,9 +199,6 @@ class Stage(nn.Module):
             self.add_module(name, ProcessingBlock(width, batch_norm, residual))
         self.reduce = ReductionBlock(width, batch_norm, reduction_skip)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_many([self], x)
-
     @staticmethod
     def forward_many(stages: Sequence[Stage], x: torch.Tensor) -> torch.Tensor:
         for name in stages[0].block_names:
@@ -204,7 +206,7 @@ class Stage(nn.Module):
         return ReductionBlock.forward_many([s.reduce for s in stages], x)
 
 
-class Head(nn.Module):
+class Head(_SideBySide):
     def __init__(self, width: int, num_classes: int) -> None:
         super().__init__()
         self.linear = nn.Linear(width, num_classes)
@@ -225,7 +227,7 @@ class Head(nn.Module):
         return torch.baddbmm(bias.unsqueeze(1), per_run, weight.transpose(1, 2))
 
 
-class VGG(nn.Module):
+class VGG(_SideBySide):
     """The seed study's VGG: entry, three stages, head; see the module docstring."""
 
     def __init__(self, *, blocks_per_stage: int, width: int = 32, num_classes: int = 100,

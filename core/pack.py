@@ -227,16 +227,16 @@ def fit_pack(runs: list[PackRun], data: CifarArrays, *, device: str = "cpu",
 
 def _result(member: Member, dev: torch.device) -> TrainingResult:
     status = member.outcome or RunOutcome.SUCCEEDED
-    result = TrainingResult(status=status, layers=member.trainer.recorder.layers,
-                            epochs=list(member.state.history),
-                            gradflow=list(member.state.gradflow),
-                            divergence=member.divergence,
-                            environment={**describe_environment(dev),
-                                         "precision": member.trainer.precision})
+    test = None
     if status is RunOutcome.SUCCEEDED and member.state.best_weights is not None:
         member.at_boundary = False
-        result.test = evaluate_best_weights(member.trainer, member.batches.test, member.state)
-    return result
+        test = evaluate_best_weights(member.trainer, member.batches.test, member.state)
+    return TrainingResult(status=status, layers=member.trainer.recorder.layers,
+                          epochs=list(member.state.history),
+                          gradflow=list(member.state.gradflow), test=test,
+                          divergence=member.divergence,
+                          environment={**describe_environment(dev),
+                                       "precision": member.trainer.precision})
 
 
 def train_pack_epochs(pack: Pack, show_progress: bool = False,

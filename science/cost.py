@@ -22,12 +22,9 @@ class CostLimits:
     max_checkpoint_bytes: int
 
 
-@dataclass(frozen=True)
-class CostExcess:
-    """One limit a spec exceeds: which (``field``), and a sentence with the figures."""
-
-    field: str
-    reason: str
+# One limit a spec exceeds: which (its field), and a sentence with the figures; the
+# ``(field, reason)`` pair a 422 lists per problem.
+CostExcess = tuple[str, str]
 
 
 def _size(n: float) -> str:
@@ -56,7 +53,7 @@ def cost_excesses(spec: ExperimentSpec, limits: CostLimits) -> list[CostExcess]:
     excesses = []
     for field, what, estimate, limit, setting, show in checks:
         if estimate > limit:
-            excesses.append(CostExcess(
+            excesses.append((
                 field,
                 f"{what} is about {show(estimate)}, over the limit of {show(limit)} "
                 f"({setting}) by {show(estimate - limit)} ({estimate / limit:.1f}x)",

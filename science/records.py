@@ -133,21 +133,29 @@ class CheckpointThunk(Protocol):
     def __call__(self) -> bytes: ...
 
 
-@dataclass
-class TrainingResult:
-    """Everything one run (one seed of one experiment) produced."""
+@dataclass(frozen=True, kw_only=True)
+class RunHistory:
+    """What one run recorded: its layers in depth order, every finished epoch's metrics and
+    gradient flow, and its best-validation weights' test result (None until it has one)."""
 
-    status: RunOutcome
     layers: tuple[str, ...]
     epochs: list[EpochMetrics] = field(default_factory=list)
     gradflow: list[GradFlowEpoch] = field(default_factory=list)
     test: TestResult | None = None
-    divergence: Divergence | None = None
-    environment: dict[str, Any] = field(default_factory=dict)
 
     def gradflow_matrix(self, window: str, stat: str) -> list[list[float]]:
         """``[epoch][layer]`` values of one statistic in one window."""
         return [g.window(window)[stat] for g in self.gradflow]
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainingResult(RunHistory):
+    """Everything one run (one seed of one experiment) produced: its history, how it ended,
+    where it diverged, and what it ran on."""
+
+    status: RunOutcome
+    divergence: Divergence | None = None
+    environment: dict[str, Any] = field(default_factory=dict)
 
     def to_json_dict(self) -> dict[str, Any]:
         """The ``result.json`` layout (``gradflow.<window>.<stat>[epoch][layer]``)."""

@@ -15,25 +15,20 @@ from gradlab.science.records import (
     GRADFLOW_WINDOWS,
     STATUS_AFTER,
     TERMINAL_RUN_STATUSES,
-    EpochMetrics,
-    GradFlowEpoch,
+    RunHistory,
     RunStatus,
-    TestResult,
     TrainingResult,
 )
 from gradlab.science.spec import ExperimentSpec
 
 
-@dataclass(frozen=True)
-class SeedRun:
-    """One seed of one cell: its status and every finished epoch's metrics and gradient flow."""
+@dataclass(frozen=True, kw_only=True)
+class SeedRun(RunHistory):
+    """One seed of one cell: its status and history so far (a run in progress has fewer
+    epochs)."""
 
     seed: int
     status: RunStatus
-    layers: tuple[str, ...]
-    epochs: list[EpochMetrics] = field(default_factory=list)
-    gradflow: list[GradFlowEpoch] = field(default_factory=list)
-    test: TestResult | None = None
     # the fused pack its last attempt trained in (gradlab.science.fusion); None: alone
     pack: str | None = None
     # what it computed in, resolved from the spec's choice (fp32, bf16); None: not started

@@ -13,11 +13,19 @@ from typing import Any
 
 
 class GradlabError(Exception):
-    """Base of every error answered on purpose."""
+    """Base of every error answered on purpose. A subclass names its HTTP status and type on
+    its class line (``class NotFoundError(GradlabError, status_code=404, type="not_found")``)."""
 
     status_code = 500
     type = "internal_error"
     headers: dict[str, str] | None = None
+
+    def __init_subclass__(cls, *, status_code: int | None = None, type: str | None = None) -> None:
+        super().__init_subclass__()
+        if status_code is not None:
+            cls.status_code = status_code
+        if type is not None:
+            cls.type = type
 
     def __init__(self, detail: str) -> None:
         super().__init__(detail)
@@ -27,51 +35,34 @@ class GradlabError(Exception):
         return {"type": self.type, "detail": self.detail}
 
 
-class NotFoundError(GradlabError):
+class NotFoundError(GradlabError, status_code=404, type="not_found"):
     """Absent, or another user's (never told apart)."""
 
-    status_code = 404
-    type = "not_found"
 
-
-class ConflictError(GradlabError):
+class ConflictError(GradlabError, status_code=409, type="conflict"):
     """The request is valid but the resource's state forbids it now (say what to do first)."""
 
-    status_code = 409
-    type = "conflict"
 
-
-class UnauthorizedError(GradlabError):
+class UnauthorizedError(GradlabError, status_code=401, type="unauthorized"):
     """No token, or one that is unknown or revoked (auth on)."""
 
-    status_code = 401
-    type = "unauthorized"
     headers = {"WWW-Authenticate": "Bearer"}
 
 
-class TooManyRunsError(GradlabError):
+class TooManyRunsError(GradlabError, status_code=429, type="too_many_runs"):
     """The owner's queued + running runs would pass their limit."""
 
-    status_code = 429
-    type = "too_many_runs"
 
-
-class TooManyRequestsError(GradlabError):
+class TooManyRequestsError(GradlabError, status_code=429, type="too_many_requests"):
     """The user already has as many expensive requests (renders) waiting as they may."""
-
-    status_code = 429
-    type = "too_many_requests"
 
     def __init__(self, detail: str, retry_after_seconds: int = 1) -> None:
         super().__init__(detail)
         self.headers = {"Retry-After": str(retry_after_seconds)}
 
 
-class InvalidFieldsError(GradlabError):
+class InvalidFieldsError(GradlabError, status_code=422, type="validation_error"):
     """A request that parsed but makes no sense: one ``(field, reason)`` per problem."""
-
-    status_code = 422
-    type = "validation_error"
 
     def __init__(self, errors: Sequence[tuple[str, str]]) -> None:
         super().__init__("; ".join(f"{field}: {reason}" for field, reason in errors))

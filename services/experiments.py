@@ -18,20 +18,11 @@ from gradlab.store.users import Viewer
 
 
 @dataclass(frozen=True)
-class SubmittedRun:
-    id: str
-    seed: int
-    status: str
-
-
-@dataclass(frozen=True)
 class SubmittedExperiment:
-    """The new experiment and its runs; ``to_dispatch``: the run ids the edge sends to the
-    workers after its commit."""
+    """The new experiment, its runs in memory (no load); ``to_dispatch``: the run ids the
+    edge sends to the workers after its commit."""
 
-    id: str
-    status: str
-    runs: list[SubmittedRun]
+    experiment: Experiment
     to_dispatch: list[str]
 
 
@@ -46,8 +37,7 @@ def submit_experiment(
     limits.start_submission(session, viewer.user_id)
     limits.check_active_runs(session, viewer.user_id, viewer.name, len(spec.seeds), settings)
     experiment = store.create_experiment(session, spec, viewer.user_id)
-    runs = [SubmittedRun(r.id, r.seed, r.status) for r in experiment.runs]
-    return SubmittedExperiment(experiment.id, experiment.status, runs, [r.id for r in runs])
+    return SubmittedExperiment(experiment, [r.id for r in experiment.runs])
 
 
 def get_experiment(session: Session, experiment_id: str, *, viewer: Viewer) -> Experiment:

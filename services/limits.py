@@ -34,9 +34,9 @@ def check_cost(specs: Sequence[tuple[str, ExperimentSpec]], settings: ApiSetting
     """422 naming every limit each (place, spec) exceeds; ``place`` names a study cell."""
     limits = cost_limits(settings)
     problems = [
-        (f"{where}{excess.field}", excess.reason)
+        (f"{where}{field}", reason)
         for where, spec in specs
-        for excess in cost_excesses(spec, limits)
+        for field, reason in cost_excesses(spec, limits)
     ]
     if problems:
         raise InvalidFieldsError(problems)

@@ -21,7 +21,7 @@ from gradlab.api.deps import (
     TransactionDep,
 )
 from gradlab.api.diagnostics_view import render_diagnostics
-from gradlab.api.errors import InvalidParameterError, error_responses
+from gradlab.api.errors import InvalidParameterError, error_responses, submission_route
 from gradlab.api.gradflow_views import GradflowFormat, GradflowQuery
 from gradlab.api.metrics_views import MetricsView, summarize_experiment
 from gradlab.api.response_cache import CachedResponse
@@ -83,12 +83,7 @@ def _experiment_read(session: Session, experiment: Experiment) -> ExperimentRead
     )
 
 
-@router.post(
-    "",
-    status_code=status.HTTP_201_CREATED,
-    response_model=ExperimentCreated,
-    responses=error_responses(400, 413, 422, 429),
-)
+@router.post("", response_model=ExperimentCreated, **submission_route())
 def create(
     spec: ExperimentSpec, tx: TransactionDep, viewer: ViewerDep, settings: SettingsDep
 ) -> ExperimentCreated:
@@ -98,10 +93,11 @@ def create(
     running runs would pass theirs."""
     submitted = service.submit_experiment(tx.session, spec, viewer=viewer, settings=settings)
     tx.dispatch_after_commit(submitted.to_dispatch)
+    experiment = submitted.experiment
     return ExperimentCreated(
-        id=submitted.id,
-        status=submitted.status,
-        runs=[RunBrief(id=r.id, seed=r.seed, status=r.status) for r in submitted.runs],
+        id=experiment.id,
+        status=experiment.status,
+        runs=[RunBrief(id=r.id, seed=r.seed, status=r.status) for r in experiment.runs],
     )
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Query, status
+from fastapi import APIRouter, Depends, Query
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
 from sqlalchemy.orm import Session
@@ -17,7 +17,7 @@ from gradlab.api.deps import (
     SettingsDep,
     TransactionDep,
 )
-from gradlab.api.errors import error_responses
+from gradlab.api.errors import error_responses, submission_route
 from gradlab.api.response_cache import CachedResponse
 from gradlab.api.view_cache import ViewsDep
 from gradlab.science.records import TERMINAL_RUN_STATUSES
@@ -87,12 +87,7 @@ class StudyRequeued(BaseModel):
     runs_queued: int = Field(description="queued runs sent to the workers by this request")
 
 
-@router.post(
-    "",
-    status_code=status.HTTP_201_CREATED,
-    response_model=StudyCreated,
-    responses=error_responses(400, 413, 422, 429),
-)
+@router.post("", response_model=StudyCreated, **submission_route())
 def create(
     study: StudySpec, tx: TransactionDep, viewer: ViewerDep, settings: SettingsDep
 ) -> StudyCreated:

@@ -19,7 +19,7 @@ from gradlab.core.checkpoints import load_checkpoint
 @pytest.fixture(scope="module")
 def app() -> typer.Typer:
     app = typer.Typer(pretty_exceptions_enable=False)
-    core_commands.register(app)
+    app.add_typer(core_commands.commands)
     return app
 
 

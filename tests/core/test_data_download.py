@@ -178,8 +178,8 @@ def test_a_partial_download_left_by_an_earlier_run_is_continued_or_cleanly_resta
 @pytest.fixture(scope="module")
 def app() -> typer.Typer:
     app = typer.Typer(pretty_exceptions_enable=False)
-    core_commands.register(app)
-    study_commands.register(app)
+    app.add_typer(core_commands.commands)
+    app.add_typer(study_commands.commands)
     return app
 
 

@@ -37,7 +37,7 @@ def reference_forward(model: VGG, x: torch.Tensor) -> torch.Tensor:
             if pooled:
                 out = F.avg_pool2d(out, 2, 2)
             out = _opt_norm(block.bn2, block.conv2(out))
-            if block.residual if not pooled else block.skip:
+            if block.skip:  # identity (residual) or avg-pooled identity (reduction)
                 out = out + (F.avg_pool2d(x, 2, 2) if pooled else x)
             x = _act(out)
     return model.head.linear(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))

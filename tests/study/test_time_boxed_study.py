@@ -79,7 +79,7 @@ def _study_file(tmp_path: Path, **changes: object) -> Path:
 
 def _gradlab() -> typer.Typer:
     app = typer.Typer()
-    study_commands.register(app)
+    app.add_typer(study_commands.commands)
     app.callback()(lambda: None)  # a group: `study` is its subcommand, as in `gradlab`
     return app
 
