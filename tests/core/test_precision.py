@@ -63,19 +63,23 @@ def test_auto_is_bf16_on_cuda_and_an_explicit_choice_is_kept(bf16_units: Any) ->
         resolve_precision("fp16", CPU)
 
 
-@pytest.mark.parametrize(("amx", "avx512_bf16", "onednn", "expected"), [
-    (False, False, True, False),  # AVX-512 without bf16 units: oneDNN would emulate bf16
-    (True, False, True, True),
-    (False, True, True, True),
-    (True, True, False, False),  # no oneDNN: no bf16 kernels to use the units
+@pytest.mark.parametrize(("amx", "avx512_bf16", "onednn", "kernels", "expected"), [
+    (False, False, True, True, False),  # AVX-512 without bf16 units: oneDNN would emulate bf16
+    (True, False, True, True, True),
+    (False, True, True, True, True),
+    (True, True, False, True, False),  # no oneDNN: no bf16 kernels to use the units
+    (True, True, True, False, False),  # oneDNN built without bf16 kernels for this CPU
 ])
 def test_detection_asks_torch_for_the_bf16_units(monkeypatch: pytest.MonkeyPatch, amx: bool,
-                                                 avx512_bf16: bool, onednn: bool,
+                                                 avx512_bf16: bool, onednn: bool, kernels: bool,
                                                  expected: bool) -> None:
+    # Every answer torch gives is steered: the verdict must not depend on this machine's CPU.
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx, raising=False)
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16,
                         raising=False)
     monkeypatch.setattr(torch.backends.mkldnn, "is_available", lambda: onednn)
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: kernels,
+                        raising=False)
     assert cpu_has_fast_bf16() is expected
 
 
