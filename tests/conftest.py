@@ -3,6 +3,9 @@ private PgBouncer, an S3 server)."""
 
 from __future__ import annotations
 
+import os
+import sys
+
 import pytest
 
 pytest_plugins = [
@@ -10,6 +13,18 @@ pytest_plugins = [
     "tests.support.pgbouncer",
     "tests.support.s3_server",
 ]
+
+
+def pytest_configure() -> None:
+    """Under pytest-xdist (``make test``: one worker per core) every worker, and every process
+    its tests start (they inherit the variable), computes on one thread: with each taking all
+    the cores, OpenMP's threads spin at barriers waiting for each other's cores and a tiny
+    model's step gets several times slower. Both sides of every comparison run alike."""
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        return  # one process (TEST_WORKERS=0): it may have every core
+    os.environ["OMP_NUM_THREADS"] = "1"
+    if "torch" in sys.modules:  # read at import: set it as well if a plugin loaded torch already
+        sys.modules["torch"].set_num_threads(1)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
