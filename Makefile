@@ -40,7 +40,8 @@ services:
 # ten minutes cold, which would double the suite): those run with `make test-deploy`.
 # pytest runs on every core (pytest-xdist, at most 4 workers), a test file per worker at a
 # time so that a file's servers and module fixtures start once; each worker has its own
-# databases, ports and queues (tests/support/). TEST_WORKERS=0 runs it in one process.
+# databases, ports and queues (tests/support/), and computes on one thread, as do the
+# processes its tests start (tests/conftest.py). TEST_WORKERS=0 runs it in one process.
 TEST_WORKERS ?= $(shell n=$$(nproc 2>/dev/null || echo 1); echo $$(( n < 4 ? n : 4 )))
 test: setup services
 	$(BIN)/ruff check .
