@@ -145,12 +145,11 @@ class _ConvPair(_SideBySide):
 
     def __init__(self, width: int, batch_norm: bool, skip: bool) -> None:
         super().__init__()
-        bias = self.conv_bias
         self.skip = skip
         # Attribute order = registration order = depth order (conv1, bn1, conv2, bn2).
-        self.conv1 = nn.Conv2d(width, width, 3, padding=1, bias=bias)
+        self.conv1 = nn.Conv2d(width, width, 3, padding=1, bias=self.conv_bias)
         self.bn1 = _batch_norm(batch_norm, width)
-        self.conv2 = nn.Conv2d(width, width, 3, padding=1, bias=bias)
+        self.conv2 = nn.Conv2d(width, width, 3, padding=1, bias=self.conv_bias)
         self.bn2 = _batch_norm(batch_norm, width)
 
 

@@ -9,7 +9,7 @@ emulates bf16 there): losses within 1.6e-7 relative and the per-layer mean |g| w
 decade (one layer 1.7% off). Bounds: ``1e-4`` on the loss and ``0.05`` decade per layer,
 room for kernels that block differently (AMX). Later steps are left out: one step of
 training amplifies the rounding chaotically (0.31 decade after the second step, as fp32's
-reassociation is amplified in test_pack).
+reassociation is amplified in test_pack). The figures: bench/pack_precision_match.py.
 
 The bounds tell precisions apart: the same runs in fp32 miss them on every seed (losses
 2.5e-4 to 1.7e-3 relative, 0.15 to 0.2 decade on some layer), so a pack that quietly trained
