@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from gradlab.core.data import CifarArrays
+from gradlab.core.data import CifarArrays, random_cifar
 from gradlab.core.pack import PackRun, fit_pack
 from gradlab.core.training_loop import fit
 from gradlab.science.records import EpochDecision, EpochMetrics, GradFlowEpoch
@@ -47,16 +47,6 @@ class Keeper:
         return EpochDecision.CONTINUE
 
 
-def synthetic() -> CifarArrays:
-    rng = np.random.default_rng(0)
-    return CifarArrays(
-        dataset="cifar100",
-        train_images=rng.integers(0, 256, (50_000, 32, 32, 3), dtype=np.uint8),
-        train_labels=rng.integers(0, 100, 50_000).astype(np.int64),
-        test_images=rng.integers(0, 256, (1_000, 32, 32, 3), dtype=np.uint8),
-        test_labels=rng.integers(0, 100, 1_000).astype(np.int64), source="synthetic")
-
-
 def alone(data: CifarArrays, precision: str) -> list[list[Step]]:
     keepers = [Keeper() for _ in SEEDS]
     for i, seed in enumerate(SEEDS):
@@ -83,7 +73,7 @@ def compare(label: str, ours: list[list[Step]], theirs: list[list[Step]]) -> Non
 
 def main() -> None:
     torch.set_num_threads(1)
-    data = synthetic()
+    data = random_cifar()
     alone_runs = {p: alone(data, p) for p in ("fp32", "bf16")}
     for p in ("fp32", "bf16"):
         compare(f"{p} pack vs alone", packed(data, p), alone_runs[p])

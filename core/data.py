@@ -64,6 +64,20 @@ class CifarArrays:
         return 100 if self.dataset == "cifar100" else 10
 
 
+def random_cifar(seed: int = 0) -> CifarArrays:
+    """Random CIFAR-100-shaped arrays (official sizes, labels 0-99): enough for a training
+    loop's mechanics and for benchmarks, nothing to learn."""
+    rng = np.random.default_rng(seed)
+    return CifarArrays(
+        dataset="cifar100",
+        train_images=rng.integers(0, 256, (50_000, 32, 32, 3), dtype=np.uint8),
+        train_labels=rng.integers(0, 100, 50_000).astype(np.int64),
+        test_images=rng.integers(0, 256, (1_000, 32, 32, 3), dtype=np.uint8),
+        test_labels=rng.integers(0, 100, 1_000).astype(np.int64),
+        source="synthetic",
+    )
+
+
 @dataclass(frozen=True)
 class SplitArrays:
     """Train / validation / test after the seed split and the spec's limits."""

@@ -23,16 +23,6 @@ def real_data_dir() -> Path:
 @pytest.fixture(scope="session")
 def synthetic_cifar():  # type: ignore[no-untyped-def]  # CifarArrays, imported lazily
     """Random images with the official sizes: enough for loop mechanics, nothing to learn."""
-    import numpy as np
+    from gradlab.core.data import random_cifar
 
-    from gradlab.core.data import CifarArrays
-
-    rng = np.random.default_rng(0)
-    return CifarArrays(
-        dataset="cifar100",
-        train_images=rng.integers(0, 256, (50_000, 32, 32, 3), dtype=np.uint8),
-        train_labels=rng.integers(0, 100, 50_000).astype(np.int64),
-        test_images=rng.integers(0, 256, (1_000, 32, 32, 3), dtype=np.uint8),
-        test_labels=rng.integers(0, 100, 1_000).astype(np.int64),
-        source="synthetic",
-    )
+    return random_cifar()
