@@ -78,7 +78,12 @@ def reap(
     now: datetime | None = None,
     resend_queued: bool = True,
 ) -> list[str]:
-    """One pass: requeue lost runs, resend long-queued ones; dispatch after commit."""
+    """One pass: requeue lost runs, resend long-queued ones; dispatch after commit.
+
+    A resent run is marked as sent (its ``queued_at`` moves on) only once the broker took its
+    message: a run marked before a publish that failed (a broker just restarted, its pooled
+    connection stale) would look resent while no message exists, and wait a lease for the next
+    resend. Unmarked, the next pass sends it again."""
     now = now or utcnow()
     with session_scope(factory) as session:
         lost = requeue_lost_runs(session, now=now)
@@ -86,14 +91,26 @@ def reap(
         if resend_queued:
             cutoff = now - timedelta(seconds=settings.lease_seconds)
             stale = runs_to_resend(session, dispatcher, sent_before=cutoff, exclude=lost)
-            runs.mark_dispatched(session, stale, now=now)
     if lost:
         log.warning("requeued %d lost run(s): %s", len(lost), ", ".join(lost))
     if stale:
         log.warning("resending %d queued run(s) whose message may be lost", len(stale))
-    if lost or stale:
-        try:
-            dispatcher.dispatch([*lost, *stale])
-        except DispatchError as exc:  # still queued: the next pass after a lease sends them
-            log.warning("%s", exc)
+    unsent = _send(dispatcher, [*lost, *stale])
+    resent = [r for r in stale if r not in unsent]
+    if resent:
+        with session_scope(factory) as session:
+            runs.mark_dispatched(session, resent, now=now)
     return [*lost, *stale]
+
+
+def _send(dispatcher: RunDispatcher, run_ids: list[str]) -> set[str]:
+    """Dispatch; return the runs the broker did not take (still queued: the next pass sends
+    them)."""
+    if not run_ids:
+        return set()
+    try:
+        dispatcher.dispatch(run_ids)
+    except DispatchError as exc:
+        log.warning("%s", exc)
+        return set(exc.unsent)
+    return set()

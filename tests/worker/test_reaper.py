@@ -16,6 +16,7 @@ import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
 from gradlab.core.data import DataNotFoundError
+from gradlab.dispatch.dispatchers import DispatchError
 from gradlab.science.spec import ExperimentSpec
 from gradlab.settings import WorkerSettings
 from gradlab.store import migrate, runs
@@ -113,6 +114,51 @@ def test_long_queued_runs_are_resent_at_most_once_per_lease(
     reap(factory, again, settings, now=later + timedelta(seconds=1))
     assert run_id in first.sent
     assert run_id not in again.sent
+
+
+class RefusingDispatcher:
+    """A broker that takes nothing (as a stale connection after its restart does)."""
+
+    def dispatch(self, run_ids: Sequence[str]) -> None:
+        raise DispatchError(run_ids, ConnectionError("connection reset by peer"))
+
+
+def test_a_resend_the_broker_refused_is_not_marked_sent_and_goes_at_the_next_pass(
+    factory: sessionmaker[Session], database_url: str
+) -> None:
+    _, run_id = _new_run(factory)
+    with factory() as session:
+        submitted_at = session.get(Run, run_id).queued_at
+    settings = _settings(database_url)
+    later = utcnow() + timedelta(seconds=LEASE + 1)
+    assert run_id in reap(factory, RefusingDispatcher(), settings, now=later)
+    with factory() as session:  # no message exists: it must not look resent
+        assert session.get(Run, run_id).queued_at == submitted_at
+    again = RecordingDispatcher()
+    reap(factory, again, settings, now=later + timedelta(seconds=1))
+    assert run_id in again.sent  # not a lease later
+
+
+def test_a_resent_run_looks_resent_only_once_its_message_is_sent(
+    factory: sessionmaker[Session], database_url: str
+) -> None:
+    """Whoever reads the run while the reaper publishes (a test waiting for the resend, another
+    reaper) must not see it marked as resent before its message exists."""
+    _, run_id = _new_run(factory)
+    with factory() as session:
+        submitted_at = session.get(Run, run_id).queued_at
+    seen_while_sending: list[object] = []
+
+    class ObservingDispatcher:
+        def dispatch(self, run_ids: Sequence[str]) -> None:
+            with factory() as session:
+                seen_while_sending.append(session.get(Run, run_id).queued_at)
+
+    later = utcnow() + timedelta(seconds=LEASE + 1)
+    reap(factory, ObservingDispatcher(), _settings(database_url), now=later)
+    assert seen_while_sending == [submitted_at]
+    with factory() as session:  # and once sent, it is marked
+        assert session.get(Run, run_id).queued_at != submitted_at
 
 
 def test_orphans_of_a_dead_local_process_are_requeued_at_once(
