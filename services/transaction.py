@@ -53,17 +53,21 @@ def transaction(
 def dispatch(
     dispatcher: RunDispatcher, run_ids: Sequence[str],
     on_unsent: Callable[[int], None] | None = None,
-) -> None:
-    """Hand committed runs to the dispatcher; a failure is logged, never raised."""
+) -> list[str]:
+    """Hand committed runs to the dispatcher; a failure is logged, never raised. Returns the
+    runs the broker did not take (they stay queued)."""
     if not run_ids:
-        return
+        return []
     try:
         dispatcher.dispatch(list(run_ids))
     except DispatchError as exc:
-        if on_unsent is not None:
-            on_unsent(len(exc.unsent))
+        unsent = exc.unsent
         log.warning("%s; they stay queued and the reaper will send them", exc)
     except Exception:
-        if on_unsent is not None:
-            on_unsent(len(run_ids))
-        log.exception("dispatching runs %s failed; they stay queued", list(run_ids))
+        unsent = list(run_ids)
+        log.exception("dispatching runs %s failed; they stay queued", unsent)
+    else:
+        return []
+    if on_unsent is not None:
+        on_unsent(len(unsent))
+    return unsent

@@ -19,7 +19,8 @@ from datetime import datetime, timedelta
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from gradlab.dispatch.dispatchers import MAX_PEEK_MESSAGES, DispatchError, RunDispatcher
+from gradlab.dispatch.dispatchers import MAX_PEEK_MESSAGES, RunDispatcher
+from gradlab.services.transaction import dispatch
 from gradlab.settings import WorkerSettings
 from gradlab.store import runs
 from gradlab.store.base import utcnow
@@ -81,9 +82,9 @@ def reap(
     """One pass: requeue lost runs, resend long-queued ones; dispatch after commit.
 
     A resent run is marked as sent (its ``queued_at`` moves on) only once the broker took its
-    message: a run marked before a publish that failed (a broker just restarted, its pooled
-    connection stale) would look resent while no message exists, and wait a lease for the next
-    resend. Unmarked, the next pass sends it again."""
+    message: marked before, it would look resent to a reader while its message is not there yet,
+    or at all when the publish fails (the broker down), and wait a lease for the next resend.
+    Unmarked, the next pass sends it again."""
     now = now or utcnow()
     with session_scope(factory) as session:
         lost = requeue_lost_runs(session, now=now)
@@ -95,22 +96,10 @@ def reap(
         log.warning("requeued %d lost run(s): %s", len(lost), ", ".join(lost))
     if stale:
         log.warning("resending %d queued run(s) whose message may be lost", len(stale))
-    unsent = _send(dispatcher, [*lost, *stale])
+    unsent = set(dispatch(dispatcher, [*lost, *stale]))
     resent = [r for r in stale if r not in unsent]
     if resent:
         with session_scope(factory) as session:
             runs.mark_dispatched(session, resent, now=now)
     return [*lost, *stale]
 
-
-def _send(dispatcher: RunDispatcher, run_ids: list[str]) -> set[str]:
-    """Dispatch; return the runs the broker did not take (still queued: the next pass sends
-    them)."""
-    if not run_ids:
-        return set()
-    try:
-        dispatcher.dispatch(run_ids)
-    except DispatchError as exc:
-        log.warning("%s", exc)
-        return set(exc.unsent)
-    return set()

@@ -6,9 +6,10 @@ import logging
 
 from celery import Celery, Task
 
-from gradlab.dispatch.dispatchers import CeleryDispatcher, DispatchError
+from gradlab.dispatch.dispatchers import CeleryDispatcher
 from gradlab.dispatch.queues import REAP_TASK, TRAIN_TASK
 from gradlab.observability.logs import log_context
+from gradlab.services.transaction import dispatch
 from gradlab.settings import get_worker_settings
 from gradlab.worker import process_state
 from gradlab.worker.outcomes import AttemptOutcome
@@ -41,11 +42,7 @@ def train_run_task(task: Task, run_id: str) -> None:
         )
     # the run and the companions it trained with in a pack
     handed_back = [rid for rid, ended in outcomes.items() if ended is AttemptOutcome.HANDED_BACK]
-    if handed_back:
-        try:
-            CeleryDispatcher(task.app).dispatch(handed_back)
-        except DispatchError as exc:  # they stay queued; the reaper sends them later
-            log.warning("%s", exc)
+    dispatch(CeleryDispatcher(task.app), handed_back)  # unsent: queued, the reaper sends them
 
 
 def reap_lost_runs_task(task: Task) -> list[str]:

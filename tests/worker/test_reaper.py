@@ -117,7 +117,7 @@ def test_long_queued_runs_are_resent_at_most_once_per_lease(
 
 
 class RefusingDispatcher:
-    """A broker that takes nothing (as a stale connection after its restart does)."""
+    """A broker that takes nothing (down, or restarting)."""
 
     def dispatch(self, run_ids: Sequence[str]) -> None:
         raise DispatchError(run_ids, ConnectionError("connection reset by peer"))
