@@ -114,18 +114,21 @@ install_wheels() {
     echo "$found" >"$stamp"
 }
 
-IMPORTS='import gradlab.cli.cli, gradlab.cli.study_commands, gradlab.worker.runner, gradlab.core.pack, gradlab.core.sharing_benchmark'
+# What the modes import; it prints PyTorch's version, so that one Python start (about 2 s of
+# imports) both checks the environment and names it.
+IMPORTS='import gradlab.cli.cli, gradlab.cli.study_commands, gradlab.worker.runner, gradlab.core.pack, gradlab.core.sharing_benchmark, torch; print("torch", torch.__version__)'
 
 environment() {
     choose_python
     # A checkout with `make setup` has everything; a lent machine has PyTorch but not gradlab
     # nor some of its needs, which came as wheels.
-    if ! "$PYTHON" -c "$IMPORTS" 2>/dev/null; then
+    local torch
+    if ! torch=$("$PYTHON" -c "$IMPORTS" 2>/dev/null); then
         install_wheels
         link_gradlab
-        "$PYTHON" -c "$IMPORTS" || die "gradlab does not import here: its wheels come with \
-$TRANSFER/call-1 (carry it first: a machine given back loses what earlier calls carried), or \
-one is missing from WHEEL_DISTS in scripts/gpu_check.sh"
+        torch=$("$PYTHON" -c "$IMPORTS") || die "gradlab does not import here: its wheels come \
+with $TRANSFER/call-1 (carry it first: a machine given back loses what earlier calls carried), \
+or one is missing from WHEEL_DISTS in scripts/gpu_check.sh"
     fi
     # The `gradlab` command, for this checkout's Python
     mkdir -p "$SITE/bin"
@@ -139,7 +142,7 @@ one is missing from WHEEL_DISTS in scripts/gpu_check.sh"
     else
         GPU="no GPU (DEVICE=$DEVICE)"
     fi
-    say "$GPU; $("$PYTHON" -c 'import torch; print("torch", torch.__version__)')"
+    say "$GPU; $torch"
 }
 
 receive() {

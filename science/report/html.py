@@ -30,8 +30,10 @@ def figure_png(fig: PlotFigure) -> bytes:
     return buffer.getvalue()
 
 
-def render_html(report: Report, links: dict[str, dict[str, str]] | None = None) -> str:
-    """The whole report as one HTML string (figures inlined; ``links`` adds export links)."""
+def render_html(report: Report, links: dict[str, dict[str, str]] | None = None,
+                pngs: dict[str, bytes] | None = None) -> str:
+    """The whole report as one HTML string (figures inlined; ``links`` adds export links).
+    ``pngs``: figures already rendered, by name (drawing one costs more than the whole page)."""
     e = html.escape
     parts = [
         "<!doctype html><html><head><meta charset='utf-8'>",
@@ -66,7 +68,8 @@ def render_html(report: Report, links: dict[str, dict[str, str]] | None = None) 
     parts.append(_completion(report))
     parts.append("<h2>Figures</h2>")
     for fig in report.figures:
-        encoded = base64.b64encode(figure_png(fig)).decode("ascii")
+        png = pngs[fig.name] if pngs and fig.name in pngs else figure_png(fig)
+        encoded = base64.b64encode(png).decode("ascii")
         extra = ""
         if links and fig.name in links:
             extra = " ".join(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import csv
 import json
 import math
@@ -102,6 +103,27 @@ def test_html_is_self_contained(report_dir: tuple) -> None:
     assert page.count("data:image/png;base64,") == len(report.figures)
     assert "<img alt" in page and "src='figures/" not in page
     assert render_html(report).count("data:image/png;base64,") == len(report.figures)
+
+
+def test_each_figure_is_drawn_once_per_format_and_the_page_shows_the_png_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Drawing a figure costs more than the rest of the report: the page embeds the PNG file's
+    bytes instead of drawing the figure again."""
+    report = build_report("partial", partial_study(), scale="smoke")
+    drawn: list[tuple[str, str]] = []
+    for fig in report.figures:
+        def savefig(target: object, *, format: str, _fig: PlotFigure = fig,
+                    _save: object = fig.figure.savefig) -> None:
+            drawn.append((_fig.name, format))
+            _save(target, format=format)  # type: ignore[operator]
+        monkeypatch.setattr(fig.figure, "savefig", savefig)
+    write_report(report, tmp_path)
+    assert sorted(drawn) == sorted((f.name, kind) for f in report.figures
+                                   for kind in ("png", "svg"))
+    page = (tmp_path / "report.html").read_text()
+    for png in (tmp_path / "figures").glob("*.png"):
+        assert base64.b64encode(png.read_bytes()).decode("ascii") in page
 
 
 def _lines(fig: PlotFigure) -> list:
