@@ -7,7 +7,7 @@ PYTHON ?= python3
 GRADLAB_DATA_DIR ?= $(if $(wildcard ../shared/data/cifar100/train.npz),$(abspath ../shared/data/cifar100),$(abspath data))
 export GRADLAB_DATA_DIR
 
-.PHONY: setup demo test typecheck test-deploy lint services bench clean dashboard images compose-up compose-down
+.PHONY: setup demo test pytest typecheck test-deploy lint services bench clean dashboard images compose-up compose-down
 
 # The link tree under build/ is part of the install: if it went (`make clean`, a git clean), the
 # venv reinstalls.
@@ -42,11 +42,15 @@ services:
 # time so that a file's servers and module fixtures start once; each worker has its own
 # databases, ports and queues (tests/support/), and computes on one thread, as do the
 # processes its tests start (tests/conftest.py). TEST_WORKERS=0 runs it in one process.
+# The type check runs beside pytest (-j2): the suite leaves a third of the cores idle while its
+# tests wait on services, which the type check fills (a cold check is half a minute of one core).
 TEST_WORKERS ?= $(shell n=$$(nproc 2>/dev/null || echo 1); echo $$(( n < 4 ? n : 4 )))
 test: setup services
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports
-	$(MAKE) typecheck
+	@$(MAKE) --no-print-directory -j2 typecheck pytest
+
+pytest: setup services
 	$(BIN)/python -m pytest -m "not docker" -n $(TEST_WORKERS) --dist loadfile
 
 # mypy --strict (settings in pyproject.toml) over every part, as installed packages.

@@ -54,7 +54,10 @@ def cached_venv(name: str, requirement: str) -> Path:
         for stale in CACHE.glob(f"{name}-*"):
             shutil.rmtree(stale, ignore_errors=True)
         bin_dir = fresh_venv(path)
-        run([str(bin_dir / "python"), "-m", "pip", "install", "-q", "-e", requirement])
+        # --no-compile: byte-compiling every installed module is a quarter of the install;
+        # the tests' processes compile the few they import.
+        run([str(bin_dir / "python"), "-m", "pip", "install", "-q", "--no-compile", "-e",
+             requirement])
         marker.touch()
     return path / "bin"
 
