@@ -9,7 +9,7 @@ from sqlalchemy.orm import Session
 
 from gradlab.api.response_cache import CachedResponse
 from gradlab.science.diagnostics import diagnose
-from gradlab.science.report.writer import json_safe
+from gradlab.science.json_values import json_safe
 from gradlab.store.models import Experiment
 from gradlab.store.studies import experiment_result
 

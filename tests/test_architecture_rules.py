@@ -1,5 +1,6 @@
 """Rules of the architecture that the import contracts (pyproject.toml, `lint-imports`) cannot
-express: SQL only in store/, and an API process that never loads the worker or asks for GPUs."""
+express: SQL only in store/, and an API process that never loads the worker or matplotlib, nor
+asks for GPUs."""
 
 from __future__ import annotations
 
@@ -56,9 +57,11 @@ def test_the_rule_catches_sql_outside_the_store(tmp_path: Path) -> None:
     ]
 
 
-def test_building_the_apis_dispatcher_never_loads_the_worker_or_asks_for_gpus(
+def test_starting_the_api_never_loads_the_worker_or_matplotlib_or_asks_for_gpus(
     tmp_path: Path,
 ) -> None:
+    """Training is the workers' and GPUs are theirs; plotting loads with the first figure asked
+    for (half a second of every API start otherwise)."""
     # A fake nvidia-smi first on PATH leaves a mark if anything in the API process runs it.
     mark = tmp_path / "nvidia-smi-ran"
     fake = tmp_path / "bin" / "nvidia-smi"
@@ -74,7 +77,8 @@ app = create_app(ApiSettings(database_url="sqlite://", broker_url="redis://127.0
 with TestClient(app) as client:
     client.get("/healthz")
     kind = type(app.state.dispatcher).__name__
-loaded = sorted(m for m in sys.modules if m.startswith(("gradlab.worker", "gradlab.core", "torch")))
+loaded = sorted(m for m in sys.modules
+                if m.startswith(("gradlab.worker", "gradlab.core", "torch", "matplotlib")))
 print(kind, loaded)
 """
     env = {"PATH": f"{fake.parent}:/usr/bin:/bin", "HOME": str(tmp_path)}

@@ -20,6 +20,7 @@ from gradlab.api.deps import (
 from gradlab.api.errors import error_responses, submission_route
 from gradlab.api.response_cache import CachedResponse
 from gradlab.api.view_cache import ViewsDep
+from gradlab.science.json_values import json_safe
 from gradlab.science.records import TERMINAL_RUN_STATUSES
 from gradlab.science.study import StudySpec
 from gradlab.services import studies as service
@@ -205,8 +206,7 @@ async def report(
 
 
 def _render_report(session: Session, study: Study, format: str) -> CachedResponse:
-    from gradlab.science.report import build_report, render_html
-    from gradlab.science.report.writer import json_safe
+    from gradlab.science.report import build_report, render_html  # matplotlib: on demand
 
     spec, scale = store.study_spec_of(study)
     results = store.study_results(session, study)

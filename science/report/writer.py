@@ -5,27 +5,14 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
-import math
 import re
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
+from gradlab.science.json_values import json_safe
 from gradlab.science.report.build import Report
 from gradlab.science.report.html import figure_png, render_html
 from gradlab.science.report.tables import table_csv
-
-
-def json_safe(value: Any) -> Any:
-    # JSON has no NaN/inf; null marks a value that could not be computed or plotted.
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: json_safe(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [json_safe(v) for v in value]
-    return value
-
 
 # Figure names hold cell names (user text): as file names they keep only these characters,
 # stay short enough for any file system, and never collide.
